@@ -1,0 +1,428 @@
+//! The API client: one QUIC connection to an apiserver, one stream per request.
+//! Every Flotilla component that talks to the control plane uses this client: the
+//! CLI, nodes, the scheduler and the controllers.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::object::{Kind, Object};
+use crate::tls::{self, IssuedCert};
+use crate::wire::{
+    read_frame, write_frame, ApiError, ApplyOutcome, Consistency, ErrorCode, FrameError,
+    Propagation, Request, RequestV1, Response, ResponseV1, WatchEvent, MAX_FRAME,
+};
+
+/// How long a connection attempt may take before the server counts as unreachable.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Errors a client sees.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No server answered at the address.
+    #[error("unable to connect to the server at {addr}: {reason}")]
+    Unreachable {
+        /// The address dialled.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The server answered with an error.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// The connection or stream broke mid-request.
+    #[error("connection to {addr} lost: {reason}")]
+    Connection {
+        /// The server.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// A frame was bad.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The client configuration is unusable.
+    #[error("client configuration {path}: {reason}")]
+    Config {
+        /// Where it was read from.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// TLS setup failed.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The server sent an answer that does not fit the request.
+    #[error("unexpected response from the server: {0}")]
+    Unexpected(String),
+}
+
+impl ClientError {
+    /// The API error code, if the server answered with one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Api(e) => Some(e.code),
+            _ => None,
+        }
+    }
+}
+
+type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+/// What a client needs to reach a cluster: written as `admin.config` by the first
+/// server and read from `--config`, `FLOTILLA_CONFIG` or `~/.flotilla/config`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClientConfig {
+    /// The apiserver address, `HOST:PORT`.
+    pub server: String,
+    /// Who this client is (the certificate's common name), for display.
+    pub identity: String,
+    /// The cluster CA, PEM.
+    pub ca_cert: String,
+    /// The client certificate, PEM.
+    pub client_cert: String,
+    /// The client key, PEM.
+    pub client_key: String,
+}
+
+impl ClientConfig {
+    /// Reads a config file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| ClientError::Config {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        serde_yaml_ng::from_str(&text).map_err(|e| ClientError::Config {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Writes a config file readable only by its owner.
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let text = serde_yaml_ng::to_string(self).map_err(std::io::Error::other)?;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+        }
+        std::fs::rename(tmp, path)
+    }
+
+    /// The default location: `~/.flotilla/config`.
+    pub fn default_path() -> Option<PathBuf> {
+        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".flotilla").join("config"))
+    }
+
+    fn cert(&self) -> IssuedCert {
+        IssuedCert {
+            cert_pem: self.client_cert.clone(),
+            key_pem: self.client_key.clone(),
+        }
+    }
+}
+
+/// Resolves `HOST:PORT`.
+pub async fn resolve(addr: &str) -> Result<SocketAddr> {
+    let unreachable = |reason: String| ClientError::Unreachable {
+        addr: addr.to_string(),
+        reason,
+    };
+    let mut addrs = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| unreachable(format!("cannot resolve the address: {e}")))?;
+    addrs
+        .next()
+        .ok_or_else(|| unreachable("the address resolves to nothing".into()))
+}
+
+/// A local address to bind a client endpoint to: loopback stays on loopback.
+pub fn client_bind_addr(server: &SocketAddr) -> SocketAddr {
+    match server.ip() {
+        IpAddr::V4(ip) if ip.is_loopback() => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0),
+        IpAddr::V4(_) => SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0),
+        IpAddr::V6(ip) if ip.is_loopback() => SocketAddr::new(Ipv6Addr::LOCALHOST.into(), 0),
+        IpAddr::V6(_) => SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), 0),
+    }
+}
+
+/// QUIC transport settings shared by every Flotilla connection.
+pub fn transport_config() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(Duration::from_secs(2)));
+    t.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(Duration::from_secs(10))
+            .expect("10 s is a valid idle timeout"),
+    ));
+    t.max_concurrent_bidi_streams(4096u32.into());
+    Arc::new(t)
+}
+
+/// Dials `addr` with a rustls client config and returns the connection, with the
+/// endpoint that owns it.
+pub async fn dial(
+    addr: &str,
+    rustls_config: rustls::ClientConfig,
+) -> Result<(quinn::Endpoint, quinn::Connection)> {
+    let unreachable = |reason: String| ClientError::Unreachable {
+        addr: addr.to_string(),
+        reason,
+    };
+    let sock = resolve(addr).await?;
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(rustls_config)
+        .map_err(|e| unreachable(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    config.transport_config(transport_config());
+    let mut endpoint = quinn::Endpoint::client(client_bind_addr(&sock))
+        .map_err(|e| unreachable(format!("cannot open a local socket: {e}")))?;
+    endpoint.set_default_client_config(config);
+    let connecting = endpoint
+        .connect(sock, tls::SERVER_NAME)
+        .map_err(|e| unreachable(e.to_string()))?;
+    let conn = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => return Err(unreachable(e.to_string())),
+        Err(_) => return Err(unreachable("no answer (timed out)".into())),
+    };
+    Ok((endpoint, conn))
+}
+
+/// A connection to an apiserver.
+#[derive(Clone)]
+pub struct Client {
+    // Kept so the endpoint's socket lives as long as the connection.
+    _endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    addr: String,
+}
+
+impl Client {
+    /// Connects with the credentials in `config`.
+    pub async fn connect(config: &ClientConfig) -> Result<Self> {
+        Self::connect_to(&config.server, config).await
+    }
+
+    /// Connects to `addr` with the credentials in `config`.
+    pub async fn connect_to(addr: &str, config: &ClientConfig) -> Result<Self> {
+        let cert = config.cert();
+        let tls = tls::client_config(&config.ca_cert, Some(&cert), tls::ALPN_API)?;
+        let (endpoint, conn) = dial(addr, tls).await?;
+        Ok(Self {
+            _endpoint: endpoint,
+            conn,
+            addr: addr.to_string(),
+        })
+    }
+
+    /// Connects with explicit CA and certificate.
+    pub async fn connect_with(addr: &str, ca_pem: &str, cert: Option<&IssuedCert>) -> Result<Self> {
+        let tls = tls::client_config(ca_pem, cert, tls::ALPN_API)?;
+        let (endpoint, conn) = dial(addr, tls).await?;
+        Ok(Self {
+            _endpoint: endpoint,
+            conn,
+            addr: addr.to_string(),
+        })
+    }
+
+    /// Connects anonymously, trusting the server only if its CA has this fingerprint.
+    pub async fn connect_pinned(addr: &str, ca_sha256: &str) -> Result<Self> {
+        let tls = tls::pinned_client_config(ca_sha256, tls::ALPN_API)?;
+        let (endpoint, conn) = dial(addr, tls).await?;
+        Ok(Self {
+            _endpoint: endpoint,
+            conn,
+            addr: addr.to_string(),
+        })
+    }
+
+    /// The address this client is connected to.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    fn lost(&self, reason: impl ToString) -> ClientError {
+        ClientError::Connection {
+            addr: self.addr.clone(),
+            reason: reason.to_string(),
+        }
+    }
+
+    async fn open(&self, req: RequestV1) -> Result<(quinn::SendStream, quinn::RecvStream)> {
+        let (mut send, recv) = self.conn.open_bi().await.map_err(|e| self.lost(e))?;
+        write_frame(&mut send, &Request::V1(req)).await?;
+        send.finish().map_err(|e| self.lost(e))?;
+        Ok((send, recv))
+    }
+
+    /// Sends one request and returns its one response; server errors become `Err`.
+    pub async fn call(&self, req: RequestV1) -> Result<ResponseV1> {
+        let (_send, mut recv) = self.open(req).await?;
+        let resp: Option<Response> = read_frame(&mut recv, MAX_FRAME).await?;
+        match resp {
+            Some(Response::V1(ResponseV1::Error(e))) => Err(e.into()),
+            Some(Response::V1(r)) => Ok(r),
+            None => Err(self.lost("the server closed the stream without answering")),
+        }
+    }
+
+    /// Reads one object.
+    pub async fn get(&self, kind: Kind, namespace: &str, name: &str) -> Result<Object> {
+        match self
+            .call(RequestV1::Get {
+                kind,
+                namespace: namespace.into(),
+                name: name.into(),
+                consistency: Consistency::Linearizable,
+            })
+            .await?
+        {
+            ResponseV1::Object(o) => Ok(o),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Lists objects; returns them and the revision the list reflects.
+    pub async fn list(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        label_selector: &str,
+    ) -> Result<(Vec<Object>, u64)> {
+        self.list_with(kind, namespace, label_selector, Consistency::Linearizable)
+            .await
+    }
+
+    /// Lists objects with an explicit read consistency.
+    pub async fn list_with(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        label_selector: &str,
+        consistency: Consistency,
+    ) -> Result<(Vec<Object>, u64)> {
+        match self
+            .call(RequestV1::List {
+                kind,
+                namespace: namespace.map(str::to_string),
+                label_selector: label_selector.into(),
+                consistency,
+            })
+            .await?
+        {
+            ResponseV1::List { items, revision } => Ok((items, revision)),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    async fn object_call(&self, req: RequestV1) -> Result<Object> {
+        match self.call(req).await? {
+            ResponseV1::Object(o) => Ok(o),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Creates an object.
+    pub async fn create(&self, object: Object) -> Result<Object> {
+        self.object_call(RequestV1::Create { object }).await
+    }
+
+    /// Updates an object (compare-and-swap when it carries a resourceVersion).
+    pub async fn update(&self, object: Object) -> Result<Object> {
+        self.object_call(RequestV1::Update { object }).await
+    }
+
+    /// Updates an object's status.
+    pub async fn update_status(&self, object: Object) -> Result<Object> {
+        self.object_call(RequestV1::UpdateStatus { object }).await
+    }
+
+    /// Creates or updates an object.
+    pub async fn apply(&self, object: Object) -> Result<(Object, ApplyOutcome)> {
+        match self.call(RequestV1::Apply { object }).await? {
+            ResponseV1::Applied { object, outcome } => Ok((object, outcome)),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Deletes an object; returns its last state and whether it is gone.
+    pub async fn delete(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        propagation: Propagation,
+    ) -> Result<(Object, bool)> {
+        match self
+            .call(RequestV1::Delete {
+                kind,
+                namespace: namespace.into(),
+                name: name.into(),
+                resource_version: String::new(),
+                propagation,
+            })
+            .await?
+        {
+            ResponseV1::Deleted { object, deleted } => Ok((object, deleted)),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Starts a watch; the stream yields changes committed after `from_revision`.
+    pub async fn watch(
+        &self,
+        kind: Option<Kind>,
+        namespace: Option<&str>,
+        label_selector: &str,
+        from_revision: u64,
+    ) -> Result<WatchStream> {
+        let (send, recv) = self
+            .open(RequestV1::Watch {
+                kind,
+                namespace: namespace.map(str::to_string),
+                label_selector: label_selector.into(),
+                from_revision,
+            })
+            .await?;
+        Ok(WatchStream {
+            _send: send,
+            recv,
+            addr: self.addr.clone(),
+        })
+    }
+}
+
+/// The changes of a watch, in revision order.
+pub struct WatchStream {
+    _send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    addr: String,
+}
+
+impl WatchStream {
+    /// The next change; `Ok(None)` when the server ends the watch.
+    pub async fn next(&mut self) -> Result<Option<WatchEvent>> {
+        let resp: Option<Response> =
+            read_frame(&mut self.recv, MAX_FRAME)
+                .await
+                .map_err(|e| ClientError::Connection {
+                    addr: self.addr.clone(),
+                    reason: e.to_string(),
+                })?;
+        match resp {
+            None => Ok(None),
+            Some(Response::V1(ResponseV1::Event(e))) => Ok(Some(e)),
+            Some(Response::V1(ResponseV1::Error(e))) => Err(e.into()),
+            Some(Response::V1(other)) => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+}

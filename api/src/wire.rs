@@ -1,0 +1,462 @@
+//! The API wire protocol: length-prefixed postcard frames on QUIC streams, one
+//! bidirectional stream per request; versioned request and response enums.
+//!
+//! A frame is a 4-byte big-endian length followed by that many bytes of postcard.
+//! Frames over the cap are refused before anything is allocated; a frame must
+//! decode exactly, trailing bytes are an error.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::object::{Kind, Object};
+
+/// Largest frame a peer may send (16 MiB).
+pub const MAX_FRAME: usize = 16 * 1024 * 1024;
+
+/// Errors reading or writing frames.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The stream failed.
+    #[error("stream error: {0}")]
+    Io(#[from] std::io::Error),
+    /// A frame announced more bytes than the cap.
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// Announced length.
+        len: usize,
+        /// The cap.
+        max: usize,
+    },
+    /// The stream ended inside a frame.
+    #[error("truncated frame: the stream ended after {got} of {want} bytes")]
+    Truncated {
+        /// Bytes received.
+        got: usize,
+        /// Bytes announced.
+        want: usize,
+    },
+    /// The frame is not a valid message.
+    #[error("malformed frame: {0}")]
+    Decode(String),
+    /// A message could not be encoded.
+    #[error("encode: {0}")]
+    Encode(String),
+}
+
+/// Encodes `msg` as one frame.
+pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
+    let body = postcard::to_allocvec(msg).map_err(|e| FrameError::Encode(e.to_string()))?;
+    if body.len() > MAX_FRAME {
+        return Err(FrameError::TooLarge {
+            len: body.len(),
+            max: MAX_FRAME,
+        });
+    }
+    let mut out = Vec::with_capacity(body.len() + 4);
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Decodes a frame body, rejecting trailing bytes.
+pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
+    let (msg, rest) =
+        postcard::take_from_bytes::<T>(body).map_err(|e| FrameError::Decode(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(FrameError::Decode(format!(
+            "{} trailing bytes after the message",
+            rest.len()
+        )));
+    }
+    Ok(msg)
+}
+
+/// Writes one frame.
+pub async fn write_frame<W, T>(w: &mut W, msg: &T) -> Result<(), FrameError>
+where
+    W: AsyncWrite + Unpin,
+    T: Serialize,
+{
+    let frame = encode_frame(msg)?;
+    w.write_all(&frame).await?;
+    Ok(())
+}
+
+/// Reads one frame; `Ok(None)` when the stream ends cleanly before a new frame.
+pub async fn read_frame<R, T>(r: &mut R, max: usize) -> Result<Option<T>, FrameError>
+where
+    R: AsyncRead + Unpin,
+    T: DeserializeOwned,
+{
+    let mut len_buf = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        let n = r.read(&mut len_buf[got..]).await?;
+        if n == 0 {
+            if got == 0 {
+                return Ok(None);
+            }
+            return Err(FrameError::Truncated { got, want: 4 });
+        }
+        got += n;
+    }
+    let len = u32::from_be_bytes(len_buf) as usize;
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
+    }
+    let mut body = vec![0u8; len];
+    let mut got = 0;
+    while got < len {
+        let n = r.read(&mut body[got..]).await?;
+        if n == 0 {
+            return Err(FrameError::Truncated { got, want: len });
+        }
+        got += n;
+    }
+    decode_body(&body).map(Some)
+}
+
+/// How fresh a read must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Consistency {
+    /// Reflects every write acknowledged before the read began (the default).
+    #[default]
+    Linearizable,
+    /// Whatever this peer has applied; cheaper, and served without a quorum.
+    Stale,
+}
+
+/// How a delete treats the objects the deleted one owns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Propagation {
+    /// Delete the owner now; dependents are collected afterwards.
+    #[default]
+    Background,
+    /// Dependents are deleted before the owner disappears.
+    Foreground,
+    /// Dependents are kept and lose their owner reference.
+    Orphan,
+}
+
+/// A request, versioned.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Request {
+    /// Version 1 of the protocol.
+    V1(RequestV1),
+}
+
+/// What a client can ask of the apiserver.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum RequestV1 {
+    /// Read one object.
+    Get {
+        /// Kind.
+        kind: Kind,
+        /// Namespace ("" for cluster-scoped kinds).
+        namespace: String,
+        /// Name.
+        name: String,
+        /// Read freshness.
+        consistency: Consistency,
+    },
+    /// List objects of one kind.
+    List {
+        /// Kind.
+        kind: Kind,
+        /// Namespace; `None` lists across all namespaces.
+        namespace: Option<String>,
+        /// Label selector text (`a=b,c!=d`), empty for all.
+        label_selector: String,
+        /// Read freshness.
+        consistency: Consistency,
+    },
+    /// Create an object; fails if it exists.
+    Create {
+        /// The object.
+        object: Object,
+    },
+    /// Replace an object's spec and metadata; compare-and-swap when the object
+    /// carries a resourceVersion.
+    Update {
+        /// The object.
+        object: Object,
+    },
+    /// Replace an object's status; compare-and-swap when it carries a resourceVersion.
+    UpdateStatus {
+        /// The object.
+        object: Object,
+    },
+    /// Create, or update what differs (what `flotilla apply` sends).
+    Apply {
+        /// The object.
+        object: Object,
+    },
+    /// Delete an object (or mark it deleting while finalizers remain).
+    Delete {
+        /// Kind.
+        kind: Kind,
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// Only delete if the object is at this resourceVersion ("" for any).
+        resource_version: String,
+        /// What happens to dependents.
+        propagation: Propagation,
+    },
+    /// Stream changes after `from_revision` (0: from now).
+    Watch {
+        /// Kind, or every kind.
+        kind: Option<Kind>,
+        /// Namespace, or all.
+        namespace: Option<String>,
+        /// Label selector text.
+        label_selector: String,
+        /// Deliver changes committed after this revision.
+        from_revision: u64,
+    },
+    /// Make a join token.
+    CreateToken {
+        /// Lifetime in seconds.
+        ttl_seconds: u64,
+    },
+    /// The store's peers.
+    Members,
+    /// Remove a store peer.
+    RemoveMember {
+        /// The peer's id.
+        id: u64,
+    },
+    /// A new store peer asks for its certificate (anonymous, token-authenticated).
+    JoinPeer {
+        /// The join token.
+        token: String,
+        /// The address the new peer listens on.
+        address: String,
+        /// CSR for the new peer's key, PEM.
+        csr_pem: String,
+    },
+    /// A peer holding its certificate asks to be added to the store's membership.
+    AddPeer {
+        /// The peer's id.
+        id: u64,
+        /// Its address.
+        address: String,
+    },
+    /// Who the server thinks the caller is.
+    WhoAmI,
+}
+
+/// A response, versioned.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Response {
+    /// Version 1 of the protocol.
+    V1(ResponseV1),
+}
+
+/// The apiserver's answers.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ResponseV1 {
+    /// One object.
+    Object(Object),
+    /// A list, consistent at `revision`.
+    List {
+        /// Objects.
+        items: Vec<Object>,
+        /// The store revision the list reflects.
+        revision: u64,
+    },
+    /// The outcome of an apply.
+    Applied {
+        /// The object as stored.
+        object: Object,
+        /// What happened.
+        outcome: ApplyOutcome,
+    },
+    /// A delete: the object is gone (`deleted`) or marked deleting.
+    Deleted {
+        /// The object's last state.
+        object: Object,
+        /// Whether it is gone (false: waiting on finalizers or dependents).
+        deleted: bool,
+    },
+    /// One change of a watch.
+    Event(WatchEvent),
+    /// A join token.
+    Token(String),
+    /// Store peers.
+    Members(Vec<Member>),
+    /// A new peer's credentials.
+    Joined(JoinedPeer),
+    /// The caller's identity ("" when anonymous).
+    Identity(String),
+    /// Done, nothing to return.
+    Ok,
+    /// The request failed.
+    Error(ApiError),
+}
+
+/// What `apply` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ApplyOutcome {
+    /// It did not exist.
+    Created,
+    /// It existed and differed.
+    Configured,
+    /// It existed and was the same.
+    Unchanged,
+}
+
+impl std::fmt::Display for ApplyOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ApplyOutcome::Created => "created",
+            ApplyOutcome::Configured => "configured",
+            ApplyOutcome::Unchanged => "unchanged",
+        })
+    }
+}
+
+/// What a watch reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventType {
+    /// Created.
+    Added,
+    /// Changed.
+    Modified,
+    /// Gone.
+    Deleted,
+}
+
+impl std::fmt::Display for EventType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EventType::Added => "ADDED",
+            EventType::Modified => "MODIFIED",
+            EventType::Deleted => "DELETED",
+        })
+    }
+}
+
+/// One change seen by a watch.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WatchEvent {
+    /// The revision the change was committed at.
+    pub revision: u64,
+    /// What happened.
+    pub event_type: EventType,
+    /// The object after the change (its last state for deletes).
+    pub object: Object,
+}
+
+/// A store peer.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Member {
+    /// Raft id.
+    pub id: u64,
+    /// Address it listens on.
+    pub address: String,
+    /// leader, follower or learner.
+    pub role: String,
+    /// Highest log index known to be replicated to it (leader's view), if known.
+    pub matched_index: Option<u64>,
+}
+
+/// Credentials for a new store peer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JoinedPeer {
+    /// Its raft id.
+    pub id: u64,
+    /// Its certificate, PEM.
+    pub cert_pem: String,
+    /// The cluster CA certificate, PEM.
+    pub ca_cert_pem: String,
+    /// The cluster CA key, PEM: every store peer can issue certificates.
+    pub ca_key_pem: String,
+    /// The cluster's name.
+    pub cluster_name: String,
+}
+
+/// Why a request failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The object does not exist.
+    NotFound,
+    /// The object exists already.
+    AlreadyExists,
+    /// The object changed since the caller read it.
+    Conflict,
+    /// The object breaks a rule.
+    Invalid,
+    /// The request itself is malformed.
+    BadRequest,
+    /// The caller has no identity, or a bad token.
+    Unauthorized,
+    /// The caller may not do this.
+    Forbidden,
+    /// The store cannot commit: no quorum.
+    NoQuorum,
+    /// A watch asked for a revision older than the history window.
+    TooOld,
+    /// The server cannot serve right now (starting, shutting down).
+    Unavailable,
+    /// A bug or an I/O failure on the server.
+    Internal,
+}
+
+/// An error the server reports.
+#[derive(Clone, Debug, Serialize, Deserialize, thiserror::Error, PartialEq, Eq)]
+#[error("{message}")]
+pub struct ApiError {
+    /// Category.
+    pub code: ErrorCode,
+    /// What went wrong, for a person.
+    pub message: String,
+}
+
+impl ApiError {
+    /// Makes an error.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip_and_reject_bad_input() {
+        let msg = Request::V1(RequestV1::CreateToken { ttl_seconds: 60 });
+        let frame = encode_frame(&msg).unwrap();
+        let mut r = &frame[..];
+        let back: Request = read_frame(&mut r, MAX_FRAME).await.unwrap().unwrap();
+        assert!(matches!(
+            back,
+            Request::V1(RequestV1::CreateToken { ttl_seconds: 60 })
+        ));
+
+        let mut oversized = &(u32::MAX).to_be_bytes()[..];
+        let err = read_frame::<_, Request>(&mut oversized, MAX_FRAME)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, FrameError::TooLarge { .. }), "{err}");
+
+        let mut truncated = &frame[..frame.len() - 1];
+        let err = read_frame::<_, Request>(&mut truncated, MAX_FRAME)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, FrameError::Truncated { .. }), "{err}");
+
+        let mut trailing = frame[4..].to_vec();
+        trailing.push(0);
+        assert!(decode_body::<Request>(&trailing).is_err());
+
+        let garbage = [0xffu8; 32];
+        assert!(decode_body::<Request>(&garbage).is_err());
+    }
+}

@@ -1,0 +1,188 @@
+//! Creates per second and latency through the API: 1 and 64 concurrent clients,
+//! against 1 and 3 peers, fsync on. Each configuration is a fresh cluster of real
+//! `flotilla server` processes on loopback.
+//!
+//! Run: `cargo bench --bench api_writes` (FLOTILLA_BENCH_SECS sets the seconds
+//! per measurement, default 10).
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use flotilla_api::client::{Client, ClientConfig};
+use flotilla_api::manifest::parse_manifests;
+
+const BIN: &str = env!("CARGO_BIN_EXE_flotilla");
+
+struct Peer(Child, String);
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(dir: &Path, extra: &[&str]) -> Peer {
+    let mut child = Command::new(BIN)
+        .args(["server", "--data-dir"])
+        .arg(dir)
+        .args(["--listen", "127.0.0.1:0"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn server");
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split(" listening on ").nth(1) {
+                let _ = tx.send(rest.split_whitespace().next().unwrap().to_string());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("server address");
+    Peer(child, addr)
+}
+
+async fn cluster(dir: &Path, n: usize) -> (Vec<Peer>, ClientConfig) {
+    let mut peers = vec![start(&dir.join("p1"), &[])];
+    let config = ClientConfig::load(&dir.join("p1/admin.config")).unwrap();
+    let client = loop {
+        if let Ok(c) = Client::connect(&config).await {
+            if c.get(flotilla_api::object::Kind::Namespace, "", "default")
+                .await
+                .is_ok()
+            {
+                break c;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for i in 1..n {
+        let token = match client
+            .call(flotilla_api::wire::RequestV1::CreateToken { ttl_seconds: 600 })
+            .await
+            .unwrap()
+        {
+            flotilla_api::wire::ResponseV1::Token(t) => t,
+            other => panic!("{other:?}"),
+        };
+        let addr = peers[0].1.clone();
+        peers.push(start(
+            &dir.join(format!("p{}", i + 1)),
+            &["--join", &addr, "--token", &token],
+        ));
+    }
+    loop {
+        if let Ok(flotilla_api::wire::ResponseV1::Members(m)) =
+            client.call(flotilla_api::wire::RequestV1::Members).await
+        {
+            if m.iter().filter(|m| m.role != "learner").count() == n {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    (peers, config)
+}
+
+struct Measured {
+    peers: usize,
+    clients: usize,
+    creates: usize,
+    secs: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+async fn measure(
+    config: &ClientConfig,
+    clients: usize,
+    secs: u64,
+    tag: &str,
+) -> (usize, f64, Vec<Duration>) {
+    let mut conns = Vec::new();
+    for _ in 0..clients {
+        conns.push(Client::connect(config).await.unwrap());
+    }
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (c, client) in conns.into_iter().enumerate() {
+        let tag = tag.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut i = 0;
+            while Instant::now() < deadline {
+                let text = format!(
+                    "apiVersion: flotilla.dev/v1\nkind: Service\nmetadata:\n  name: b-{tag}-{c}-{i}\nspec:\n  selector:\n    app: b\n  ports:\n  - port: 80\n"
+                );
+                let obj = parse_manifests(&text).unwrap().remove(0);
+                let t = Instant::now();
+                client.create(obj).await.expect("create");
+                lat.push(t.elapsed());
+                i += 1;
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort();
+    (all.len(), elapsed, all)
+}
+
+fn main() {
+    let secs: u64 = std::env::var("FLOTILLA_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut results = Vec::new();
+    for peers in [1usize, 3] {
+        let dir = tempfile::tempdir().unwrap();
+        rt.block_on(async {
+            let (_peers, config) = cluster(dir.path(), peers).await;
+            // Warm up connections and the log.
+            let _ = measure(&config, 4, 1, "warm").await;
+            for clients in [1usize, 64] {
+                let (n, elapsed, lat) =
+                    measure(&config, clients, secs, &format!("p{peers}c{clients}")).await;
+                let p = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)];
+                results.push(Measured {
+                    peers,
+                    clients,
+                    creates: n,
+                    secs: elapsed,
+                    p50: p(0.5),
+                    p99: p(0.99),
+                });
+            }
+        });
+    }
+    println!("| peers | clients | creates/s | p50 | p99 | creates |");
+    println!("|---|---|---|---|---|---|");
+    for r in &results {
+        println!(
+            "| {} | {} | {:.0} | {:.2} ms | {:.2} ms | {} |",
+            r.peers,
+            r.clients,
+            r.creates as f64 / r.secs,
+            r.p50.as_secs_f64() * 1000.0,
+            r.p99.as_secs_f64() * 1000.0,
+            r.creates
+        );
+    }
+}

@@ -1,0 +1,917 @@
+//! The apiserver: the only entry to the store. It authenticates each connection
+//! by its certificate (or lets an anonymous caller present a join token),
+//! authorizes, defaults and validates objects, and turns each verb into
+//! compare-and-swap store commands. Get, list and watch are served from the local
+//! replica, behind a read barrier unless the caller asks for a stale read.
+//!
+//! Must never: write to the store except through [`Store::propose`], or accept an
+//! object that fails validation.
+
+mod keys;
+mod tokens;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use flotilla_api::labels::LabelSelector;
+use flotilla_api::meta::now_timestamp;
+use flotilla_api::object::{Kind, Object};
+use flotilla_api::tls::{self, CertificateAuthority};
+use flotilla_api::token::JoinToken;
+use flotilla_api::wire::{
+    read_frame, write_frame, ApiError, ApplyOutcome, Consistency, ErrorCode, EventType, JoinedPeer,
+    Member, Propagation, Request, RequestV1, Response, ResponseV1, WatchEvent, MAX_FRAME,
+};
+
+use crate::store::{Command, Op, Precondition, Rejection, Store, StoreError, StoredValue};
+
+pub use keys::{key_for, kind_prefix, namespace_prefix};
+
+/// Largest encoded object the apiserver accepts.
+pub const MAX_OBJECT_BYTES: usize = 1024 * 1024;
+
+/// How many times a server-side read-modify-write retries on a conflict.
+const CAS_RETRIES: usize = 5;
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Who is calling.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// No certificate: may only join.
+    Anonymous,
+    /// A certificate signed by the cluster CA with this common name.
+    Identity(String),
+}
+
+impl Caller {
+    fn name(&self) -> &str {
+        match self {
+            Caller::Anonymous => "",
+            Caller::Identity(id) => id,
+        }
+    }
+}
+
+/// The apiserver of one store peer.
+pub struct ApiServer {
+    store: Arc<Store>,
+    ca: CertificateAuthority,
+    cluster_name: String,
+}
+
+fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::NoQuorum(msg) => ApiError::new(ErrorCode::NoQuorum, msg),
+        StoreError::Invalid(msg) => ApiError::new(ErrorCode::Invalid, msg),
+        other => ApiError::new(ErrorCode::Internal, other.to_string()),
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(ErrorCode::Internal, e.to_string())
+}
+
+fn describe(kind: Kind, namespace: &str, name: &str) -> String {
+    if kind.namespaced() {
+        format!("{} \"{name}\" in namespace \"{namespace}\"", kind.plural())
+    } else {
+        format!("{} \"{name}\"", kind.plural())
+    }
+}
+
+fn not_found(kind: Kind, namespace: &str, name: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::NotFound,
+        format!("{} not found", describe(kind, namespace, name)),
+    )
+}
+
+fn conflict(kind: Kind, namespace: &str, name: &str, detail: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::Conflict,
+        format!(
+            "conflict: {} was modified since it was read ({detail}); get it again and reapply your change",
+            describe(kind, namespace, name)
+        ),
+    )
+}
+
+/// Decodes a stored object and stamps its resourceVersion.
+pub fn decode_object(stored: &StoredValue) -> ApiResult<Object> {
+    let mut obj: Object = postcard::from_bytes(&stored.value)
+        .map_err(|e| internal(format!("stored object does not decode: {e}")))?;
+    obj.meta_mut().resource_version = stored.mod_revision.to_string();
+    Ok(obj)
+}
+
+fn encode_object(obj: &Object) -> ApiResult<Vec<u8>> {
+    let mut copy = obj.clone();
+    copy.meta_mut().resource_version.clear();
+    let bytes = postcard::to_allocvec(&copy).map_err(internal)?;
+    if bytes.len() > MAX_OBJECT_BYTES {
+        return Err(ApiError::new(
+            ErrorCode::Invalid,
+            format!(
+                "{}: the object is {} bytes encoded; the limit is {MAX_OBJECT_BYTES} bytes",
+                obj.meta().name,
+                bytes.len()
+            ),
+        ));
+    }
+    Ok(bytes)
+}
+
+fn parse_revision(rv: &str, field: &str) -> ApiResult<Option<u64>> {
+    if rv.is_empty() {
+        return Ok(None);
+    }
+    rv.parse::<u64>().map(Some).map_err(|_| {
+        ApiError::new(
+            ErrorCode::Invalid,
+            format!("{field}: \"{rv}\" is not a resourceVersion (expected a decimal revision)"),
+        )
+    })
+}
+
+fn new_uid() -> String {
+    let b: [u8; 16] = rand::random();
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+fn validate(obj: &Object) -> ApiResult<()> {
+    obj.validate().map_err(|errs| {
+        ApiError::new(
+            ErrorCode::Invalid,
+            format!(
+                "{} \"{}\" is invalid: {errs}",
+                obj.kind().as_str(),
+                obj.meta().name
+            ),
+        )
+    })
+}
+
+fn rejection_error(obj_kind: Kind, namespace: &str, name: &str, r: Rejection) -> ApiError {
+    match r {
+        Rejection::Exists { .. } => ApiError::new(
+            ErrorCode::AlreadyExists,
+            format!("{} already exists", describe(obj_kind, namespace, name)),
+        ),
+        Rejection::Missing { .. } => not_found(obj_kind, namespace, name),
+        Rejection::Conflict {
+            expected, actual, ..
+        } => conflict(
+            obj_kind,
+            namespace,
+            name,
+            &format!("resourceVersion {expected} was given, the object is at {actual}"),
+        ),
+    }
+}
+
+impl ApiServer {
+    /// An apiserver over `store`, issuing certificates with `ca`.
+    pub fn new(store: Arc<Store>, ca: CertificateAuthority, cluster_name: String) -> Self {
+        Self {
+            store,
+            ca,
+            cluster_name,
+        }
+    }
+
+    /// The store behind this apiserver.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Serves every stream of one client connection.
+    pub async fn serve_connection(self: Arc<Self>, conn: quinn::Connection) {
+        let caller = match tls::connection_identity(&conn) {
+            Some(id) => Caller::Identity(id),
+            None => Caller::Anonymous,
+        };
+        loop {
+            let (send, recv) = match conn.accept_bi().await {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+            let this = self.clone();
+            let caller = caller.clone();
+            tokio::spawn(async move {
+                this.serve_stream(caller, send, recv).await;
+            });
+        }
+    }
+
+    async fn serve_stream(
+        &self,
+        caller: Caller,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) {
+        let req: Request = match read_frame(&mut recv, MAX_FRAME).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(e) => {
+                let err = ApiError::new(ErrorCode::BadRequest, format!("bad request frame: {e}"));
+                let _ = write_frame(&mut send, &Response::V1(ResponseV1::Error(err))).await;
+                let _ = send.finish();
+                return;
+            }
+        };
+        let Request::V1(req) = req;
+        if let RequestV1::Watch {
+            kind,
+            namespace,
+            label_selector,
+            from_revision,
+        } = req
+        {
+            if let Err(e) = self.authorize(&caller, "watch") {
+                let _ = write_frame(&mut send, &Response::V1(ResponseV1::Error(e))).await;
+                let _ = send.finish();
+                return;
+            }
+            self.serve_watch(send, kind, namespace, label_selector, from_revision)
+                .await;
+            return;
+        }
+        let resp = match self.handle(&caller, req).await {
+            Ok(r) => r,
+            Err(e) => ResponseV1::Error(e),
+        };
+        let _ = write_frame(&mut send, &Response::V1(resp)).await;
+        let _ = send.finish();
+    }
+
+    fn authorize(&self, caller: &Caller, verb: &str) -> ApiResult<()> {
+        match caller {
+            Caller::Identity(_) => Ok(()),
+            Caller::Anonymous => Err(ApiError::new(
+                ErrorCode::Unauthorized,
+                format!("{verb} needs a client certificate signed by the cluster CA; anonymous callers may only join"),
+            )),
+        }
+    }
+
+    /// Handles one non-streaming request.
+    pub async fn handle(&self, caller: &Caller, req: RequestV1) -> ApiResult<ResponseV1> {
+        match req {
+            RequestV1::JoinPeer {
+                token,
+                address,
+                csr_pem,
+            } => self.join_peer(&token, &address, &csr_pem).await,
+            RequestV1::WhoAmI => Ok(ResponseV1::Identity(caller.name().to_string())),
+            other => {
+                self.authorize(caller, "this request")?;
+                self.handle_authorized(caller, other).await
+            }
+        }
+    }
+
+    async fn handle_authorized(&self, caller: &Caller, req: RequestV1) -> ApiResult<ResponseV1> {
+        match req {
+            RequestV1::Get {
+                kind,
+                namespace,
+                name,
+                consistency,
+            } => {
+                self.barrier(consistency).await?;
+                let ns = self.scope(kind, &namespace);
+                let obj = self.read(kind, &ns, &name)?;
+                obj.map(ResponseV1::Object)
+                    .ok_or_else(|| not_found(kind, &ns, &name))
+            }
+            RequestV1::List {
+                kind,
+                namespace,
+                label_selector,
+                consistency,
+            } => {
+                self.barrier(consistency).await?;
+                let (items, revision) = self.list(kind, namespace.as_deref(), &label_selector)?;
+                Ok(ResponseV1::List { items, revision })
+            }
+            RequestV1::Create { object } => self.create(object).await.map(ResponseV1::Object),
+            RequestV1::Update { object } => {
+                self.update(object, false).await.map(ResponseV1::Object)
+            }
+            RequestV1::UpdateStatus { object } => {
+                self.update(object, true).await.map(ResponseV1::Object)
+            }
+            RequestV1::Apply { object } => self
+                .apply(object)
+                .await
+                .map(|(object, outcome)| ResponseV1::Applied { object, outcome }),
+            RequestV1::Delete {
+                kind,
+                namespace,
+                name,
+                resource_version,
+                propagation,
+            } => {
+                let ns = self.scope(kind, &namespace);
+                self.delete(kind, &ns, &name, &resource_version, propagation)
+                    .await
+                    .map(|(object, deleted)| ResponseV1::Deleted { object, deleted })
+            }
+            RequestV1::CreateToken { ttl_seconds } => {
+                let token = tokens::create(&self.store, &self.ca, ttl_seconds).await?;
+                Ok(ResponseV1::Token(token))
+            }
+            RequestV1::Members => Ok(ResponseV1::Members(
+                self.store
+                    .members()
+                    .into_iter()
+                    .map(|m| Member {
+                        id: m.id,
+                        address: m.address,
+                        role: m.role.to_string(),
+                        matched_index: m.matched_index,
+                    })
+                    .collect(),
+            )),
+            RequestV1::RemoveMember { id } => {
+                self.store.remove_peer(id).await.map_err(store_error)?;
+                Ok(ResponseV1::Ok)
+            }
+            RequestV1::AddPeer { id, address } => {
+                if caller.name() != format!("peer:{id}") {
+                    return Err(ApiError::new(
+                        ErrorCode::Forbidden,
+                        format!(
+                            "only peer:{id} may add itself; the caller is {}",
+                            caller.name()
+                        ),
+                    ));
+                }
+                self.store
+                    .add_peer(id, address)
+                    .await
+                    .map_err(store_error)?;
+                Ok(ResponseV1::Ok)
+            }
+            RequestV1::Watch { .. } | RequestV1::JoinPeer { .. } | RequestV1::WhoAmI => Err(
+                ApiError::new(ErrorCode::BadRequest, "request routed to the wrong handler"),
+            ),
+        }
+    }
+
+    fn scope(&self, kind: Kind, namespace: &str) -> String {
+        if !kind.namespaced() {
+            String::new()
+        } else if namespace.is_empty() {
+            "default".to_string()
+        } else {
+            namespace.to_string()
+        }
+    }
+
+    async fn barrier(&self, consistency: Consistency) -> ApiResult<()> {
+        match consistency {
+            Consistency::Linearizable => self.store.read_barrier().await.map_err(store_error),
+            Consistency::Stale => Ok(()),
+        }
+    }
+
+    fn read_stored(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+    ) -> ApiResult<Option<StoredValue>> {
+        self.store
+            .reader()
+            .get(&key_for(kind, namespace, name))
+            .map_err(internal)
+    }
+
+    fn read(&self, kind: Kind, namespace: &str, name: &str) -> ApiResult<Option<Object>> {
+        self.read_stored(kind, namespace, name)?
+            .map(|v| decode_object(&v))
+            .transpose()
+    }
+
+    /// Lists objects from the local replica; returns them with the revision they
+    /// are at least as new as.
+    pub fn list(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        label_selector: &str,
+    ) -> ApiResult<(Vec<Object>, u64)> {
+        let selector = LabelSelector::parse(label_selector)
+            .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("label selector: {e}")))?;
+        // Read the revision first: a change applied during the scan is then
+        // replayed by a watch from this revision rather than missed.
+        let revision = self.store.reader().revision();
+        let prefix = match namespace {
+            Some(ns) if kind.namespaced() => namespace_prefix(kind, ns),
+            _ => kind_prefix(kind),
+        };
+        let mut items = Vec::new();
+        for (_, stored) in self.store.reader().scan(&prefix).map_err(internal)? {
+            let obj = decode_object(&stored)?;
+            if selector.matches(&obj.meta().labels) {
+                items.push(obj);
+            }
+        }
+        Ok((items, revision))
+    }
+
+    async fn commit(&self, ops: Vec<Op>) -> ApiResult<Result<u64, Rejection>> {
+        let resp = self
+            .store
+            .propose(Command { ops })
+            .await
+            .map_err(store_error)?;
+        Ok(match resp.rejected {
+            Some(r) => Err(r),
+            None => Ok(resp.revision),
+        })
+    }
+
+    async fn namespace_accepts_writes(&self, kind: Kind, namespace: &str) -> ApiResult<()> {
+        if !kind.namespaced() {
+            return Ok(());
+        }
+        match self.read(Kind::Namespace, "", namespace)? {
+            None => Err(ApiError::new(
+                ErrorCode::NotFound,
+                format!("namespace \"{namespace}\" not found; create it first (kind: Namespace)"),
+            )),
+            Some(ns) if ns.meta().is_being_deleted() => Err(ApiError::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "namespace \"{namespace}\" is being deleted; nothing new can be created in it"
+                ),
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
+    fn prepare_new(&self, mut object: Object) -> ApiResult<Object> {
+        object.apply_defaults();
+        let kind = object.kind();
+        let meta = object.meta_mut();
+        if !kind.namespaced() {
+            meta.namespace.clear();
+        }
+        meta.uid = new_uid();
+        meta.creation_timestamp = now_timestamp();
+        meta.deletion_timestamp.clear();
+        meta.resource_version.clear();
+        meta.generation = 1;
+        validate(&object)?;
+        Ok(object)
+    }
+
+    /// Creates an object.
+    pub async fn create(&self, object: Object) -> ApiResult<Object> {
+        let object = self.prepare_new(object)?;
+        let kind = object.kind();
+        let (ns, name) = (object.meta().namespace.clone(), object.meta().name.clone());
+        self.store.read_barrier().await.map_err(store_error)?;
+        self.namespace_accepts_writes(kind, &ns).await?;
+        let ops = vec![Op {
+            key: key_for(kind, &ns, &name),
+            precondition: Precondition::Absent,
+            value: Some(encode_object(&object)?),
+        }];
+        match self.commit(ops).await? {
+            Ok(rev) => {
+                let mut out = object;
+                out.meta_mut().resource_version = rev.to_string();
+                Ok(out)
+            }
+            Err(r) => Err(rejection_error(kind, &ns, &name, r)),
+        }
+    }
+
+    /// Replaces spec and metadata (or, with `status`, only the status), with
+    /// compare-and-swap on the resourceVersion the object carries.
+    pub async fn update(&self, mut object: Object, status: bool) -> ApiResult<Object> {
+        if !status {
+            object.apply_defaults();
+        }
+        let kind = object.kind();
+        let ns = self.scope(kind, &object.meta().namespace);
+        object.meta_mut().namespace = ns.clone();
+        let name = object.meta().name.clone();
+        let expected = parse_revision(&object.meta().resource_version, "metadata.resourceVersion")?;
+        self.store.read_barrier().await.map_err(store_error)?;
+        for _ in 0..CAS_RETRIES {
+            let stored = self
+                .read_stored(kind, &ns, &name)?
+                .ok_or_else(|| not_found(kind, &ns, &name))?;
+            if let Some(expected) = expected {
+                if expected != stored.mod_revision {
+                    return Err(conflict(
+                        kind,
+                        &ns,
+                        &name,
+                        &format!(
+                            "resourceVersion {expected} was given, the object is at {}",
+                            stored.mod_revision
+                        ),
+                    ));
+                }
+            }
+            let current = decode_object(&stored)?;
+            let next = if status {
+                let mut next = current.clone();
+                next.copy_status_from(&object);
+                next
+            } else {
+                merge_update(&current, &object)
+            };
+            validate(&next)?;
+            let key = key_for(kind, &ns, &name);
+            let finished =
+                !status && next.meta().is_being_deleted() && next.meta().finalizers.is_empty();
+            let op = Op {
+                key,
+                precondition: Precondition::ModRevision(stored.mod_revision),
+                value: if finished {
+                    None
+                } else {
+                    Some(encode_object(&next)?)
+                },
+            };
+            match self.commit(vec![op]).await? {
+                Ok(rev) => {
+                    let mut out = next;
+                    out.meta_mut().resource_version = rev.to_string();
+                    return Ok(out);
+                }
+                Err(Rejection::Conflict { .. }) if expected.is_none() => continue,
+                Err(r) => return Err(rejection_error(kind, &ns, &name, r)),
+            }
+        }
+        Err(conflict(
+            kind,
+            &ns,
+            &name,
+            "it kept changing; retries exhausted",
+        ))
+    }
+
+    /// Creates the object, or updates it if its desired state differs.
+    pub async fn apply(&self, object: Object) -> ApiResult<(Object, ApplyOutcome)> {
+        let mut object = object;
+        object.apply_defaults();
+        let kind = object.kind();
+        let ns = self.scope(kind, &object.meta().namespace);
+        object.meta_mut().namespace = ns.clone();
+        let name = object.meta().name.clone();
+        validate(&object)?;
+        self.store.read_barrier().await.map_err(store_error)?;
+        for _ in 0..CAS_RETRIES {
+            let Some(stored) = self.read_stored(kind, &ns, &name)? else {
+                match self.create(object.clone()).await {
+                    Ok(created) => return Ok((created, ApplyOutcome::Created)),
+                    Err(e) if e.code == ErrorCode::AlreadyExists => continue,
+                    Err(e) => return Err(e),
+                }
+            };
+            let current = decode_object(&stored)?;
+            let mut desired = object.clone();
+            desired.meta_mut().resource_version.clear();
+            if current.same_desired_state(&desired) {
+                return Ok((current, ApplyOutcome::Unchanged));
+            }
+            let next = merge_update(&current, &desired);
+            validate(&next)?;
+            let op = Op {
+                key: key_for(kind, &ns, &name),
+                precondition: Precondition::ModRevision(stored.mod_revision),
+                value: Some(encode_object(&next)?),
+            };
+            match self.commit(vec![op]).await? {
+                Ok(rev) => {
+                    let mut out = next;
+                    out.meta_mut().resource_version = rev.to_string();
+                    return Ok((out, ApplyOutcome::Configured));
+                }
+                Err(Rejection::Conflict { .. }) | Err(Rejection::Missing { .. }) => continue,
+                Err(r) => return Err(rejection_error(kind, &ns, &name, r)),
+            }
+        }
+        Err(conflict(
+            kind,
+            &ns,
+            &name,
+            "it kept changing; retries exhausted",
+        ))
+    }
+
+    /// Deletes an object, or marks it deleting while finalizers remain.
+    pub async fn delete(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        resource_version: &str,
+        _propagation: Propagation,
+    ) -> ApiResult<(Object, bool)> {
+        let expected = parse_revision(resource_version, "resourceVersion")?;
+        if kind == Kind::Namespace && name == "default" {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "namespace \"default\" cannot be deleted",
+            ));
+        }
+        self.store.read_barrier().await.map_err(store_error)?;
+        for _ in 0..CAS_RETRIES {
+            let stored = self
+                .read_stored(kind, namespace, name)?
+                .ok_or_else(|| not_found(kind, namespace, name))?;
+            if let Some(expected) = expected {
+                if expected != stored.mod_revision {
+                    return Err(conflict(
+                        kind,
+                        namespace,
+                        name,
+                        &format!(
+                            "resourceVersion {expected} was given, the object is at {}",
+                            stored.mod_revision
+                        ),
+                    ));
+                }
+            }
+            let current = decode_object(&stored)?;
+            let key = key_for(kind, namespace, name);
+            if kind == Kind::Namespace {
+                return self.delete_namespace(current, stored.mod_revision).await;
+            }
+            if !current.meta().finalizers.is_empty() {
+                if current.meta().is_being_deleted() {
+                    return Ok((current, false));
+                }
+                let mut marked = current.clone();
+                marked.meta_mut().deletion_timestamp = now_timestamp();
+                let op = Op {
+                    key,
+                    precondition: Precondition::ModRevision(stored.mod_revision),
+                    value: Some(encode_object(&marked)?),
+                };
+                match self.commit(vec![op]).await? {
+                    Ok(rev) => {
+                        marked.meta_mut().resource_version = rev.to_string();
+                        return Ok((marked, false));
+                    }
+                    Err(_) if expected.is_none() => continue,
+                    Err(r) => return Err(rejection_error(kind, namespace, name, r)),
+                }
+            }
+            let op = Op {
+                key,
+                precondition: Precondition::ModRevision(stored.mod_revision),
+                value: None,
+            };
+            match self.commit(vec![op]).await? {
+                Ok(_) => return Ok((current, true)),
+                Err(_) if expected.is_none() => continue,
+                Err(r) => return Err(rejection_error(kind, namespace, name, r)),
+            }
+        }
+        Err(conflict(
+            kind,
+            namespace,
+            name,
+            "it kept changing; retries exhausted",
+        ))
+    }
+
+    /// Marks the namespace Terminating (no new objects), deletes what is in it,
+    /// then the namespace itself. Objects held by finalizers keep it Terminating.
+    async fn delete_namespace(
+        &self,
+        current: Object,
+        mod_revision: u64,
+    ) -> ApiResult<(Object, bool)> {
+        let name = current.meta().name.clone();
+        let ns_key = key_for(Kind::Namespace, "", &name);
+        let mut marked = current.clone();
+        let mut ns_revision = mod_revision;
+        if !marked.meta().is_being_deleted() {
+            marked.meta_mut().deletion_timestamp = now_timestamp();
+            if let Object::Namespace(ns) = &mut marked {
+                ns.status.phase = flotilla_api::namespace::NamespacePhase::Terminating;
+            }
+            let op = Op {
+                key: ns_key.clone(),
+                precondition: Precondition::ModRevision(mod_revision),
+                value: Some(encode_object(&marked)?),
+            };
+            match self.commit(vec![op]).await? {
+                Ok(rev) => ns_revision = rev,
+                Err(r) => return Err(rejection_error(Kind::Namespace, "", &name, r)),
+            }
+        }
+        let mut remaining = 0usize;
+        for kind in Kind::ALL.into_iter().filter(|k| k.namespaced()) {
+            let prefix = namespace_prefix(kind, &name);
+            let items = self.store.reader().scan(&prefix).map_err(internal)?;
+            let mut ops = Vec::new();
+            for (key, stored) in items {
+                let obj = decode_object(&stored)?;
+                if obj.meta().finalizers.is_empty() {
+                    ops.push(Op {
+                        key,
+                        precondition: Precondition::ModRevision(stored.mod_revision),
+                        value: None,
+                    });
+                } else {
+                    remaining += 1;
+                    if !obj.meta().is_being_deleted() {
+                        let mut m = obj.clone();
+                        m.meta_mut().deletion_timestamp = now_timestamp();
+                        ops.push(Op {
+                            key,
+                            precondition: Precondition::ModRevision(stored.mod_revision),
+                            value: Some(encode_object(&m)?),
+                        });
+                    }
+                }
+            }
+            for chunk in ops.chunks(256) {
+                if let Err(r) = self.commit(chunk.to_vec()).await? {
+                    tracing::debug!(
+                        ?r,
+                        "namespace cleanup raced a change; the next delete retries"
+                    );
+                    remaining += 1;
+                }
+            }
+        }
+        if remaining > 0 {
+            marked.meta_mut().resource_version = ns_revision.to_string();
+            return Ok((marked, false));
+        }
+        let op = Op {
+            key: ns_key,
+            precondition: Precondition::ModRevision(ns_revision),
+            value: None,
+        };
+        match self.commit(vec![op]).await? {
+            Ok(_) => Ok((marked, true)),
+            Err(r) => Err(rejection_error(Kind::Namespace, "", &name, r)),
+        }
+    }
+
+    async fn join_peer(&self, token: &str, address: &str, csr_pem: &str) -> ApiResult<ResponseV1> {
+        let token = JoinToken::parse(token)
+            .map_err(|e| ApiError::new(ErrorCode::Unauthorized, format!("join refused: {e}")))?;
+        tokens::check(&self.store, &token).await?;
+        let ip: Option<IpAddr> = address.parse::<std::net::SocketAddr>().ok().map(|s| s.ip());
+        let next_id = self.store.members().iter().map(|m| m.id).max().unwrap_or(0) + 1;
+        let addrs: Vec<IpAddr> = ip.into_iter().collect();
+        let cert_pem = self
+            .ca
+            .sign_csr(csr_pem, &format!("peer:{next_id}"), &addrs)
+            .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("csr: {e}")))?;
+        Ok(ResponseV1::Joined(JoinedPeer {
+            id: next_id,
+            cert_pem,
+            ca_cert_pem: self.ca.cert_pem.clone(),
+            ca_key_pem: self.ca.key_pem.clone(),
+            cluster_name: self.cluster_name.clone(),
+        }))
+    }
+
+    async fn serve_watch(
+        &self,
+        mut send: quinn::SendStream,
+        kind: Option<Kind>,
+        namespace: Option<String>,
+        label_selector: String,
+        from_revision: u64,
+    ) {
+        let selector = match LabelSelector::parse(&label_selector) {
+            Ok(s) => s,
+            Err(e) => {
+                let err = ApiError::new(ErrorCode::BadRequest, format!("label selector: {e}"));
+                let _ = write_frame(&mut send, &Response::V1(ResponseV1::Error(err))).await;
+                let _ = send.finish();
+                return;
+            }
+        };
+        let prefix = match (kind, namespace.as_deref()) {
+            (Some(k), Some(ns)) if k.namespaced() => namespace_prefix(k, ns),
+            (Some(k), _) => kind_prefix(k),
+            (None, _) => "/".to_string(),
+        };
+        let mut stream = match self.store.reader().watch(from_revision) {
+            Ok(s) => s,
+            Err(too_old) => {
+                let err = ApiError::new(ErrorCode::TooOld, too_old.to_string());
+                let _ = write_frame(&mut send, &Response::V1(ResponseV1::Error(err))).await;
+                let _ = send.finish();
+                return;
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                next = stream.next() => next,
+                _ = send.stopped() => return,
+            };
+            let change = match next {
+                Ok(Some(c)) => c,
+                Ok(None) => {
+                    let err = ApiError::new(
+                        ErrorCode::TooOld,
+                        "the watch was reset (this peer installed a snapshot); list again and watch from the list's revision",
+                    );
+                    let _ = write_frame(&mut send, &Response::V1(ResponseV1::Error(err))).await;
+                    let _ = send.finish();
+                    return;
+                }
+                Err(too_old) => {
+                    let err = ApiError::new(ErrorCode::TooOld, too_old.to_string());
+                    let _ = write_frame(&mut send, &Response::V1(ResponseV1::Error(err))).await;
+                    let _ = send.finish();
+                    return;
+                }
+            };
+            if !change.key.starts_with(&prefix) || keys::is_internal(&change.key) {
+                continue;
+            }
+            let object = match decode_object(&change.value) {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::warn!(key = %change.key, error = %e, "skipping an undecodable object in a watch");
+                    continue;
+                }
+            };
+            if let Some(ns) = namespace.as_deref() {
+                if object.kind().namespaced() && object.meta().namespace != ns {
+                    continue;
+                }
+            }
+            if !selector.matches(&object.meta().labels) {
+                continue;
+            }
+            let event_type = if change.deleted {
+                EventType::Deleted
+            } else if change.value.create_revision == change.value.mod_revision {
+                EventType::Added
+            } else {
+                EventType::Modified
+            };
+            let event = WatchEvent {
+                revision: change.revision,
+                event_type,
+                object,
+            };
+            if write_frame(&mut send, &Response::V1(ResponseV1::Event(event)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+
+    /// Creates a namespace if it does not exist (used for `default` at start).
+    pub async fn ensure_namespace(&self, name: &str) -> ApiResult<()> {
+        let ns = Object::new_empty(Kind::Namespace, "", name);
+        match self.create(ns).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.code == ErrorCode::AlreadyExists => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The object an update stores: the caller's spec and user metadata over the
+/// current object's server-owned fields and status.
+fn merge_update(current: &Object, desired: &Object) -> Object {
+    let mut next = current.clone();
+    next.copy_spec_from(desired);
+    {
+        let d = desired.meta();
+        let m = next.meta_mut();
+        m.labels = d.labels.clone();
+        m.annotations = d.annotations.clone();
+        m.owner_references = d.owner_references.clone();
+        m.finalizers = d.finalizers.clone();
+    }
+    let mut probe = current.clone();
+    probe.copy_spec_from(desired);
+    if probe != *current {
+        next.meta_mut().generation = current.meta().generation + 1;
+    }
+    next
+}

@@ -1,0 +1,9 @@
+//! flotilla-orchestrator: the control plane. The replicated store (the single
+//! source of truth), the apiserver (the only entry to it), and the server process
+//! that wires them to one QUIC endpoint.
+//!
+//! Must never: run workloads, or let anything but the apiserver touch the store.
+
+pub mod apiserver;
+pub mod server;
+pub mod store;

@@ -1,0 +1,533 @@
+//! One control-plane peer: a store peer and its apiserver on one QUIC endpoint.
+//! ALPN picks the protocol of each connection: `flotilla-api/1` for clients,
+//! `flotilla-raft/1` for other peers.
+//!
+//! Start-up, in this order, because each step needs the one before:
+//! 1. bind the UDP socket (its address is what the peer advertises),
+//! 2. find or make the identity: resume from the data dir, join with a token, or
+//!    make a new cluster (CA, `peer:1`, `admin.config`),
+//! 3. open the store and start serving (peers must reach us before we are added),
+//! 4. initialize a new cluster, or ask the cluster to add this joined peer,
+//! 5. make sure namespace `default` exists.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use flotilla_api::client::{Client, ClientConfig, ClientError};
+use flotilla_api::tls::{self, CertificateAuthority, IssuedCert, ALPN_API, ALPN_RAFT};
+use flotilla_api::token::JoinToken;
+use flotilla_api::wire::{read_frame, write_frame, RequestV1, ResponseV1};
+
+use crate::apiserver::ApiServer;
+use crate::store::network::{PeerNet, PeerRequest, PeerResponse, MAX_PEER_FRAME};
+use crate::store::{Store, StoreConfig};
+
+/// Errors starting or running a server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// File trouble in the data dir.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Certificates could not be made or loaded.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The join was refused or failed.
+    #[error("join failed: {0}")]
+    Join(String),
+    /// The join token is malformed.
+    #[error("{0}")]
+    Token(#[from] flotilla_api::token::TokenError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// The data dir holds something unexpected.
+    #[error("{0}")]
+    DataDir(String),
+}
+
+type Result<T, E = ServerError> = std::result::Result<T, E>;
+
+/// Settings of a server peer.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Where everything of this peer lives.
+    pub data_dir: PathBuf,
+    /// Address to listen on (`127.0.0.1:0` picks a free port on first start and
+    /// keeps it afterwards).
+    pub listen: String,
+    /// Address other peers and clients should use, if not the listen address.
+    pub advertise: Option<String>,
+    /// Join an existing cluster: (address of a member, token).
+    pub join: Option<(String, String)>,
+    /// Watch history window (changes).
+    pub history: usize,
+    /// Log entries between snapshots.
+    pub snapshot_every: u64,
+    /// How long writes wait for a quorum.
+    pub write_timeout: Duration,
+}
+
+impl ServerConfig {
+    /// Defaults for a data dir and listen address.
+    pub fn new(data_dir: PathBuf, listen: String) -> Self {
+        Self {
+            data_dir,
+            listen,
+            advertise: None,
+            join: None,
+            history: 10_000,
+            snapshot_every: 10_000,
+            write_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+#[serde(rename_all = "camelCase")]
+struct PeerFile {
+    id: u64,
+    address: String,
+    cluster_name: String,
+    /// Set until the cluster has added this joined peer: where to ask.
+    #[serde(default)]
+    pending_join: Option<String>,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ServerError + '_ {
+    move |source| ServerError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn read_text(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(io_err(path))
+}
+
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).map_err(io_err(&tmp))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+            .map_err(io_err(&tmp))?;
+    }
+    std::fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+struct Identity {
+    peer: PeerFile,
+    ca: CertificateAuthority,
+    cert: IssuedCert,
+    fresh_cluster: bool,
+}
+
+struct Paths {
+    ca_cert: PathBuf,
+    ca_key: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    peer: PathBuf,
+    admin: PathBuf,
+    store: PathBuf,
+}
+
+impl Paths {
+    fn new(dir: &Path) -> Self {
+        Self {
+            ca_cert: dir.join("ca.crt"),
+            ca_key: dir.join("ca.key"),
+            cert: dir.join("peer.crt"),
+            key: dir.join("peer.key"),
+            peer: dir.join("peer.json"),
+            admin: dir.join("admin.config"),
+            store: dir.join("store"),
+        }
+    }
+}
+
+fn save_peer_file(paths: &Paths, peer: &PeerFile) -> Result<()> {
+    let text =
+        serde_json::to_string_pretty(peer).map_err(|e| ServerError::DataDir(e.to_string()))?;
+    write_private(&paths.peer, &text)
+}
+
+fn load_identity(paths: &Paths) -> Result<Option<Identity>> {
+    if !paths.peer.exists() {
+        return Ok(None);
+    }
+    let peer: PeerFile = serde_json::from_str(&read_text(&paths.peer)?)
+        .map_err(|e| ServerError::DataDir(format!("{}: {e}", paths.peer.display())))?;
+    Ok(Some(Identity {
+        peer,
+        ca: CertificateAuthority {
+            cert_pem: read_text(&paths.ca_cert)?,
+            key_pem: read_text(&paths.ca_key)?,
+        },
+        cert: IssuedCert {
+            cert_pem: read_text(&paths.cert)?,
+            key_pem: read_text(&paths.key)?,
+        },
+        fresh_cluster: false,
+    }))
+}
+
+fn save_credentials(paths: &Paths, ca: &CertificateAuthority, cert: &IssuedCert) -> Result<()> {
+    write_private(&paths.ca_cert, &ca.cert_pem)?;
+    write_private(&paths.ca_key, &ca.key_pem)?;
+    write_private(&paths.cert, &cert.cert_pem)?;
+    write_private(&paths.key, &cert.key_pem)
+}
+
+fn write_admin_config(paths: &Paths, ca: &CertificateAuthority, server: &str) -> Result<()> {
+    let admin = ca.issue("user:admin", &[])?;
+    let config = ClientConfig {
+        server: server.to_string(),
+        identity: "user:admin".into(),
+        ca_cert: ca.cert_pem.clone(),
+        client_cert: admin.cert_pem,
+        client_key: admin.key_pem,
+    };
+    config.save(&paths.admin).map_err(io_err(&paths.admin))
+}
+
+fn new_cluster(paths: &Paths, address: &str) -> Result<Identity> {
+    let cluster_name = "flotilla".to_string();
+    let ca = CertificateAuthority::generate(&cluster_name)?;
+    let ip = address.parse::<SocketAddr>().ok().map(|s| s.ip());
+    let cert = ca.issue("peer:1", &ip.into_iter().collect::<Vec<_>>())?;
+    save_credentials(paths, &ca, &cert)?;
+    write_admin_config(paths, &ca, address)?;
+    let peer = PeerFile {
+        id: 1,
+        address: address.to_string(),
+        cluster_name,
+        pending_join: None,
+    };
+    save_peer_file(paths, &peer)?;
+    Ok(Identity {
+        peer,
+        ca,
+        cert,
+        fresh_cluster: true,
+    })
+}
+
+async fn join_cluster(
+    paths: &Paths,
+    address: &str,
+    join_addr: &str,
+    token_text: &str,
+) -> Result<Identity> {
+    let token = JoinToken::parse(token_text)?;
+    let client = Client::connect_pinned(join_addr, &token.ca_sha256)
+        .await
+        .map_err(|e| ServerError::Join(e.to_string()))?;
+    let (key_pem, csr_pem) = tls::generate_csr("peer")?;
+    let resp = client
+        .call(RequestV1::JoinPeer {
+            token: token_text.trim().to_string(),
+            address: address.to_string(),
+            csr_pem,
+        })
+        .await
+        .map_err(|e| ServerError::Join(e.to_string()))?;
+    let ResponseV1::Joined(joined) = resp else {
+        return Err(ServerError::Join(format!("unexpected answer: {resp:?}")));
+    };
+    let ca = CertificateAuthority {
+        cert_pem: joined.ca_cert_pem,
+        key_pem: joined.ca_key_pem,
+    };
+    if ca.fingerprint()? != token.ca_sha256 {
+        return Err(ServerError::Join(
+            "the cluster sent a CA that does not match the token's fingerprint".into(),
+        ));
+    }
+    let cert = IssuedCert {
+        cert_pem: joined.cert_pem,
+        key_pem,
+    };
+    save_credentials(paths, &ca, &cert)?;
+    write_admin_config(paths, &ca, address)?;
+    let peer = PeerFile {
+        id: joined.id,
+        address: address.to_string(),
+        cluster_name: joined.cluster_name,
+        pending_join: Some(join_addr.to_string()),
+    };
+    save_peer_file(paths, &peer)?;
+    Ok(Identity {
+        peer,
+        ca,
+        cert,
+        fresh_cluster: false,
+    })
+}
+
+/// A running server peer.
+pub struct Server {
+    /// The address it listens on and advertises.
+    pub address: String,
+    /// Its raft id.
+    pub id: u64,
+    /// Where the admin client config was written.
+    pub admin_config: PathBuf,
+    api: Arc<ApiServer>,
+    endpoint: quinn::Endpoint,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Starts a peer as configured.
+    pub async fn start(config: ServerConfig) -> Result<Self> {
+        let ServerConfig {
+            data_dir,
+            listen,
+            advertise,
+            join,
+            history,
+            snapshot_every,
+            write_timeout,
+        } = config;
+        std::fs::create_dir_all(&data_dir).map_err(io_err(&data_dir))?;
+        let paths = Paths::new(&data_dir);
+        let existing = load_identity(&paths)?;
+
+        let mut bind = listen.clone();
+        if let Some(id) = &existing {
+            if listen.ends_with(":0") {
+                bind = id.peer.address.clone();
+            }
+        }
+        let socket = std::net::UdpSocket::bind(&bind).map_err(|source| ServerError::Bind {
+            addr: bind.clone(),
+            source,
+        })?;
+        let local = socket.local_addr().map_err(|source| ServerError::Bind {
+            addr: bind.clone(),
+            source,
+        })?;
+        let address = advertise.unwrap_or_else(|| local.to_string());
+
+        let identity = match existing {
+            Some(id) => id,
+            None => match &join {
+                Some((join_addr, token)) => {
+                    join_cluster(&paths, &address, join_addr, token).await?
+                }
+                None => new_cluster(&paths, &address)?,
+            },
+        };
+        let address = identity.peer.address.clone();
+
+        let server_tls = tls::server_config(
+            &identity.ca.cert_pem,
+            &identity.cert,
+            &[ALPN_API, ALPN_RAFT],
+        )?;
+        let quic_server = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)
+            .map_err(|e| ServerError::DataDir(format!("tls: {e}")))?;
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_server));
+        server_config.transport_config(flotilla_api::client::transport_config());
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| ServerError::DataDir("no async runtime for QUIC".into()))?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server_config),
+            socket,
+            runtime,
+        )
+        .map_err(|source| ServerError::Bind {
+            addr: bind.clone(),
+            source,
+        })?;
+        let peer_tls = tls::client_config(&identity.ca.cert_pem, Some(&identity.cert), ALPN_RAFT)?;
+        let peer_quic = quinn::crypto::rustls::QuicClientConfig::try_from(peer_tls)
+            .map_err(|e| ServerError::DataDir(format!("tls: {e}")))?;
+        let mut peer_client = quinn::ClientConfig::new(Arc::new(peer_quic));
+        peer_client.transport_config(flotilla_api::client::transport_config());
+        let net = Arc::new(PeerNet::new(endpoint.clone(), peer_client));
+
+        let mut store_config = StoreConfig::new(identity.peer.id, paths.store.clone());
+        store_config.history = history;
+        store_config.snapshot_every = snapshot_every;
+        store_config.write_timeout = write_timeout;
+        let store = Store::open(store_config, net).await?;
+        let api = Arc::new(ApiServer::new(
+            store.clone(),
+            identity.ca.clone(),
+            identity.peer.cluster_name.clone(),
+        ));
+
+        let mut tasks = vec![tokio::spawn(accept_loop(endpoint.clone(), api.clone()))];
+
+        if identity.fresh_cluster {
+            store.initialize(&address).await?;
+        }
+        if let Some(join_addr) = identity.peer.pending_join.clone() {
+            request_membership(&identity, &join_addr, &address).await?;
+            let mut peer = identity.peer.clone();
+            peer.pending_join = None;
+            save_peer_file(&paths, &peer)?;
+        }
+        let ns_api = api.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                match ns_api.ensure_namespace("default").await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "namespace default not ensured yet");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            }
+        }));
+
+        Ok(Self {
+            address,
+            id: identity.peer.id,
+            admin_config: paths.admin,
+            api,
+            endpoint,
+            tasks,
+        })
+    }
+
+    /// The apiserver (for in-process components).
+    pub fn api(&self) -> &Arc<ApiServer> {
+        &self.api
+    }
+
+    /// Stops serving and stops raft.
+    pub async fn shutdown(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.endpoint.close(0u32.into(), b"shutting down");
+        self.api.store().shutdown().await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+    }
+}
+
+async fn request_membership(identity: &Identity, join_addr: &str, address: &str) -> Result<()> {
+    let mut last = String::new();
+    for attempt in 0..20 {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let client = match Client::connect_with(
+            join_addr,
+            &identity.ca.cert_pem,
+            Some(&identity.cert),
+        )
+        .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                last = e.to_string();
+                continue;
+            }
+        };
+        match client
+            .call(RequestV1::AddPeer {
+                id: identity.peer.id,
+                address: address.to_string(),
+            })
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(e @ ClientError::Api(_)) => last = e.to_string(),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(ServerError::Join(format!(
+        "the cluster at {join_addr} did not add this peer: {last}"
+    )))
+}
+
+async fn accept_loop(endpoint: quinn::Endpoint, api: Arc<ApiServer>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let api = api.clone();
+        tokio::spawn(async move {
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(error = %e, "handshake failed");
+                    return;
+                }
+            };
+            let alpn = conn
+                .handshake_data()
+                .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+                .and_then(|d| d.protocol);
+            match alpn.as_deref() {
+                Some(p) if p == ALPN_API => api.serve_connection(conn).await,
+                Some(p) if p == ALPN_RAFT => serve_peer_connection(conn, api.store().clone()).await,
+                _ => conn.close(1u32.into(), b"unknown protocol"),
+            }
+        });
+    }
+}
+
+async fn serve_peer_connection(conn: quinn::Connection, store: Arc<Store>) {
+    let peer = tls::connection_identity(&conn)
+        .and_then(|id| id.strip_prefix("peer:").and_then(|n| n.parse::<u64>().ok()));
+    let Some(peer) = peer else {
+        conn.close(2u32.into(), b"the raft protocol needs a peer certificate");
+        return;
+    };
+    loop {
+        let (mut send, mut recv) = match conn.accept_bi().await {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+        let store = store.clone();
+        tokio::spawn(async move {
+            let resp = match read_frame::<_, PeerRequest>(&mut recv, MAX_PEER_FRAME).await {
+                Ok(Some(req)) => store.handle_peer(peer, req).await,
+                Ok(None) => return,
+                Err(e) => PeerResponse::Refused(format!("bad frame: {e}")),
+            };
+            let _ = write_frame(&mut send, &resp).await;
+            let _ = send.finish();
+        });
+    }
+}
+
+/// Runs a peer until `shutdown` resolves.
+pub async fn run(
+    config: ServerConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let server = Server::start(config).await?;
+    println!(
+        "flotilla server: peer {} listening on {} (admin credentials: {})",
+        server.id,
+        server.address,
+        server.admin_config.display()
+    );
+    shutdown.await;
+    server.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,145 @@
+//! Where the state machine keeps its key space and snapshots: the small trait the
+//! state machine is written against, and its sled implementation.
+//!
+//! The applied position is written in the same atomic batch as the keys it
+//! produced, so after a crash the key space and its position always agree and
+//! replaying the log from that position is exact.
+
+use std::io;
+use std::path::Path;
+
+use super::types::StoredValue;
+
+/// Durable key space of the state machine.
+pub trait StateBackend: Send + Sync + 'static {
+    /// One key.
+    fn get(&self, key: &str) -> io::Result<Option<StoredValue>>;
+    /// Every key starting with `prefix`, in key order.
+    fn scan(&self, prefix: &str) -> io::Result<Vec<(String, StoredValue)>>;
+    /// Applies puts (`Some`) and deletes (`None`) and sets the applied position
+    /// (`meta`), atomically.
+    fn write(&self, changes: &[(String, Option<StoredValue>)], meta: &[u8]) -> io::Result<()>;
+    /// The applied position last written.
+    fn meta(&self) -> io::Result<Option<Vec<u8>>>;
+    /// Replaces the whole key space and position (installing a snapshot).
+    fn replace_all(&self, items: Vec<(String, StoredValue)>, meta: &[u8]) -> io::Result<()>;
+    /// Stores the current snapshot (meta and data), replacing the previous one.
+    fn save_snapshot(&self, meta: &[u8], data: &[u8]) -> io::Result<()>;
+    /// The current snapshot, if any.
+    fn load_snapshot(&self) -> io::Result<Option<(Vec<u8>, Vec<u8>)>>;
+    /// Makes everything written so far durable.
+    fn flush(&self) -> io::Result<()>;
+}
+
+const SNAPSHOT_META: &[u8] = b"meta";
+const SNAPSHOT_DATA: &[u8] = b"data";
+
+/// The sled-backed key space.
+pub struct SledBackend {
+    db: sled::Db,
+    kv: sled::Tree,
+    snapshots: sled::Tree,
+}
+
+fn to_io(e: sled::Error) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+fn decode_value(bytes: &[u8]) -> io::Result<StoredValue> {
+    postcard::from_bytes(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+fn encode_value(v: &StoredValue) -> io::Result<Vec<u8>> {
+    postcard::to_allocvec(v).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+// The applied position lives in the kv tree under a key no object key can have
+// (object keys start with '/'), so one batch updates both.
+const META_IN_KV: &[u8] = b"\0applied";
+
+impl SledBackend {
+    /// Opens (or creates) the database in `dir`.
+    pub fn open(dir: &Path) -> io::Result<Self> {
+        let db = sled::Config::new()
+            .path(dir)
+            .flush_every_ms(Some(200))
+            .open()
+            .map_err(to_io)?;
+        let kv = db.open_tree("kv").map_err(to_io)?;
+        let snapshots = db.open_tree("snapshots").map_err(to_io)?;
+        Ok(Self { db, kv, snapshots })
+    }
+}
+
+impl StateBackend for SledBackend {
+    fn get(&self, key: &str) -> io::Result<Option<StoredValue>> {
+        match self.kv.get(key.as_bytes()).map_err(to_io)? {
+            Some(b) => decode_value(&b).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn scan(&self, prefix: &str) -> io::Result<Vec<(String, StoredValue)>> {
+        let mut out = Vec::new();
+        for item in self.kv.scan_prefix(prefix.as_bytes()) {
+            let (k, v) = item.map_err(to_io)?;
+            if k.first() != Some(&b'/') {
+                continue;
+            }
+            let key = String::from_utf8(k.to_vec())
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            out.push((key, decode_value(&v)?));
+        }
+        Ok(out)
+    }
+
+    fn write(&self, changes: &[(String, Option<StoredValue>)], meta: &[u8]) -> io::Result<()> {
+        let mut batch = sled::Batch::default();
+        for (key, value) in changes {
+            match value {
+                Some(v) => batch.insert(key.as_bytes(), encode_value(v)?),
+                None => batch.remove(key.as_bytes()),
+            }
+        }
+        batch.insert(META_IN_KV, meta);
+        self.kv.apply_batch(batch).map_err(to_io)
+    }
+
+    fn meta(&self) -> io::Result<Option<Vec<u8>>> {
+        Ok(self.kv.get(META_IN_KV).map_err(to_io)?.map(|v| v.to_vec()))
+    }
+
+    fn replace_all(&self, items: Vec<(String, StoredValue)>, meta: &[u8]) -> io::Result<()> {
+        let mut batch = sled::Batch::default();
+        for k in self.kv.iter().keys() {
+            batch.remove(k.map_err(to_io)?);
+        }
+        for (key, value) in &items {
+            batch.insert(key.as_bytes(), encode_value(value)?);
+        }
+        batch.insert(META_IN_KV, meta);
+        self.kv.apply_batch(batch).map_err(to_io)?;
+        self.flush()
+    }
+
+    fn save_snapshot(&self, meta: &[u8], data: &[u8]) -> io::Result<()> {
+        let mut batch = sled::Batch::default();
+        batch.insert(SNAPSHOT_META, meta);
+        batch.insert(SNAPSHOT_DATA, data);
+        self.snapshots.apply_batch(batch).map_err(to_io)?;
+        self.flush()
+    }
+
+    fn load_snapshot(&self) -> io::Result<Option<(Vec<u8>, Vec<u8>)>> {
+        let meta = self.snapshots.get(SNAPSHOT_META).map_err(to_io)?;
+        let data = self.snapshots.get(SNAPSHOT_DATA).map_err(to_io)?;
+        Ok(match (meta, data) {
+            (Some(m), Some(d)) => Some((m.to_vec(), d.to_vec())),
+            _ => None,
+        })
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        self.db.flush().map_err(to_io).map(|_| ())
+    }
+}

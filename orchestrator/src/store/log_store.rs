@@ -1,0 +1,219 @@
+//! openraft's log storage on a [`LogBackend`]: entries are kept in memory for
+//! reads (the log is compacted after each snapshot, so it stays small) and made
+//! durable by the backend before an append is acknowledged.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::io;
+use std::ops::RangeBounds;
+use std::sync::{Arc, Mutex};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{
+    Entry, ErrorSubject, ErrorVerb, OptionalSend, RaftLogId, RaftLogReader, StorageIOError, Vote,
+};
+
+use super::types::{LogId, PeerId, StorageError, TypeConfig};
+use super::wal::LogBackend;
+
+struct Inner {
+    backend: Box<dyn LogBackend>,
+    entries: BTreeMap<u64, Entry<TypeConfig>>,
+    purged: Option<LogId>,
+    committed: Option<LogId>,
+    vote: Option<Vote<PeerId>>,
+}
+
+/// The raft log store; clones share the same log.
+#[derive(Clone)]
+pub struct LogStore {
+    inner: Arc<Mutex<Inner>>,
+}
+
+fn io_err(subject: ErrorSubject<PeerId>, verb: ErrorVerb, e: impl ToString) -> StorageError {
+    StorageIOError::new(subject, verb, openraft::AnyError::error(e.to_string())).into()
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> io::Result<T> {
+    postcard::from_bytes(bytes)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{what}: {e}")))
+}
+
+impl LogStore {
+    /// Wraps a backend and loads what it recovered.
+    pub fn open(
+        backend: Box<dyn LogBackend>,
+        recovered: super::wal::Recovered,
+    ) -> io::Result<Self> {
+        let mut entries = BTreeMap::new();
+        for (index, bytes) in recovered.entries {
+            let entry: Entry<TypeConfig> = decode(&bytes, "log entry")?;
+            if entry.log_id.index != index {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "log entry at index {index} claims index {}",
+                        entry.log_id.index
+                    ),
+                ));
+            }
+            entries.insert(index, entry);
+        }
+        let purged = match recovered.purged {
+            Some((_, marker)) => Some(decode(&marker, "purge marker")?),
+            None => None,
+        };
+        let committed = match recovered.committed {
+            Some(bytes) => decode(&bytes, "committed marker")?,
+            None => None,
+        };
+        let vote = match recovered.vote {
+            Some(bytes) => Some(decode(&bytes, "vote")?),
+            None => None,
+        };
+        Ok(Self {
+            inner: Arc::new(Mutex::new(Inner {
+                backend,
+                entries,
+                purged,
+                committed,
+                vote,
+            })),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves the log as the backend last wrote
+        // it; the in-memory copy is still a prefix of it, so go on.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Number of entries held (for tests and metrics).
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    /// Whether the log holds no entries.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError> {
+        let inner = self.lock();
+        Ok(inner.entries.range(range).map(|(_, e)| e.clone()).collect())
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let inner = self.lock();
+        let last = inner
+            .entries
+            .last_key_value()
+            .map(|(_, e)| *e.get_log_id())
+            .or(inner.purged);
+        Ok(LogState {
+            last_purged_log_id: inner.purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<PeerId>) -> Result<(), StorageError> {
+        let mut inner = self.lock();
+        let bytes = postcard::to_allocvec(vote)
+            .map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))?;
+        inner
+            .backend
+            .save_vote(&bytes)
+            .map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))?;
+        inner.vote = Some(*vote);
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<PeerId>>, StorageError> {
+        Ok(self.lock().vote)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        let mut inner = self.lock();
+        let bytes = postcard::to_allocvec(&committed)
+            .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
+        inner
+            .backend
+            .save_committed(&bytes)
+            .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
+        inner.committed = committed;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.lock().committed)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let mut encoded = Vec::with_capacity(entries.len());
+        for e in &entries {
+            let bytes = postcard::to_allocvec(e)
+                .map_err(|err| io_err(ErrorSubject::Log(e.log_id), ErrorVerb::Write, err))?;
+            encoded.push((e.log_id.index, bytes));
+        }
+        let mut inner = self.lock();
+        let result = inner.backend.append(&encoded);
+        if result.is_ok() {
+            for e in entries {
+                inner.entries.insert(e.log_id.index, e);
+            }
+        }
+        drop(inner);
+        let reported = result
+            .as_ref()
+            .map(|_| ())
+            .map_err(|e| io::Error::new(e.kind(), e.to_string()));
+        callback.log_io_completed(reported);
+        result.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut inner = self.lock();
+        inner
+            .backend
+            .truncate(log_id.index)
+            .map_err(|e| io_err(ErrorSubject::Log(log_id), ErrorVerb::Delete, e))?;
+        inner.entries.split_off(&log_id.index);
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut inner = self.lock();
+        let marker = postcard::to_allocvec(&log_id)
+            .map_err(|e| io_err(ErrorSubject::Log(log_id), ErrorVerb::Delete, e))?;
+        inner
+            .backend
+            .purge(log_id.index, &marker)
+            .map_err(|e| io_err(ErrorSubject::Log(log_id), ErrorVerb::Delete, e))?;
+        let kept = inner.entries.split_off(&(log_id.index + 1));
+        inner.entries = kept;
+        inner.purged = Some(log_id);
+        Ok(())
+    }
+}

@@ -1,0 +1,583 @@
+//! The store: the cluster's single source of truth, an openraft-replicated key
+//! space of 1, 3 or 5 peers. The raft log lives in our write-ahead log
+//! ([`wal`]), the key space and snapshots in sled ([`backend`]).
+//!
+//! Writes are commands of compare-and-swap operations; each committed command's
+//! log index is its cluster-wide revision. A write or linearizable read made on a
+//! follower is passed to the leader over the peer transport, so callers never need
+//! to know who leads. When no majority answers, writes fail within the write
+//! timeout with a `no quorum` error naming the peers that do answer.
+//!
+//! Must never: interpret objects (that is the apiserver's job); the store sees keys
+//! and bytes only.
+
+pub mod backend;
+pub mod log_store;
+pub mod network;
+pub mod state_machine;
+pub mod types;
+pub mod wal;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers, SnapshotPolicy};
+
+use self::backend::SledBackend;
+use self::log_store::LogStore;
+use self::network::{
+    CallError, Forward, ForwardError, Network, PeerNet, PeerRequest, PeerResponse,
+};
+use self::state_machine::{StateMachine, StateReader};
+pub use self::types::{
+    Command, CommandResponse, Op, PeerId, Precondition, Raft, Rejection, StoredValue,
+};
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No majority answered in time.
+    #[error("{0}")]
+    NoQuorum(String),
+    /// The request cannot be served (e.g. a membership change that makes no sense).
+    #[error("{0}")]
+    Invalid(String),
+    /// Disk trouble.
+    #[error("store i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// Raft failed in a way that is not about quorum.
+    #[error("store: {0}")]
+    Raft(String),
+}
+
+type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Store settings.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// This peer's id.
+    pub id: PeerId,
+    /// Where the log and the key space live.
+    pub dir: PathBuf,
+    /// Changes kept for watches.
+    pub history: usize,
+    /// Log entries between snapshots.
+    pub snapshot_every: u64,
+    /// How long a write or linearizable read may wait for a quorum.
+    pub write_timeout: Duration,
+    /// Raft heartbeat interval.
+    pub heartbeat: Duration,
+    /// Raft election timeout range.
+    pub election_timeout: (Duration, Duration),
+}
+
+impl StoreConfig {
+    /// Defaults for a peer with this id and directory.
+    pub fn new(id: PeerId, dir: PathBuf) -> Self {
+        Self {
+            id,
+            dir,
+            history: 10_000,
+            snapshot_every: 10_000,
+            write_timeout: Duration::from_secs(5),
+            heartbeat: Duration::from_millis(100),
+            election_timeout: (Duration::from_millis(500), Duration::from_millis(1000)),
+        }
+    }
+}
+
+/// One peer of the store.
+pub struct Store {
+    id: PeerId,
+    raft: Raft,
+    reader: StateReader,
+    net: Arc<PeerNet>,
+    config: StoreConfig,
+    log: LogStore,
+}
+
+/// A peer as the store sees it.
+#[derive(Clone, Debug)]
+pub struct MemberInfo {
+    /// Raft id.
+    pub id: PeerId,
+    /// Address.
+    pub address: String,
+    /// leader | follower | learner.
+    pub role: &'static str,
+    /// Replication position, when this peer leads.
+    pub matched_index: Option<u64>,
+}
+
+impl Store {
+    /// Opens the store in `config.dir`, dialling peers through `net`.
+    pub async fn open(config: StoreConfig, net: Arc<PeerNet>) -> Result<Arc<Self>> {
+        let (wal, recovered) = wal::Wal::open(&config.dir.join("wal"))?;
+        let log = LogStore::open(Box::new(wal), recovered)?;
+        let backend = Arc::new(SledBackend::open(&config.dir.join("state"))?);
+        let sm = StateMachine::open(backend, config.history)?;
+        let reader = sm.reader();
+        let raft_config = openraft::Config {
+            cluster_name: "flotilla".into(),
+            heartbeat_interval: config.heartbeat.as_millis() as u64,
+            election_timeout_min: config.election_timeout.0.as_millis() as u64,
+            election_timeout_max: config.election_timeout.1.as_millis() as u64,
+            install_snapshot_timeout: 5_000,
+            max_payload_entries: 256,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+            max_in_snapshot_log_to_keep: 1_000.min(config.snapshot_every),
+            snapshot_max_chunk_size: 4 * 1024 * 1024,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let raft = Raft::new(
+            config.id,
+            Arc::new(raft_config),
+            Network::new(net.clone()),
+            log.clone(),
+            sm,
+        )
+        .await
+        .map_err(|e| StoreError::Raft(e.to_string()))?;
+        Ok(Arc::new(Self {
+            id: config.id,
+            raft,
+            reader,
+            net,
+            config,
+            log,
+        }))
+    }
+
+    /// This peer's id.
+    pub fn id(&self) -> PeerId {
+        self.id
+    }
+
+    /// The raft handle (metrics, triggers).
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// The applied state.
+    pub fn reader(&self) -> &StateReader {
+        &self.reader
+    }
+
+    /// Entries in the raft log not yet compacted away.
+    pub fn log_len(&self) -> usize {
+        self.log.len()
+    }
+
+    /// Whether this peer has a membership (a new cluster or a joined one).
+    pub async fn is_initialized(&self) -> bool {
+        self.raft.is_initialized().await.unwrap_or(false)
+    }
+
+    /// Makes a one-peer cluster of this peer.
+    pub async fn initialize(&self, address: &str) -> Result<()> {
+        let mut members = BTreeMap::new();
+        members.insert(self.id, BasicNode::new(address));
+        self.raft
+            .initialize(members)
+            .await
+            .map_err(|e| StoreError::Raft(e.to_string()))
+    }
+
+    /// Waits until some peer leads, up to `timeout`.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Option<PeerId> {
+        let mut rx = self.raft.metrics();
+        let found =
+            tokio::time::timeout(timeout, rx.wait_for(|m| m.current_leader.is_some())).await;
+        match found {
+            Ok(Ok(m)) => m.current_leader,
+            _ => None,
+        }
+    }
+
+    fn leader_addr(&self, leader: PeerId) -> Option<String> {
+        let metrics = self.raft.metrics().borrow().clone();
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.addr.clone())
+    }
+
+    /// The message of a quorum failure: which peers answer, who leads.
+    pub fn no_quorum_message(&self, what: &str) -> String {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: Vec<PeerId> = membership.voter_ids().collect();
+        let mut answering: BTreeSet<PeerId> = self
+            .net
+            .answering(Duration::from_secs(3))
+            .into_iter()
+            .filter(|id| voters.contains(id))
+            .collect();
+        answering.insert(self.id);
+        let answering: Vec<String> = answering
+            .iter()
+            .map(|id| {
+                let addr = membership
+                    .get_node(id)
+                    .map(|n| n.addr.as_str())
+                    .unwrap_or("?");
+                if *id == self.id {
+                    format!("{id} ({addr}, this peer)")
+                } else {
+                    format!("{id} ({addr})")
+                }
+            })
+            .collect();
+        format!(
+            "no quorum: deadline exceeded after {:?} waiting to {what}; {} of {} store peers answering: {}; a majority ({}) is needed",
+            self.config.write_timeout,
+            answering.len(),
+            voters.len(),
+            answering.join(", "),
+            voters.len() / 2 + 1,
+        )
+    }
+
+    /// Commits a command, through the leader wherever it is.
+    pub async fn propose(&self, cmd: Command) -> Result<CommandResponse> {
+        let deadline = Instant::now() + self.config.write_timeout;
+        self.with_leader(
+            deadline,
+            "commit a write",
+            Forward::Write(cmd.clone()),
+            |resp| match resp {
+                PeerResponse::Write(r) => Some(r),
+                _ => None,
+            },
+            || self.propose_local(cmd.clone(), deadline),
+        )
+        .await
+    }
+
+    /// Waits until this peer has applied every write committed before the call:
+    /// the barrier in front of a linearizable read.
+    pub async fn read_barrier(&self) -> Result<()> {
+        let deadline = Instant::now() + self.config.write_timeout;
+        let index = self
+            .with_leader(
+                deadline,
+                "confirm a linearizable read",
+                Forward::ReadIndex,
+                |resp| match resp {
+                    PeerResponse::ReadIndex(r) => Some(r),
+                    _ => None,
+                },
+                || self.read_index_local(deadline),
+            )
+            .await?;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if self.reader.wait_applied(index, remaining).await {
+            Ok(())
+        } else {
+            Err(StoreError::NoQuorum(
+                self.no_quorum_message("catch up for a linearizable read"),
+            ))
+        }
+    }
+
+    /// Adds a voter (through the leader).
+    pub async fn add_peer(&self, id: PeerId, address: String) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        self.with_leader(
+            deadline,
+            "add a peer",
+            Forward::AddPeer {
+                id,
+                address: address.clone(),
+            },
+            |resp| match resp {
+                PeerResponse::Done(r) => Some(r),
+                _ => None,
+            },
+            || self.add_peer_local(id, address.clone()),
+        )
+        .await
+    }
+
+    /// Removes a peer (through the leader).
+    pub async fn remove_peer(&self, id: PeerId) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        self.with_leader(
+            deadline,
+            "remove a peer",
+            Forward::RemovePeer { id },
+            |resp| match resp {
+                PeerResponse::Done(r) => Some(r),
+                _ => None,
+            },
+            || self.remove_peer_local(id),
+        )
+        .await
+    }
+
+    /// Runs `local` if this peer leads, else forwards `forward` to the leader;
+    /// retries through leader changes until `deadline`.
+    async fn with_leader<T, L, F, P>(
+        &self,
+        deadline: Instant,
+        what: &str,
+        forward: Forward,
+        pick: P,
+        local: L,
+    ) -> Result<T>
+    where
+        L: Fn() -> F,
+        F: std::future::Future<Output = std::result::Result<T, ForwardError>>,
+        P: Fn(PeerResponse) -> Option<std::result::Result<T, ForwardError>>,
+    {
+        let mut last_error = None;
+        loop {
+            if Instant::now() >= deadline {
+                return Err(match last_error {
+                    Some(ForwardError::Failed(msg)) => StoreError::Raft(msg),
+                    _ => StoreError::NoQuorum(self.no_quorum_message(what)),
+                });
+            }
+            let leader = self.raft.metrics().borrow().current_leader;
+            let outcome = match leader {
+                Some(l) if l == self.id => local().await,
+                Some(l) => match self.leader_addr(l) {
+                    Some(addr) => {
+                        let remaining = deadline.saturating_duration_since(Instant::now());
+                        match self
+                            .net
+                            .call(l, &addr, &PeerRequest::Forward(forward.clone()), remaining)
+                            .await
+                        {
+                            Ok(resp) => pick(resp).unwrap_or_else(|| {
+                                Err(ForwardError::Failed(
+                                    "unexpected answer from the leader".into(),
+                                ))
+                            }),
+                            Err(CallError::Timeout { .. }) => {
+                                Err(ForwardError::NoQuorum(self.no_quorum_message(what)))
+                            }
+                            Err(e) => Err(ForwardError::NotLeader { leader: None }).inspect_err(
+                                |_| tracing::debug!(error = %e, "forward to the leader failed"),
+                            ),
+                        }
+                    }
+                    None => Err(ForwardError::NotLeader { leader: None }),
+                },
+                None => Err(ForwardError::NotLeader { leader: None }),
+            };
+            match outcome {
+                Ok(v) => return Ok(v),
+                Err(ForwardError::NoQuorum(msg)) => return Err(StoreError::NoQuorum(msg)),
+                Err(ForwardError::Failed(msg)) if !msg.is_empty() => {
+                    return Err(StoreError::Raft(msg));
+                }
+                Err(e) => {
+                    last_error = Some(e);
+                    let mut rx = self.raft.metrics();
+                    let _ = tokio::time::timeout(Duration::from_millis(50), rx.changed()).await;
+                }
+            }
+        }
+    }
+
+    async fn propose_local(
+        &self,
+        cmd: Command,
+        deadline: Instant,
+    ) -> std::result::Result<CommandResponse, ForwardError> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(remaining, self.raft.client_write(cmd)).await {
+            Ok(Ok(resp)) => Ok(resp.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(ForwardError::NotLeader {
+                    leader: f.leader_id,
+                })
+            }
+            Ok(Err(e)) => Err(ForwardError::Failed(e.to_string())),
+            Err(_) => Err(ForwardError::NoQuorum(
+                self.no_quorum_message("commit a write"),
+            )),
+        }
+    }
+
+    async fn read_index_local(&self, deadline: Instant) -> std::result::Result<u64, ForwardError> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(remaining, self.raft.get_read_log_id()).await {
+            Ok(Ok((read, _applied))) => Ok(read.map_or(0, |l| l.index)),
+            Ok(Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(
+                f,
+            )))) => Err(ForwardError::NotLeader {
+                leader: f.leader_id,
+            }),
+            Ok(Err(RaftError::APIError(openraft::error::CheckIsLeaderError::QuorumNotEnough(
+                _,
+            )))) => Err(ForwardError::NoQuorum(
+                self.no_quorum_message("confirm a linearizable read"),
+            )),
+            Ok(Err(e)) => Err(ForwardError::Failed(e.to_string())),
+            Err(_) => Err(ForwardError::NoQuorum(
+                self.no_quorum_message("confirm a linearizable read"),
+            )),
+        }
+    }
+
+    async fn add_peer_local(
+        &self,
+        id: PeerId,
+        address: String,
+    ) -> std::result::Result<(), ForwardError> {
+        let membership = self.raft.metrics().borrow().membership_config.clone();
+        if let Some(node) = membership.membership().get_node(&id) {
+            if node.addr != address {
+                return Err(ForwardError::Failed(format!(
+                    "peer {id} is already a member at {}",
+                    node.addr
+                )));
+            }
+        }
+        self.raft
+            .add_learner(id, BasicNode::new(address), true)
+            .await
+            .map_err(|e| match e {
+                RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                    ForwardError::NotLeader {
+                        leader: f.leader_id,
+                    }
+                }
+                e => ForwardError::Failed(e.to_string()),
+            })?;
+        let mut ids = BTreeSet::new();
+        ids.insert(id);
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(ids), false)
+            .await
+            .map_err(|e| match e {
+                RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                    ForwardError::NotLeader {
+                        leader: f.leader_id,
+                    }
+                }
+                e => ForwardError::Failed(e.to_string()),
+            })?;
+        Ok(())
+    }
+
+    async fn remove_peer_local(&self, id: PeerId) -> std::result::Result<(), ForwardError> {
+        let membership = self.raft.metrics().borrow().membership_config.clone();
+        let m = membership.membership();
+        let is_voter = m.voter_ids().any(|v| v == id);
+        if m.get_node(&id).is_none() {
+            return Err(ForwardError::Failed(format!("peer {id} is not a member")));
+        }
+        if is_voter && m.voter_ids().count() == 1 {
+            return Err(ForwardError::Failed(format!(
+                "peer {id} is the only voter; removing it would leave no cluster"
+            )));
+        }
+        let mut ids = BTreeSet::new();
+        ids.insert(id);
+        let change = if is_voter {
+            ChangeMembers::RemoveVoters(ids)
+        } else {
+            ChangeMembers::RemoveNodes(ids)
+        };
+        self.raft
+            .change_membership(change, false)
+            .await
+            .map_err(|e| match e {
+                RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                    ForwardError::NotLeader {
+                        leader: f.leader_id,
+                    }
+                }
+                e => ForwardError::Failed(e.to_string()),
+            })?;
+        Ok(())
+    }
+
+    /// The peers of the store with their roles.
+    pub fn members(&self) -> Vec<MemberInfo> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<PeerId> = membership.voter_ids().collect();
+        let leader = metrics.current_leader;
+        let replication = if leader == Some(self.id) {
+            metrics.replication.clone()
+        } else {
+            None
+        };
+        membership
+            .nodes()
+            .map(|(id, node)| MemberInfo {
+                id: *id,
+                address: node.addr.clone(),
+                role: if Some(*id) == leader {
+                    "leader"
+                } else if voters.contains(id) {
+                    "follower"
+                } else {
+                    "learner"
+                },
+                matched_index: replication
+                    .as_ref()
+                    .and_then(|r| r.get(id).cloned().flatten().map(|l| l.index))
+                    .or(if Some(*id) == leader {
+                        metrics.last_log_index
+                    } else {
+                        None
+                    }),
+            })
+            .collect()
+    }
+
+    /// Serves one request from another peer (already authenticated as `peer:FROM`).
+    pub async fn handle_peer(&self, from: PeerId, req: PeerRequest) -> PeerResponse {
+        self.net.mark_seen(from);
+        match req {
+            PeerRequest::Append(rpc) => PeerResponse::Append(self.raft.append_entries(rpc).await),
+            PeerRequest::Vote(rpc) => PeerResponse::Vote(self.raft.vote(rpc).await),
+            PeerRequest::Snapshot(rpc) => {
+                PeerResponse::Snapshot(self.raft.install_snapshot(rpc).await)
+            }
+            PeerRequest::Forward(fwd) => {
+                let deadline = Instant::now() + self.config.write_timeout;
+                let leads = self.raft.metrics().borrow().current_leader == Some(self.id);
+                if !leads {
+                    let leader = self.raft.metrics().borrow().current_leader;
+                    let err = ForwardError::NotLeader { leader };
+                    return match fwd {
+                        Forward::Write(_) => PeerResponse::Write(Err(err)),
+                        Forward::ReadIndex => PeerResponse::ReadIndex(Err(err)),
+                        _ => PeerResponse::Done(Err(err)),
+                    };
+                }
+                match fwd {
+                    Forward::Write(cmd) => {
+                        PeerResponse::Write(self.propose_local(cmd, deadline).await)
+                    }
+                    Forward::ReadIndex => {
+                        PeerResponse::ReadIndex(self.read_index_local(deadline).await)
+                    }
+                    Forward::AddPeer { id, address } => {
+                        PeerResponse::Done(self.add_peer_local(id, address).await)
+                    }
+                    Forward::RemovePeer { id } => {
+                        PeerResponse::Done(self.remove_peer_local(id).await)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stops raft.
+    pub async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+    }
+}

@@ -1,0 +1,106 @@
+//! The store's data: raft type configuration, the write commands the log carries,
+//! and what they answer.
+
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+openraft::declare_raft_types!(
+    /// Raft types of the Flotilla store.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResponse,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// A raft id.
+pub type PeerId = u64;
+/// The raft handle.
+pub type Raft = openraft::Raft<TypeConfig>;
+/// A log id.
+pub type LogId = openraft::LogId<PeerId>;
+/// Membership as stored.
+pub type StoredMembership = openraft::StoredMembership<PeerId, openraft::BasicNode>;
+/// Storage errors as openraft wants them.
+pub type StorageError = openraft::StorageError<PeerId>;
+
+/// A value in the key space with the revisions that made it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredValue {
+    /// The encoded object.
+    pub value: Vec<u8>,
+    /// Revision of the write that created the key.
+    pub create_revision: u64,
+    /// Revision of the write that last changed it.
+    pub mod_revision: u64,
+}
+
+/// What must hold for an operation to go ahead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Precondition {
+    /// Nothing.
+    None,
+    /// The key must not exist.
+    Absent,
+    /// The key must exist.
+    Present,
+    /// The key must exist and have been last changed at this revision.
+    ModRevision(u64),
+}
+
+/// One change within a command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Op {
+    /// The key.
+    pub key: String,
+    /// What must hold first.
+    pub precondition: Precondition,
+    /// The value to store; `None` deletes the key.
+    pub value: Option<Vec<u8>>,
+}
+
+/// A write through the log: all operations apply, or none.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    /// The operations, on distinct keys.
+    pub ops: Vec<Op>,
+}
+
+/// Why a command changed nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Rejection {
+    /// The key exists.
+    Exists {
+        /// Key.
+        key: String,
+    },
+    /// The key does not exist.
+    Missing {
+        /// Key.
+        key: String,
+    },
+    /// The key was changed at another revision than the caller expected.
+    Conflict {
+        /// Key.
+        key: String,
+        /// The revision the caller expected.
+        expected: u64,
+        /// The revision it is at.
+        actual: u64,
+    },
+}
+
+/// What applying a command produced.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct CommandResponse {
+    /// The revision the command was committed at (its log index).
+    pub revision: u64,
+    /// Why nothing changed, when a precondition failed.
+    pub rejected: Option<Rejection>,
+    /// The previous values of the keys, in op order.
+    pub previous: Vec<Option<StoredValue>>,
+}

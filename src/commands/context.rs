@@ -1,0 +1,56 @@
+//! What client verbs share: where the configuration is and how to connect.
+
+use std::path::PathBuf;
+
+use anyhow::{anyhow, Context as _};
+use flotilla_api::client::{Client, ClientConfig};
+
+/// Global options of client verbs.
+pub struct Context {
+    config: Option<PathBuf>,
+    server: Option<String>,
+}
+
+impl Context {
+    /// From the global flags.
+    pub fn new(config: Option<PathBuf>, server: Option<String>) -> Self {
+        Self { config, server }
+    }
+
+    fn config_path(&self) -> anyhow::Result<PathBuf> {
+        self.config
+            .clone()
+            .or_else(ClientConfig::default_path)
+            .ok_or_else(|| anyhow!("no client configuration: pass --config or set FLOTILLA_CONFIG"))
+    }
+
+    /// Loads the configuration, with `--server` applied.
+    pub fn client_config(&self) -> anyhow::Result<ClientConfig> {
+        let path = self.config_path()?;
+        if !path.exists() {
+            return Err(anyhow!(
+                "no client configuration at {}: start a cluster with `flotilla up`, or pass --config DATA_DIR/admin.config",
+                path.display()
+            ));
+        }
+        let mut config = ClientConfig::load(&path)?;
+        if let Some(server) = &self.server {
+            config.server = server.clone();
+        }
+        Ok(config)
+    }
+
+    /// Connects to the apiserver.
+    pub async fn connect(&self) -> anyhow::Result<Client> {
+        let config = self.client_config()?;
+        Client::connect(&config)
+            .await
+            .with_context(|| format!("using the client configuration for {}", config.identity))
+            .map_err(|e| anyhow!("{}", e.root_cause()))
+    }
+}
+
+/// Parses a duration flag (`30s`, `5m`, `24h`).
+pub fn parse_duration(s: &str) -> Result<flotilla_api::duration::Duration, String> {
+    flotilla_api::duration::Duration::parse(s).map_err(|e| e.to_string())
+}

@@ -1,0 +1,72 @@
+//! `flotilla delete KIND NAME` and `flotilla delete -f FILE`.
+
+use std::process::ExitCode;
+
+use clap::Args;
+use flotilla_api::object::Kind;
+use flotilla_api::wire::Propagation;
+
+use super::apply::load_manifests;
+use super::Context;
+
+#[derive(Args, Debug)]
+pub struct DeleteArgs {
+    /// Kind (omit with -f).
+    kind: Option<String>,
+    /// Name.
+    name: Option<String>,
+    /// Delete the objects in these manifests.
+    #[arg(short = 'f', long = "filename", conflicts_with_all = ["kind", "name"])]
+    files: Vec<String>,
+    /// Namespace (default: default).
+    #[arg(short, long)]
+    namespace: Option<String>,
+    /// What happens to dependents: background, foreground or orphan.
+    #[arg(long, default_value = "background")]
+    cascade: String,
+}
+
+impl DeleteArgs {
+    pub async fn execute(self, ctx: &Context) -> anyhow::Result<ExitCode> {
+        let propagation = match self.cascade.as_str() {
+            "background" | "true" => Propagation::Background,
+            "foreground" => Propagation::Foreground,
+            "orphan" | "false" => Propagation::Orphan,
+            other => anyhow::bail!("--cascade: \"{other}\" is not a policy (expected background, foreground or orphan)"),
+        };
+        let targets: Vec<(Kind, String, String)> = if !self.files.is_empty() {
+            load_manifests(&self.files, self.namespace.as_deref())?
+                .into_iter()
+                .map(|o| (o.kind(), o.meta().namespace.clone(), o.meta().name.clone()))
+                .collect()
+        } else {
+            let (Some(kind), Some(name)) = (&self.kind, &self.name) else {
+                anyhow::bail!(
+                    "say what to delete: `flotilla delete KIND NAME` or `flotilla delete -f FILE`"
+                );
+            };
+            let ns = self.namespace.clone().unwrap_or_else(|| "default".into());
+            vec![(Kind::parse(kind)?, ns, name.clone())]
+        };
+        let client = ctx.connect().await?;
+        let mut failed = false;
+        for (kind, ns, name) in targets {
+            match client.delete(kind, &ns, &name, propagation).await {
+                Ok((_, true)) => println!("{} \"{name}\" deleted", kind.as_str().to_lowercase()),
+                Ok((_, false)) => println!(
+                    "{} \"{name}\" marked for deletion (waiting on finalizers)",
+                    kind.as_str().to_lowercase()
+                ),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    failed = true;
+                }
+            }
+        }
+        Ok(if failed {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        })
+    }
+}

@@ -1,0 +1,66 @@
+//! One module per verb; [`Cli::execute`] dispatches.
+
+mod apply;
+mod cluster;
+mod context;
+mod delete;
+mod describe;
+mod get;
+mod output;
+mod server;
+mod token;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub use context::Context;
+
+/// Flotilla: a micro-orchestrator for WebAssembly workloads.
+#[derive(Parser, Debug)]
+#[command(name = "flotilla", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Client configuration file (default: $FLOTILLA_CONFIG, else ~/.flotilla/config).
+    #[arg(long, global = true, env = "FLOTILLA_CONFIG")]
+    config: Option<PathBuf>,
+    /// Apiserver address HOST:PORT, overriding the configuration's.
+    #[arg(long, global = true)]
+    server: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a control-plane peer (store + apiserver).
+    Server(server::ServerArgs),
+    /// Manage join tokens.
+    Token(token::TokenArgs),
+    /// Inspect and change the store's peers.
+    Cluster(cluster::ClusterArgs),
+    /// Create or update objects from manifests.
+    Apply(apply::ApplyArgs),
+    /// List or show objects.
+    Get(get::GetArgs),
+    /// Show one object in detail.
+    Describe(describe::DescribeArgs),
+    /// Delete objects.
+    Delete(delete::DeleteArgs),
+}
+
+impl Cli {
+    /// Runs the chosen verb.
+    pub async fn execute(self) -> anyhow::Result<ExitCode> {
+        let ctx = Context::new(self.config, self.server);
+        match self.command {
+            Command::Server(args) => args.execute().await,
+            Command::Token(args) => args.execute(&ctx).await,
+            Command::Cluster(args) => args.execute(&ctx).await,
+            Command::Apply(args) => args.execute(&ctx).await,
+            Command::Get(args) => args.execute(&ctx).await,
+            Command::Describe(args) => args.execute(&ctx).await,
+            Command::Delete(args) => args.execute(&ctx).await,
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! `flotilla server`: one control-plane peer.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use flotilla_api::duration::Duration;
+use flotilla_orchestrator::server::{run, ServerConfig};
+
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    /// Where this peer keeps its log, state and credentials.
+    #[arg(long, default_value = "flotilla-data")]
+    data_dir: PathBuf,
+    /// UDP address to serve QUIC on (port 0: pick a free port and keep it).
+    #[arg(long, default_value = "127.0.0.1:7443")]
+    listen: String,
+    /// Address to advertise to peers and clients (default: the bound address).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Join the cluster that a peer at this address belongs to.
+    #[arg(long, requires = "token")]
+    join: Option<String>,
+    /// Join token from `flotilla token create`.
+    #[arg(long, requires = "join")]
+    token: Option<String>,
+    /// Changes kept for watches; older revisions get "too old".
+    #[arg(long, default_value_t = 10_000)]
+    watch_history: usize,
+    /// Log entries between snapshots (the log is compacted after each).
+    #[arg(long, default_value_t = 10_000)]
+    snapshot_every: u64,
+    /// How long a write waits for a quorum before failing.
+    #[arg(long, default_value = "5s", value_parser = super::context::parse_duration)]
+    write_timeout: Duration,
+}
+
+impl ServerArgs {
+    pub async fn execute(self) -> anyhow::Result<ExitCode> {
+        let ServerArgs {
+            data_dir,
+            listen,
+            advertise,
+            join,
+            token,
+            watch_history,
+            snapshot_every,
+            write_timeout,
+        } = self;
+        let mut config = ServerConfig::new(data_dir, listen);
+        config.advertise = advertise;
+        config.join = join.zip(token);
+        config.history = watch_history;
+        config.snapshot_every = snapshot_every.max(10);
+        config.write_timeout = write_timeout.as_std();
+        run(config, shutdown_signal()).await?;
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,300 @@
+//! The replicated store through the API: replication, leader loss, quorum loss,
+//! restarts, compare-and-swap, snapshots and membership.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use flotilla_api::manifest::parse_manifests;
+use flotilla_api::object::Kind;
+use flotilla_api::wire::{Consistency, ErrorCode};
+
+use crate::harness::{service_manifest, stderr, stdout, wait_for, Cluster};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn three_peers_replicate_objects_applied_through_any_peer() {
+    let cluster = Cluster::start(3, &[]);
+    for (i, name) in ["via-one", "via-two", "via-three"].iter().enumerate() {
+        let out = cluster.cli_in(i, &["apply", "-f", "-"], Some(&service_manifest(name)));
+        assert!(out.status.success(), "apply via peer {i}: {}", stderr(&out));
+        assert_eq!(stdout(&out).trim(), format!("service/{name} created"));
+    }
+    for i in 0..3 {
+        for name in ["via-one", "via-two", "via-three"] {
+            let out = cluster.cli(i, &["get", "svc", name, "-o", "json"]);
+            assert!(
+                out.status.success(),
+                "get {name} via peer {i}: {}",
+                stderr(&out)
+            );
+            let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+            assert_eq!(v["metadata"]["name"], name);
+            assert_eq!(v["kind"], "Service");
+        }
+    }
+    let again = cluster.cli_in(1, &["apply", "-f", "-"], Some(&service_manifest("via-one")));
+    assert_eq!(stdout(&again).trim(), "service/via-one unchanged");
+    let changed = service_manifest("via-one").replace("port: 80", "port: 81");
+    let out = cluster.cli_in(2, &["apply", "-f", "-"], Some(&changed));
+    assert_eq!(stdout(&out).trim(), "service/via-one configured");
+
+    let out = cluster.cli(0, &["get", "services", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["kind"], "List");
+    assert_eq!(v["items"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn leader_kill9_under_writes_keeps_every_acknowledged_write() {
+    let mut cluster = Cluster::start(3, &[]);
+    let leader = cluster.leader(0).expect("a leader");
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let rt = rt();
+    let writer_peer = survivors[0];
+    let client = rt.block_on(cluster.client(writer_peer));
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let acked = acked.clone();
+        let stop = stop.clone();
+        let client = client.clone();
+        rt.spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let name = format!("w-{i}");
+                let obj = parse_manifests(&service_manifest(&name)).unwrap().remove(0);
+                if client.create(obj).await.is_ok() {
+                    acked.lock().unwrap().push(name);
+                }
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    wait_for("writes before the kill", Duration::from_secs(20), || {
+        (acked.lock().unwrap().len() >= 20).then_some(())
+    });
+    let before_kill = acked.lock().unwrap().len();
+    cluster.peers[leader].kill9();
+    let killed_at = Instant::now();
+    let new_leader = wait_for("a new leader", Duration::from_secs(10), || {
+        let l = cluster.leader(survivors[1])?;
+        (l != leader).then_some(l)
+    });
+    let elected_after = killed_at.elapsed();
+    assert!(survivors.contains(&new_leader));
+    assert!(
+        elected_after <= Duration::from_secs(3),
+        "new leader took {elected_after:?}"
+    );
+    wait_for("writes after the kill", Duration::from_secs(20), || {
+        (acked.lock().unwrap().len() >= before_kill + 20).then_some(())
+    });
+    stop.store(true, Ordering::Relaxed);
+    rt.block_on(writer).unwrap();
+    let acked = acked.lock().unwrap().clone();
+    for peer in &survivors {
+        let c = rt.block_on(cluster.client(*peer));
+        let (items, _) = rt
+            .block_on(c.list(Kind::Service, Some("default"), ""))
+            .unwrap();
+        let names: std::collections::HashSet<String> =
+            items.iter().map(|o| o.meta().name.clone()).collect();
+        for name in &acked {
+            assert!(
+                names.contains(name),
+                "acknowledged write {name} lost on peer {peer}"
+            );
+        }
+    }
+}
+
+#[test]
+fn quorum_loss_fails_writes_clearly_and_recovers() {
+    let mut cluster = Cluster::start(3, &[]);
+    let out = cluster.cli_in(0, &["apply", "-f", "-"], Some(&service_manifest("before")));
+    assert!(out.status.success(), "{}", stderr(&out));
+    cluster.peers[1].kill9();
+    cluster.peers[2].kill9();
+    let started = Instant::now();
+    let out = cluster.cli_in(0, &["apply", "-f", "-"], Some(&service_manifest("during")));
+    let took = started.elapsed();
+    assert!(!out.status.success(), "apply without quorum must fail");
+    assert!(took <= Duration::from_secs(10), "failing took {took:?}");
+    let err = stderr(&out);
+    assert!(
+        err.contains("no quorum"),
+        "the error names the lost quorum: {err}"
+    );
+    cluster.peers[1].restart();
+    wait_for("writes to succeed again", Duration::from_secs(30), || {
+        let out = cluster.cli_in(0, &["apply", "-f", "-"], Some(&service_manifest("after")));
+        out.status.success().then_some(())
+    });
+    for name in ["before", "after"] {
+        let out = cluster.cli(1, &["get", "svc", name]);
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn full_restart_keeps_every_object_and_resource_version() {
+    let mut cluster = Cluster::start(3, &[]);
+    for i in 0..10 {
+        let out = cluster.cli_in(
+            i % 3,
+            &["apply", "-f", "-"],
+            Some(&service_manifest(&format!("keep-{i}"))),
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let list = |cluster: &Cluster, i: usize| -> Vec<(String, String)> {
+        let out = cluster.cli(i, &["get", "svc", "-o", "json"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+        let mut items: Vec<(String, String)> = v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| {
+                (
+                    o["metadata"]["name"].as_str().unwrap().to_string(),
+                    o["metadata"]["resourceVersion"]
+                        .as_str()
+                        .unwrap()
+                        .to_string(),
+                )
+            })
+            .collect();
+        items.sort();
+        items
+    };
+    let before = list(&cluster, 0);
+    assert_eq!(before.len(), 10);
+    for p in &mut cluster.peers {
+        p.kill9();
+    }
+    for p in &mut cluster.peers {
+        p.restart();
+    }
+    let after = wait_for(
+        "the restarted cluster to serve",
+        Duration::from_secs(30),
+        || {
+            let out = cluster.cli(2, &["get", "svc", "-o", "json"]);
+            out.status.success().then(|| list(&cluster, 2))
+        },
+    );
+    assert_eq!(before, after);
+}
+
+#[test]
+fn stale_resource_version_is_a_conflict_and_changes_nothing() {
+    let cluster = Cluster::start(1, &[]);
+    let rt = rt();
+    rt.block_on(async {
+        let c = cluster.client(0).await;
+        let obj = parse_manifests(&service_manifest("cas")).unwrap().remove(0);
+        let created = c.create(obj).await.unwrap();
+        let mut first = created.clone();
+        first.meta_mut().labels.insert("step".into(), "one".into());
+        let updated = c.update(first).await.unwrap();
+        assert_ne!(
+            updated.meta().resource_version,
+            created.meta().resource_version
+        );
+
+        let mut stale = created.clone();
+        stale
+            .meta_mut()
+            .labels
+            .insert("step".into(), "stale".into());
+        let err = c.update(stale).await.unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::Conflict), "{err}");
+        assert!(err.to_string().contains("conflict"), "{err}");
+
+        let now = c.get(Kind::Service, "default", "cas").await.unwrap();
+        assert_eq!(
+            now.meta().labels.get("step").map(String::as_str),
+            Some("one")
+        );
+        assert_eq!(now.meta().resource_version, updated.meta().resource_version);
+
+        let dup = parse_manifests(&service_manifest("cas")).unwrap().remove(0);
+        let err = c.create(dup).await.unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::AlreadyExists), "{err}");
+    });
+}
+
+#[test]
+fn snapshots_compact_the_log_and_catch_up_a_lagging_peer() {
+    let mut cluster = Cluster::start(3, &["--snapshot-every", "20"]);
+    cluster.peers[2].kill9();
+    let rt = rt();
+    rt.block_on(async {
+        let c = cluster.client(0).await;
+        for i in 0..120 {
+            let obj = parse_manifests(&service_manifest(&format!("snap-{i}")))
+                .unwrap()
+                .remove(0);
+            c.create(obj).await.unwrap();
+        }
+    });
+    cluster.peers[2].restart();
+    let rt2 = rt;
+    wait_for(
+        "the restarted peer to catch up",
+        Duration::from_secs(30),
+        || {
+            rt2.block_on(async {
+                let c = cluster.client(2).await;
+                let (items, _) = c
+                    .list_with(Kind::Service, Some("default"), "", Consistency::Stale)
+                    .await
+                    .ok()?;
+                (items.len() == 120).then_some(())
+            })
+        },
+    );
+}
+
+#[test]
+fn membership_remove_and_namespace_delete() {
+    let cluster = Cluster::start(3, &[]);
+    let members = cluster.members(0).unwrap();
+    let victim = members
+        .iter()
+        .find(|(_, _, r)| r == "follower")
+        .map(|(id, _, _)| *id)
+        .unwrap();
+    let out = cluster.cli(0, &["cluster", "remove", &victim.to_string()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_for("two members", Duration::from_secs(10), || {
+        (cluster.members(0)?.len() == 2).then_some(())
+    });
+
+    let ns = "apiVersion: flotilla.dev/v1\nkind: Namespace\nmetadata:\n  name: team\n";
+    let svc = service_manifest("in-team")
+        .replace("  name: in-team\n", "  name: in-team\n  namespace: team\n");
+    let both = format!("{svc}---\n{ns}");
+    let out = cluster.cli_in(0, &["apply", "-f", "-"], Some(&both));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = cluster.cli(0, &["get", "svc", "-n", "team"]);
+    assert!(stdout(&out).contains("in-team"));
+    let out = cluster.cli(0, &["delete", "ns", "team"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = cluster.cli(0, &["get", "svc", "in-team", "-n", "team"]);
+    assert!(!out.status.success());
+    let out = cluster.cli(0, &["get", "ns", "team"]);
+    assert!(!out.status.success());
+    let out = cluster.cli(0, &["delete", "ns", "default"]);
+    assert!(!out.status.success());
+}

@@ -1,0 +1,8 @@
+//! End-to-end tests: real `flotilla` processes on 127.0.0.1, real QUIC, real disk.
+//! One module per area, one test binary so it links once.
+
+mod bad_input;
+mod control_plane;
+mod harness;
+mod security;
+mod watch;
