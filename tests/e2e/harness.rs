@@ -87,10 +87,7 @@ impl ServerProc {
             child: Some(child),
             addr,
             data_dir: data_dir.to_path_buf(),
-            extra: extra
-                .into_iter()
-                .filter(|a| !a.starts_with("--join") && !a.starts_with("--token"))
-                .collect(),
+            extra: without_join(&extra),
         })
     }
 
@@ -127,6 +124,22 @@ impl ServerProc {
     pub fn admin_config(&self) -> PathBuf {
         self.data_dir.join("admin.config")
     }
+}
+
+/// The flags a restart keeps: a joined peer resumes from its data dir.
+fn without_join(args: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut skip = false;
+    for a in args {
+        if skip {
+            skip = false;
+        } else if a == "--join" || a == "--token" {
+            skip = true;
+        } else {
+            out.push(a.clone());
+        }
+    }
+    out
 }
 
 impl Drop for ServerProc {

@@ -29,3 +29,6 @@ pub fn is_internal(key: &str) -> bool {
 pub fn token_key(id: &str) -> String {
     format!("/_tokens/{id}")
 }
+
+/// The next store peer id to hand out.
+pub const PEER_ID_KEY: &str = "/_meta/next-peer-id";

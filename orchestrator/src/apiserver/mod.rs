@@ -776,7 +776,7 @@ impl ApiServer {
             .map_err(|e| ApiError::new(ErrorCode::Unauthorized, format!("join refused: {e}")))?;
         tokens::check(&self.store, &token).await?;
         let ip: Option<IpAddr> = address.parse::<std::net::SocketAddr>().ok().map(|s| s.ip());
-        let next_id = self.store.members().iter().map(|m| m.id).max().unwrap_or(0) + 1;
+        let next_id = self.allocate_peer_id().await?;
         let addrs: Vec<IpAddr> = ip.into_iter().collect();
         let cert_pem = self
             .ca
@@ -789,6 +789,38 @@ impl ApiServer {
             ca_key_pem: self.ca.key_pem.clone(),
             cluster_name: self.cluster_name.clone(),
         }))
+    }
+
+    /// Hands out peer ids through the store, so concurrent joins never share one.
+    async fn allocate_peer_id(&self) -> ApiResult<u64> {
+        let key = keys::PEER_ID_KEY;
+        for _ in 0..CAS_RETRIES {
+            let members_next = self.store.members().iter().map(|m| m.id).max().unwrap_or(0) + 1;
+            let current = self.store.reader().get(key).map_err(internal)?;
+            let (next, precondition) = match &current {
+                Some(v) => {
+                    let stored: u64 = postcard::from_bytes(&v.value).map_err(internal)?;
+                    (
+                        stored.max(members_next),
+                        Precondition::ModRevision(v.mod_revision),
+                    )
+                }
+                None => (members_next, Precondition::Absent),
+            };
+            let value = postcard::to_allocvec(&(next + 1)).map_err(internal)?;
+            let op = Op {
+                key: key.to_string(),
+                precondition,
+                value: Some(value),
+            };
+            if self.commit(vec![op]).await?.is_ok() {
+                return Ok(next);
+            }
+        }
+        Err(ApiError::new(
+            ErrorCode::Conflict,
+            "too many peers joining at once; try again",
+        ))
     }
 
     async fn serve_watch(

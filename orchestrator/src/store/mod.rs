@@ -208,14 +208,21 @@ impl Store {
             .map(|n| n.addr.clone())
     }
 
-    /// The message of a quorum failure: which peers answer, who leads.
-    pub fn no_quorum_message(&self, what: &str) -> String {
+    fn deadline_cause(&self, what: &str) -> String {
+        format!(
+            "deadline exceeded after {:?} waiting to {what}",
+            self.config.write_timeout
+        )
+    }
+
+    /// The message of a quorum failure: its cause and which peers answer.
+    pub fn no_quorum_message(&self, cause: &str) -> String {
         let metrics = self.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership();
         let voters: Vec<PeerId> = membership.voter_ids().collect();
         let mut answering: BTreeSet<PeerId> = self
             .net
-            .answering(Duration::from_secs(3))
+            .answering(Duration::from_secs(1))
             .into_iter()
             .filter(|id| voters.contains(id))
             .collect();
@@ -235,8 +242,7 @@ impl Store {
             })
             .collect();
         format!(
-            "no quorum: deadline exceeded after {:?} waiting to {what}; {} of {} store peers answering: {}; a majority ({}) is needed",
-            self.config.write_timeout,
+            "no quorum: {cause}; {} of {} store peers answering: {}; a majority ({}) is needed",
             answering.len(),
             voters.len(),
             answering.join(", "),
@@ -280,9 +286,9 @@ impl Store {
         if self.reader.wait_applied(index, remaining).await {
             Ok(())
         } else {
-            Err(StoreError::NoQuorum(
-                self.no_quorum_message("catch up for a linearizable read"),
-            ))
+            Err(StoreError::NoQuorum(self.no_quorum_message(
+                &self.deadline_cause("catch up for a linearizable read"),
+            )))
         }
     }
 
@@ -341,7 +347,7 @@ impl Store {
             if Instant::now() >= deadline {
                 return Err(match last_error {
                     Some(ForwardError::Failed(msg)) => StoreError::Raft(msg),
-                    _ => StoreError::NoQuorum(self.no_quorum_message(what)),
+                    _ => StoreError::NoQuorum(self.no_quorum_message(&self.deadline_cause(what))),
                 });
             }
             let leader = self.raft.metrics().borrow().current_leader;
@@ -360,9 +366,9 @@ impl Store {
                                     "unexpected answer from the leader".into(),
                                 ))
                             }),
-                            Err(CallError::Timeout { .. }) => {
-                                Err(ForwardError::NoQuorum(self.no_quorum_message(what)))
-                            }
+                            Err(CallError::Timeout { .. }) => Err(ForwardError::NoQuorum(
+                                self.no_quorum_message(&self.deadline_cause(what)),
+                            )),
                             Err(e) => Err(ForwardError::NotLeader { leader: None }).inspect_err(
                                 |_| tracing::debug!(error = %e, "forward to the leader failed"),
                             ),
@@ -402,7 +408,7 @@ impl Store {
             }
             Ok(Err(e)) => Err(ForwardError::Failed(e.to_string())),
             Err(_) => Err(ForwardError::NoQuorum(
-                self.no_quorum_message("commit a write"),
+                self.no_quorum_message(&self.deadline_cause("commit a write")),
             )),
         }
     }
@@ -418,13 +424,13 @@ impl Store {
             }),
             Ok(Err(RaftError::APIError(openraft::error::CheckIsLeaderError::QuorumNotEnough(
                 _,
-            )))) => Err(ForwardError::NoQuorum(
-                self.no_quorum_message("confirm a linearizable read"),
-            )),
+            )))) => Err(ForwardError::NoQuorum(self.no_quorum_message(
+                "a majority did not confirm the leader for a linearizable read",
+            ))),
             Ok(Err(e)) => Err(ForwardError::Failed(e.to_string())),
-            Err(_) => Err(ForwardError::NoQuorum(
-                self.no_quorum_message("confirm a linearizable read"),
-            )),
+            Err(_) => Err(ForwardError::NoQuorum(self.no_quorum_message(
+                &self.deadline_cause("confirm a linearizable read"),
+            ))),
         }
     }
 
