@@ -298,3 +298,29 @@ fn membership_remove_and_namespace_delete() {
     let out = cluster.cli(0, &["delete", "ns", "default"]);
     assert!(!out.status.success());
 }
+
+#[test]
+fn peers_joining_at_once_get_distinct_ids() {
+    let mut cluster = Cluster::start(1, &[]);
+    let token = cluster.token("1h");
+    let addr = cluster.peers[0].addr.clone();
+    let dirs: Vec<std::path::PathBuf> = (2..=3)
+        .map(|i| cluster.dir.path().join(format!("peer-{i}")))
+        .collect();
+    let handles: Vec<_> = dirs
+        .into_iter()
+        .map(|dir| {
+            let (addr, token) = (addr.clone(), token.clone());
+            std::thread::spawn(move || {
+                crate::harness::ServerProc::start(&dir, &["--join", &addr, "--token", &token])
+            })
+        })
+        .collect();
+    for h in handles {
+        cluster.peers.push(h.join().unwrap().expect("join"));
+    }
+    cluster.wait_members(3);
+    let mut ids: Vec<u64> = cluster.members(0).unwrap().iter().map(|m| m.0).collect();
+    ids.sort();
+    assert_eq!(ids, vec![1, 2, 3]);
+}

@@ -23,7 +23,7 @@ use flotilla_api::wire::{
     Member, Propagation, Request, RequestV1, Response, ResponseV1, WatchEvent, MAX_FRAME,
 };
 
-use crate::store::{Command, Op, Precondition, Rejection, Store, StoreError, StoredValue};
+use crate::store::{Action, Command, Op, Precondition, Rejection, Store, StoreError, StoredValue};
 
 pub use keys::{key_for, kind_prefix, namespace_prefix};
 
@@ -442,23 +442,28 @@ impl ApiServer {
         })
     }
 
-    async fn namespace_accepts_writes(&self, kind: Kind, namespace: &str) -> ApiResult<()> {
-        if !kind.namespaced() {
-            return Ok(());
-        }
-        match self.read(Kind::Namespace, "", namespace)? {
-            None => Err(ApiError::new(
-                ErrorCode::NotFound,
-                format!("namespace \"{namespace}\" not found; create it first (kind: Namespace)"),
-            )),
-            Some(ns) if ns.meta().is_being_deleted() => Err(ApiError::new(
+    /// The revision of `namespace` if it accepts new objects, read from this
+    /// replica; the create then commits only if the namespace is still at it.
+    fn namespace_guard(&self, namespace: &str) -> ApiResult<u64> {
+        let stored = self
+            .read_stored(Kind::Namespace, "", namespace)?
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::NotFound,
+                    format!(
+                        "namespace \"{namespace}\" not found; create it first (kind: Namespace)"
+                    ),
+                )
+            })?;
+        if decode_object(&stored)?.meta().is_being_deleted() {
+            return Err(ApiError::new(
                 ErrorCode::Forbidden,
                 format!(
                     "namespace \"{namespace}\" is being deleted; nothing new can be created in it"
                 ),
-            )),
-            Some(_) => Ok(()),
+            ));
         }
+        Ok(stored.mod_revision)
     }
 
     fn prepare_new(&self, mut object: Object) -> ApiResult<Object> {
@@ -482,21 +487,56 @@ impl ApiServer {
         let object = self.prepare_new(object)?;
         let kind = object.kind();
         let (ns, name) = (object.meta().namespace.clone(), object.meta().name.clone());
-        self.store.read_barrier().await.map_err(store_error)?;
-        self.namespace_accepts_writes(kind, &ns).await?;
-        let ops = vec![Op {
+        let object_op = Op {
             key: key_for(kind, &ns, &name),
             precondition: Precondition::Absent,
-            value: Some(encode_object(&object)?),
-        }];
-        match self.commit(ops).await? {
-            Ok(rev) => {
-                let mut out = object;
-                out.meta_mut().resource_version = rev.to_string();
-                Ok(out)
+            action: Action::Put(encode_object(&object)?),
+        };
+        let ns_key = key_for(Kind::Namespace, "", &ns);
+        // No read barrier up front: the precondition on the object's key and the
+        // guard on its namespace's revision make the write safe from any replica.
+        // Only when this replica's view says no (it may lag) is it brought up to
+        // date and asked again.
+        let mut synced = false;
+        for _ in 0..CAS_RETRIES {
+            let mut ops = Vec::with_capacity(2);
+            if kind.namespaced() {
+                match self.namespace_guard(&ns) {
+                    Ok(rev) => ops.push(Op {
+                        key: ns_key.clone(),
+                        precondition: Precondition::ModRevision(rev),
+                        action: Action::Check,
+                    }),
+                    Err(e) if synced => return Err(e),
+                    Err(_) => {
+                        self.store.read_barrier().await.map_err(store_error)?;
+                        synced = true;
+                        continue;
+                    }
+                }
             }
-            Err(r) => Err(rejection_error(kind, &ns, &name, r)),
+            ops.push(object_op.clone());
+            match self.commit(ops).await? {
+                Ok(rev) => {
+                    let mut out = object;
+                    out.meta_mut().resource_version = rev.to_string();
+                    return Ok(out);
+                }
+                Err(Rejection::Conflict { key, .. }) | Err(Rejection::Missing { key })
+                    if key == ns_key =>
+                {
+                    self.store.read_barrier().await.map_err(store_error)?;
+                    synced = true;
+                }
+                Err(r) => return Err(rejection_error(kind, &ns, &name, r)),
+            }
         }
+        Err(conflict(
+            kind,
+            &ns,
+            &name,
+            "its namespace kept changing; retries exhausted",
+        ))
     }
 
     /// Replaces spec and metadata (or, with `status`, only the status), with
@@ -543,10 +583,10 @@ impl ApiServer {
             let op = Op {
                 key,
                 precondition: Precondition::ModRevision(stored.mod_revision),
-                value: if finished {
-                    None
+                action: if finished {
+                    Action::Delete
                 } else {
-                    Some(encode_object(&next)?)
+                    Action::Put(encode_object(&next)?)
                 },
             };
             match self.commit(vec![op]).await? {
@@ -596,7 +636,7 @@ impl ApiServer {
             let op = Op {
                 key: key_for(kind, &ns, &name),
                 precondition: Precondition::ModRevision(stored.mod_revision),
-                value: Some(encode_object(&next)?),
+                action: Action::Put(encode_object(&next)?),
             };
             match self.commit(vec![op]).await? {
                 Ok(rev) => {
@@ -664,7 +704,7 @@ impl ApiServer {
                 let op = Op {
                     key,
                     precondition: Precondition::ModRevision(stored.mod_revision),
-                    value: Some(encode_object(&marked)?),
+                    action: Action::Put(encode_object(&marked)?),
                 };
                 match self.commit(vec![op]).await? {
                     Ok(rev) => {
@@ -678,7 +718,7 @@ impl ApiServer {
             let op = Op {
                 key,
                 precondition: Precondition::ModRevision(stored.mod_revision),
-                value: None,
+                action: Action::Delete,
             };
             match self.commit(vec![op]).await? {
                 Ok(_) => return Ok((current, true)),
@@ -713,7 +753,7 @@ impl ApiServer {
             let op = Op {
                 key: ns_key.clone(),
                 precondition: Precondition::ModRevision(mod_revision),
-                value: Some(encode_object(&marked)?),
+                action: Action::Put(encode_object(&marked)?),
             };
             match self.commit(vec![op]).await? {
                 Ok(rev) => ns_revision = rev,
@@ -731,7 +771,7 @@ impl ApiServer {
                     ops.push(Op {
                         key,
                         precondition: Precondition::ModRevision(stored.mod_revision),
-                        value: None,
+                        action: Action::Delete,
                     });
                 } else {
                     remaining += 1;
@@ -741,7 +781,7 @@ impl ApiServer {
                         ops.push(Op {
                             key,
                             precondition: Precondition::ModRevision(stored.mod_revision),
-                            value: Some(encode_object(&m)?),
+                            action: Action::Put(encode_object(&m)?),
                         });
                     }
                 }
@@ -763,7 +803,7 @@ impl ApiServer {
         let op = Op {
             key: ns_key,
             precondition: Precondition::ModRevision(ns_revision),
-            value: None,
+            action: Action::Delete,
         };
         match self.commit(vec![op]).await? {
             Ok(_) => Ok((marked, true)),
@@ -811,7 +851,7 @@ impl ApiServer {
             let op = Op {
                 key: key.to_string(),
                 precondition,
-                value: Some(value),
+                action: Action::Put(value),
             };
             if self.commit(vec![op]).await?.is_ok() {
                 return Ok(next);

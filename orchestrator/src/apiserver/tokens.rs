@@ -9,7 +9,7 @@ use flotilla_api::wire::{ApiError, ErrorCode};
 
 use super::keys::token_key;
 use super::store_error;
-use crate::store::{Command, Op, Precondition, Store};
+use crate::store::{Action, Command, Op, Precondition, Store};
 
 #[derive(Serialize, Deserialize)]
 struct TokenRecord {
@@ -47,7 +47,7 @@ pub async fn create(
             ops: vec![Op {
                 key: token_key(&token.id),
                 precondition: Precondition::Absent,
-                value: Some(value),
+                action: Action::Put(value),
             }],
         })
         .await

@@ -33,7 +33,7 @@ use self::network::{
 };
 use self::state_machine::{StateMachine, StateReader};
 pub use self::types::{
-    Command, CommandResponse, Op, PeerId, Precondition, Raft, Rejection, StoredValue,
+    Action, Command, CommandResponse, Op, PeerId, Precondition, Raft, Rejection, StoredValue,
 };
 
 /// Errors of the store.
@@ -585,5 +585,132 @@ impl Store {
     /// Stops raft.
     pub async fn shutdown(&self) {
         let _ = self.raft.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer_net() -> Arc<PeerNet> {
+        let ca = flotilla_api::tls::CertificateAuthority::generate("test").unwrap();
+        let cert = ca.issue("peer:1", &[]).unwrap();
+        let tls = flotilla_api::tls::client_config(
+            &ca.cert_pem,
+            Some(&cert),
+            flotilla_api::tls::ALPN_RAFT,
+        )
+        .unwrap();
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        Arc::new(PeerNet::new(
+            endpoint,
+            quinn::ClientConfig::new(Arc::new(quic)),
+        ))
+    }
+
+    fn put(key: &str, value: &str, precondition: Precondition) -> Command {
+        Command {
+            ops: vec![Op {
+                key: key.into(),
+                precondition,
+                action: Action::Put(value.as_bytes().to_vec()),
+            }],
+        }
+    }
+
+    #[tokio::test]
+    async fn snapshots_compact_the_log_and_state_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = StoreConfig::new(1, dir.path().to_path_buf());
+        config.snapshot_every = 20;
+        let store = Store::open(config.clone(), peer_net()).await.unwrap();
+        store.initialize("127.0.0.1:1").await.unwrap();
+        assert_eq!(
+            store.wait_for_leader(Duration::from_secs(10)).await,
+            Some(1)
+        );
+        let mut last = 0;
+        for i in 0..100 {
+            let resp = store
+                .propose(put(&format!("/k/{i}"), "v", Precondition::Absent))
+                .await
+                .unwrap();
+            assert!(resp.rejected.is_none());
+            assert!(resp.revision > last, "revisions increase");
+            last = resp.revision;
+        }
+        let rejected = store
+            .propose(put("/k/1", "again", Precondition::Absent))
+            .await
+            .unwrap();
+        assert!(matches!(rejected.rejected, Some(Rejection::Exists { .. })));
+        let stale = store
+            .propose(put("/k/2", "cas", Precondition::ModRevision(1)))
+            .await
+            .unwrap();
+        assert!(matches!(stale.rejected, Some(Rejection::Conflict { .. })));
+
+        let compacted = tokio::time::timeout(Duration::from_secs(10), async {
+            while store.log_len() >= 100 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(
+            compacted.is_ok(),
+            "log still holds {} entries",
+            store.log_len()
+        );
+        let before = store.reader().scan("/k/").unwrap();
+        assert_eq!(before.len(), 100);
+        store.shutdown().await;
+        drop(store);
+
+        let store = Store::open(config, peer_net()).await.unwrap();
+        assert_eq!(
+            store.wait_for_leader(Duration::from_secs(10)).await,
+            Some(1)
+        );
+        store.read_barrier().await.unwrap();
+        let after = store.reader().scan("/k/").unwrap();
+        assert_eq!(before, after, "every key and revision is back after reopen");
+        store.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_watch_sees_changes_in_order_and_too_old_outside_the_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = StoreConfig::new(1, dir.path().to_path_buf());
+        config.history = 5;
+        let store = Store::open(config, peer_net()).await.unwrap();
+        store.initialize("127.0.0.1:1").await.unwrap();
+        store
+            .wait_for_leader(Duration::from_secs(10))
+            .await
+            .unwrap();
+        let first = store
+            .propose(put("/w/0", "v", Precondition::None))
+            .await
+            .unwrap();
+        let mut stream = store.reader().watch(first.revision).unwrap();
+        for i in 1..4 {
+            store
+                .propose(put(&format!("/w/{i}"), "v", Precondition::None))
+                .await
+                .unwrap();
+        }
+        for i in 1..4 {
+            let c = stream.next().await.unwrap().unwrap();
+            assert_eq!(c.key, format!("/w/{i}"));
+        }
+        for i in 4..12 {
+            store
+                .propose(put(&format!("/w/{i}"), "v", Precondition::None))
+                .await
+                .unwrap();
+        }
+        assert!(store.reader().watch(first.revision).is_err());
+        store.shutdown().await;
     }
 }

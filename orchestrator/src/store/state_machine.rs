@@ -18,7 +18,7 @@ use tokio::sync::{broadcast, watch};
 
 use super::backend::StateBackend;
 use super::types::{
-    Command, CommandResponse, LogId, PeerId, Precondition, Rejection, StorageError,
+    Action, Command, CommandResponse, LogId, PeerId, Precondition, Rejection, StorageError,
     StoredMembership, StoredValue, TypeConfig,
 };
 
@@ -315,8 +315,9 @@ fn apply_command(
         previous.push(current);
     }
     for (op, prev) in cmd.ops.iter().zip(&previous) {
-        match &op.value {
-            Some(bytes) => {
+        match &op.action {
+            Action::Check => {}
+            Action::Put(bytes) => {
                 let value = StoredValue {
                     value: bytes.clone(),
                     create_revision: prev.as_ref().map_or(revision, |p| p.create_revision),
@@ -330,7 +331,7 @@ fn apply_command(
                     deleted: false,
                 });
             }
-            None => {
+            Action::Delete => {
                 if let Some(prev) = prev {
                     overlay.set(op.key.clone(), None);
                     changes.push(Change {

@@ -59,8 +59,19 @@ pub struct Op {
     pub key: String,
     /// What must hold first.
     pub precondition: Precondition,
-    /// The value to store; `None` deletes the key.
-    pub value: Option<Vec<u8>>,
+    /// What to do once the precondition holds.
+    pub action: Action,
+}
+
+/// What an operation does to its key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Action {
+    /// Store this value.
+    Put(Vec<u8>),
+    /// Remove the key.
+    Delete,
+    /// Nothing: the op only guards the command with its precondition.
+    Check,
 }
 
 /// A write through the log: all operations apply, or none.
