@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io;
 use std::ops::RangeBounds;
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
@@ -28,6 +28,41 @@ struct Inner {
 #[derive(Clone)]
 pub struct LogStore {
     inner: Arc<Mutex<Inner>>,
+    flusher: mpsc::Sender<FlushRequest>,
+}
+
+struct FlushRequest {
+    file: Arc<std::fs::File>,
+    callback: LogFlushed<TypeConfig>,
+}
+
+/// Group commit: waits for append requests, syncs each file written once for
+/// everything queued, then acknowledges in order.
+fn run_flusher(rx: mpsc::Receiver<FlushRequest>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+        }
+        let mut result: io::Result<()> = Ok(());
+        let mut synced: Vec<*const std::fs::File> = Vec::new();
+        for req in batch.iter().rev() {
+            let ptr = Arc::as_ptr(&req.file);
+            if !synced.contains(&ptr) {
+                synced.push(ptr);
+                if let Err(e) = req.file.sync_data() {
+                    result = Err(e);
+                }
+            }
+        }
+        for req in batch {
+            let r = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+            };
+            req.callback.log_io_completed(r);
+        }
+    }
 }
 
 fn io_err(subject: ErrorSubject<PeerId>, verb: ErrorVerb, e: impl ToString) -> StorageError {
@@ -71,7 +106,12 @@ impl LogStore {
             Some(bytes) => Some(decode(&bytes, "vote")?),
             None => None,
         };
+        let (flusher, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("raft-log-flusher".into())
+            .spawn(move || run_flusher(rx))?;
         Ok(Self {
+            flusher,
             inner: Arc::new(Mutex::new(Inner {
                 backend,
                 entries,
@@ -178,19 +218,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             encoded.push((e.log_id.index, bytes));
         }
         let mut inner = self.lock();
-        let result = inner.backend.append(&encoded);
-        if result.is_ok() {
-            for e in entries {
-                inner.entries.insert(e.log_id.index, e);
-            }
+        let file = inner
+            .backend
+            .append(&encoded)
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        for e in entries {
+            inner.entries.insert(e.log_id.index, e);
         }
         drop(inner);
-        let reported = result
-            .as_ref()
-            .map(|_| ())
-            .map_err(|e| io::Error::new(e.kind(), e.to_string()));
-        callback.log_io_completed(reported);
-        result.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))
+        // The flusher acknowledges once the entries are on disk; appends made
+        // while it syncs share its next fsync.
+        if let Err(mpsc::SendError(req)) = self.flusher.send(FlushRequest { file, callback }) {
+            req.callback
+                .log_io_completed(Err(io::Error::other("the log flusher has stopped")));
+        }
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {

@@ -23,6 +23,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, SnapshotPolicy};
 
@@ -32,6 +34,7 @@ use self::network::{
     CallError, Forward, ForwardError, Network, PeerNet, PeerRequest, PeerResponse,
 };
 use self::state_machine::{StateMachine, StateReader};
+use self::types::Proposal;
 pub use self::types::{
     Action, Command, CommandResponse, Op, PeerId, Precondition, Raft, Rejection, StoredValue,
 };
@@ -97,7 +100,17 @@ pub struct Store {
     net: Arc<PeerNet>,
     config: StoreConfig,
     log: LogStore,
+    proposals: mpsc::UnboundedSender<Pending>,
 }
+
+type Pending = (Command, oneshot::Sender<Result<CommandResponse>>);
+
+/// Raft entries being committed at once by one peer's proposer. Requests that
+/// arrive while this many are in flight wait and go into the next entry
+/// together: group commit at the raft level.
+const PROPOSALS_IN_FLIGHT: usize = 4;
+/// Most commands in one raft entry.
+const MAX_COMMANDS_PER_ENTRY: usize = 512;
 
 /// A peer as the store sees it.
 #[derive(Clone, Debug)]
@@ -143,14 +156,18 @@ impl Store {
         )
         .await
         .map_err(|e| StoreError::Raft(e.to_string()))?;
-        Ok(Arc::new(Self {
+        let (proposals, rx) = mpsc::unbounded_channel();
+        let store = Arc::new(Self {
             id: config.id,
             raft,
             reader,
             net,
             config,
             log,
-        }))
+            proposals,
+        });
+        tokio::spawn(run_proposer(Arc::downgrade(&store), rx));
+        Ok(store)
     }
 
     /// This peer's id.
@@ -250,20 +267,41 @@ impl Store {
         )
     }
 
-    /// Commits a command, through the leader wherever it is.
+    /// Commits a command, through the leader wherever it is. Concurrent
+    /// commands share raft entries.
     pub async fn propose(&self, cmd: Command) -> Result<CommandResponse> {
+        let (tx, rx) = oneshot::channel();
+        self.proposals
+            .send((cmd, tx))
+            .map_err(|_| StoreError::Raft("the store is shutting down".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Raft("the store is shutting down".into()))?
+    }
+
+    /// Commits a batch of commands as one raft entry.
+    async fn propose_batch(&self, commands: Vec<Command>) -> Result<Vec<CommandResponse>> {
         let deadline = Instant::now() + self.config.write_timeout;
-        self.with_leader(
-            deadline,
-            "commit a write",
-            Forward::Write(cmd.clone()),
-            |resp| match resp {
-                PeerResponse::Write(r) => Some(r),
-                _ => None,
-            },
-            || self.propose_local(cmd.clone(), deadline),
-        )
-        .await
+        let proposal = Proposal { commands };
+        let expected = proposal.commands.len();
+        let responses = self
+            .with_leader(
+                deadline,
+                "commit a write",
+                Forward::Write(proposal.clone()),
+                |resp| match resp {
+                    PeerResponse::Write(r) => Some(r),
+                    _ => None,
+                },
+                || self.propose_local(proposal.clone(), deadline),
+            )
+            .await?;
+        if responses.len() != expected {
+            return Err(StoreError::Raft(format!(
+                "the leader answered {} results for {expected} commands",
+                responses.len()
+            )));
+        }
+        Ok(responses)
     }
 
     /// Waits until this peer has applied every write committed before the call:
@@ -395,11 +433,11 @@ impl Store {
 
     async fn propose_local(
         &self,
-        cmd: Command,
+        proposal: Proposal,
         deadline: Instant,
-    ) -> std::result::Result<CommandResponse, ForwardError> {
+    ) -> std::result::Result<Vec<CommandResponse>, ForwardError> {
         let remaining = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(remaining, self.raft.client_write(cmd)).await {
+        match tokio::time::timeout(remaining, self.raft.client_write(proposal)).await {
             Ok(Ok(resp)) => Ok(resp.data),
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
                 Err(ForwardError::NotLeader {
@@ -585,6 +623,51 @@ impl Store {
     /// Stops raft.
     pub async fn shutdown(&self) {
         let _ = self.raft.shutdown().await;
+    }
+}
+
+/// Gathers concurrent commands into raft entries. At most
+/// [`PROPOSALS_IN_FLIGHT`] entries are being committed; whatever queues up
+/// meanwhile goes into the next one, so a lone writer waits for nothing and many
+/// writers share appends, fsyncs and replication round trips.
+async fn run_proposer(store: std::sync::Weak<Store>, mut rx: mpsc::UnboundedReceiver<Pending>) {
+    let in_flight = Arc::new(Semaphore::new(PROPOSALS_IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_COMMANDS_PER_ENTRY {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let Some(store) = store.upgrade() else {
+            return;
+        };
+        tokio::spawn(async move {
+            let _permit = permit;
+            let (commands, waiters): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
+            match store.propose_batch(commands).await {
+                Ok(responses) => {
+                    for (waiter, resp) in waiters.into_iter().zip(responses) {
+                        let _ = waiter.send(Ok(resp));
+                    }
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    for waiter in waiters {
+                        let err = match &e {
+                            StoreError::NoQuorum(_) => StoreError::NoQuorum(message.clone()),
+                            StoreError::Invalid(_) => StoreError::Invalid(message.clone()),
+                            _ => StoreError::Raft(message.clone()),
+                        };
+                        let _ = waiter.send(Err(err));
+                    }
+                }
+            }
+        });
     }
 }
 

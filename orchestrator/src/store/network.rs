@@ -21,7 +21,7 @@ use flotilla_api::client::resolve;
 use flotilla_api::tls::SERVER_NAME;
 use flotilla_api::wire::{read_frame, write_frame};
 
-use super::types::{Command, CommandResponse, PeerId, TypeConfig};
+use super::types::{CommandResponse, PeerId, Proposal, TypeConfig};
 
 /// Largest frame between peers: appends carry batches of objects.
 pub const MAX_PEER_FRAME: usize = 96 * 1024 * 1024;
@@ -42,8 +42,8 @@ pub enum PeerRequest {
 /// What followers forward to the leader.
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub enum Forward {
-    /// Commit a command.
-    Write(Command),
+    /// Commit a batch of commands as one entry.
+    Write(Proposal),
     /// Confirm leadership and return the index a linearizable read must wait for.
     ReadIndex,
     /// Add a voter.
@@ -87,7 +87,7 @@ pub enum PeerResponse {
     /// To Snapshot.
     Snapshot(Result<InstallSnapshotResponse<PeerId>, RaftError<PeerId, InstallSnapshotError>>),
     /// To Forward::Write.
-    Write(Result<CommandResponse, ForwardError>),
+    Write(Result<Vec<CommandResponse>, ForwardError>),
     /// To Forward::ReadIndex.
     ReadIndex(Result<u64, ForwardError>),
     /// To membership forwards.

@@ -57,7 +57,10 @@ struct History {
 pub struct Shared {
     backend: Arc<dyn StateBackend>,
     history: Mutex<History>,
+    /// Log index applied (what read barriers wait on).
     applied: watch::Sender<u64>,
+    /// Revision of the last applied change (what lists and watches speak).
+    revision: std::sync::atomic::AtomicU64,
 }
 
 /// A cheap, cloneable reader of the applied state.
@@ -70,6 +73,9 @@ pub struct StateReader {
 pub struct ChangeStream {
     backlog: VecDeque<Arc<Change>>,
     rx: broadcast::Receiver<Arc<Change>>,
+    /// Live changes at or below this were asked to be skipped (a caller that has
+    /// seen a newer replica than this one).
+    from: u64,
     last: u64,
 }
 
@@ -82,7 +88,7 @@ impl ChangeStream {
         }
         loop {
             match self.rx.recv().await {
-                Ok(c) if c.revision <= self.last => continue,
+                Ok(c) if c.revision <= self.from => continue,
                 Ok(c) => {
                     self.last = c.revision;
                     return Ok(Some(c));
@@ -110,12 +116,19 @@ impl StateReader {
         self.shared.backend.scan(prefix)
     }
 
-    /// The revision of the last applied entry.
+    /// The revision of the last applied change.
     pub fn revision(&self) -> u64 {
+        self.shared
+            .revision
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The log index of the last applied entry.
+    pub fn applied_index(&self) -> u64 {
         *self.shared.applied.borrow()
     }
 
-    /// Waits until the applied revision reaches `index`.
+    /// Waits until the applied log index reaches `index`.
     pub async fn wait_applied(&self, index: u64, timeout: Duration) -> bool {
         let mut rx = self.shared.applied.subscribe();
         tokio::time::timeout(timeout, rx.wait_for(|a| *a >= index))
@@ -146,6 +159,7 @@ impl StateReader {
         Ok(ChangeStream {
             backlog,
             rx: history.tx.subscribe(),
+            from,
             last: from,
         })
     }
@@ -164,10 +178,12 @@ impl StateReader {
 struct AppliedMeta {
     last_applied: Option<LogId>,
     membership: StoredMembership,
+    revision: u64,
 }
 
 #[derive(Serialize, Deserialize)]
 struct SnapshotBody {
+    revision: u64,
     items: Vec<(String, StoredValue)>,
 }
 
@@ -204,16 +220,18 @@ impl StateMachine {
             None => AppliedMeta::default(),
         };
         let applied = meta.last_applied.map_or(0, |l| l.index);
+        let revision = meta.revision;
         let (tx, _) = broadcast::channel(history.max(16));
         let shared = Arc::new(Shared {
             backend,
             history: Mutex::new(History {
                 changes: VecDeque::new(),
                 capacity: history.max(1),
-                start: applied,
+                start: revision,
                 tx,
             }),
             applied: watch::channel(applied).0,
+            revision: std::sync::atomic::AtomicU64::new(revision),
         });
         Ok(Self { shared, meta })
     }
@@ -245,6 +263,9 @@ impl StateMachine {
             }
             let _ = history.tx.send(c);
         }
+        self.shared
+            .revision
+            .store(self.meta.revision, std::sync::atomic::Ordering::Release);
         self.shared.applied.send_replace(applied);
     }
 }
@@ -295,25 +316,28 @@ fn check(
     }
 }
 
-/// Applies one command at `revision` on the overlay; all ops or none.
+/// Applies one command on the overlay, all ops or none; a command that changes
+/// something takes the next revision from `counter`.
 fn apply_command(
     overlay: &mut Overlay<'_>,
     cmd: &Command,
-    revision: u64,
+    counter: &mut u64,
     changes: &mut Vec<Change>,
 ) -> io::Result<CommandResponse> {
+    let revision = *counter + 1;
     let mut previous = Vec::with_capacity(cmd.ops.len());
     for op in &cmd.ops {
         let current = overlay.get(&op.key)?;
         if let Some(rejected) = check(op.precondition, &op.key, &current) {
             return Ok(CommandResponse {
-                revision,
+                revision: *counter,
                 rejected: Some(rejected),
                 previous: Vec::new(),
             });
         }
         previous.push(current);
     }
+    let before = changes.len();
     for (op, prev) in cmd.ops.iter().zip(&previous) {
         match &op.action {
             Action::Check => {}
@@ -347,8 +371,11 @@ fn apply_command(
             }
         }
     }
+    if changes.len() > before {
+        *counter = revision;
+    }
     Ok(CommandResponse {
-        revision,
+        revision: *counter,
         rejected: None,
         previous,
     })
@@ -361,7 +388,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((self.meta.last_applied, self.meta.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResponse>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<CommandResponse>>, StorageError>
     where
         I: IntoIterator<Item = openraft::Entry<TypeConfig>> + openraft::OptionalSend,
         I::IntoIter: openraft::OptionalSend,
@@ -374,28 +401,27 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         let mut responses = Vec::new();
         let mut changes = Vec::new();
+        let mut counter = self.meta.revision;
         for entry in entries {
-            let revision = entry.log_id.index;
             self.meta.last_applied = Some(entry.log_id);
             match entry.payload {
-                EntryPayload::Blank => responses.push(CommandResponse {
-                    revision,
-                    ..Default::default()
-                }),
-                EntryPayload::Normal(cmd) => {
-                    let resp = apply_command(&mut overlay, &cmd, revision, &mut changes)
-                        .map_err(|e| sm_err(ErrorVerb::Write, e))?;
-                    responses.push(resp);
+                EntryPayload::Blank => responses.push(Vec::new()),
+                EntryPayload::Normal(proposal) => {
+                    let mut out = Vec::with_capacity(proposal.commands.len());
+                    for cmd in &proposal.commands {
+                        let resp = apply_command(&mut overlay, cmd, &mut counter, &mut changes)
+                            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+                        out.push(resp);
+                    }
+                    responses.push(out);
                 }
                 EntryPayload::Membership(m) => {
                     self.meta.membership = StoredMembership::new(Some(entry.log_id), m);
-                    responses.push(CommandResponse {
-                        revision,
-                        ..Default::default()
-                    });
+                    responses.push(Vec::new());
                 }
             }
         }
+        self.meta.revision = counter;
         let meta = self.encode_meta()?;
         let mut pending = overlay.pending;
         let writes: Vec<(String, Option<StoredValue>)> = overlay
@@ -440,6 +466,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.meta = AppliedMeta {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
+            revision: body.revision,
         };
         let encoded_meta = self.encode_meta()?;
         self.shared
@@ -452,6 +479,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .save_snapshot(&snap_meta, &data)
             .map_err(|e| snap_err(ErrorVerb::Write, e))?;
         let applied = meta.last_log_id.map_or(0, |l| l.index);
+        let body_revision = self.meta.revision;
+        self.shared
+            .revision
+            .store(body_revision, std::sync::atomic::Ordering::Release);
         {
             // Watchers cannot be told what the snapshot skipped over: end their
             // streams so they relist, and restart the window here.
@@ -461,7 +492,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
             history.changes.clear();
-            history.start = applied;
+            history.start = body_revision;
             let capacity = history.capacity;
             history.tx = broadcast::channel(capacity.max(16)).0;
         }
@@ -498,8 +529,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let items = std::mem::replace(&mut self.items, Ok(Vec::new()))
             .map_err(|e| snap_err(ErrorVerb::Read, e))?;
-        let data = postcard::to_allocvec(&SnapshotBody { items })
-            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        let data = postcard::to_allocvec(&SnapshotBody {
+            revision: self.meta.revision,
+            items,
+        })
+        .map_err(|e| snap_err(ErrorVerb::Write, e))?;
         let last = self.meta.last_applied;
         let snapshot_id = match last {
             Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, rand::random::<u32>()),

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 openraft::declare_raft_types!(
     /// Raft types of the Flotilla store.
     pub TypeConfig:
-        D = Command,
-        R = CommandResponse,
+        D = Proposal,
+        R = Vec<CommandResponse>,
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
@@ -81,6 +81,15 @@ pub struct Command {
     pub ops: Vec<Op>,
 }
 
+/// One raft entry: the commands the proposer gathered while earlier entries were
+/// in flight. Each command stands alone: one failing its preconditions does not
+/// affect the others.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// The commands, applied in order.
+    pub commands: Vec<Command>,
+}
+
 /// Why a command changed nothing.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Rejection {
@@ -108,7 +117,9 @@ pub enum Rejection {
 /// What applying a command produced.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct CommandResponse {
-    /// The revision the command was committed at (its log index).
+    /// The revision the command was committed at (for a rejected command, the
+    /// revision of the state it was checked against). Every command that changes
+    /// something gets the next revision, the same on every peer.
     pub revision: u64,
     /// Why nothing changed, when a precondition failed.
     pub rejected: Option<Rejection>,

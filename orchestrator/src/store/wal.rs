@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Segments roll over past this size.
 const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
@@ -38,8 +39,10 @@ pub struct Recovered {
 /// Durable storage for the raft log: the small trait the log store is written
 /// against, so the write-ahead log can be replaced.
 pub trait LogBackend: Send + 'static {
-    /// Appends entries (index, encoded entry); they are on disk when this returns.
-    fn append(&mut self, entries: &[(u64, Vec<u8>)]) -> io::Result<()>;
+    /// Appends entries (index, encoded entry). They are written but not yet
+    /// durable: they are once the returned file has been synced, which lets many
+    /// appends share one fsync (group commit).
+    fn append(&mut self, entries: &[(u64, Vec<u8>)]) -> io::Result<Arc<File>>;
     /// Drops every entry with index >= `from`.
     fn truncate(&mut self, from: u64) -> io::Result<()>;
     /// Drops every entry with index <= `upto`, recording `marker` (the purged log id).
@@ -60,7 +63,7 @@ struct Segment {
 pub struct Wal {
     dir: PathBuf,
     segments: Vec<Segment>,
-    active: File,
+    active: Arc<File>,
     active_len: u64,
 }
 
@@ -131,7 +134,7 @@ impl Wal {
             });
         }
         let active_path = &segments.last().expect("at least one segment").path;
-        let active = OpenOptions::new().append(true).open(active_path)?;
+        let active = Arc::new(OpenOptions::new().append(true).open(active_path)?);
         Ok((
             Self {
                 dir: dir.to_path_buf(),
@@ -164,7 +167,7 @@ impl Wal {
             buf.push(*kind);
             buf.extend_from_slice(payload);
         }
-        self.active.write_all(&buf)?;
+        (&*self.active).write_all(&buf)?;
         if sync {
             self.active.sync_data()?;
         }
@@ -176,10 +179,12 @@ impl Wal {
         self.active.sync_all()?;
         let seq = self.segments.last().map_or(1, |s| s.seq + 1);
         let path = segment_path(&self.dir, seq);
-        self.active = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(&path)?;
+        self.active = Arc::new(
+            OpenOptions::new()
+                .create_new(true)
+                .append(true)
+                .open(&path)?,
+        );
         sync_dir(&self.dir)?;
         self.segments.push(Segment {
             seq,
@@ -197,9 +202,9 @@ impl Wal {
 }
 
 impl LogBackend for Wal {
-    fn append(&mut self, entries: &[(u64, Vec<u8>)]) -> io::Result<()> {
+    fn append(&mut self, entries: &[(u64, Vec<u8>)]) -> io::Result<Arc<File>> {
         if entries.is_empty() {
-            return Ok(());
+            return Ok(self.active.clone());
         }
         let mut payloads = Vec::with_capacity(entries.len());
         for (index, bytes) in entries {
@@ -209,11 +214,11 @@ impl LogBackend for Wal {
             payloads.push(p);
         }
         let records: Vec<(u8, &[u8])> = payloads.iter().map(|p| (KIND_ENTRY, &p[..])).collect();
-        self.write_records(&records, true)?;
+        self.write_records(&records, false)?;
         let max = entries.iter().map(|(i, _)| *i).max();
         let seg = self.segments.last_mut().expect("active segment");
         seg.max_index = seg.max_index.max(max);
-        Ok(())
+        Ok(self.active.clone())
     }
 
     fn truncate(&mut self, from: u64) -> io::Result<()> {
