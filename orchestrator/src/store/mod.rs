@@ -101,6 +101,7 @@ pub struct Store {
     config: StoreConfig,
     log: LogStore,
     proposals: mpsc::UnboundedSender<Pending>,
+    in_flight: Arc<Semaphore>,
 }
 
 type Pending = (Command, oneshot::Sender<Result<CommandResponse>>);
@@ -157,7 +158,9 @@ impl Store {
         .await
         .map_err(|e| StoreError::Raft(e.to_string()))?;
         let (proposals, rx) = mpsc::unbounded_channel();
+        let in_flight = Arc::new(Semaphore::new(PROPOSALS_IN_FLIGHT));
         let store = Arc::new(Self {
+            in_flight: in_flight.clone(),
             id: config.id,
             raft,
             reader,
@@ -166,7 +169,7 @@ impl Store {
             log,
             proposals,
         });
-        tokio::spawn(run_proposer(Arc::downgrade(&store), rx));
+        tokio::spawn(run_proposer(Arc::downgrade(&store), rx, in_flight));
         Ok(store)
     }
 
@@ -270,6 +273,14 @@ impl Store {
     /// Commits a command, through the leader wherever it is. Concurrent
     /// commands share raft entries.
     pub async fn propose(&self, cmd: Command) -> Result<CommandResponse> {
+        // A free slot means the proposer is not holding anyone back: commit
+        // right here, saving the hand-offs to the proposer.
+        if let Ok(_permit) = self.in_flight.clone().try_acquire_owned() {
+            let mut responses = self.propose_batch(vec![cmd]).await?;
+            return responses
+                .pop()
+                .ok_or_else(|| StoreError::Raft("the leader answered no result".into()));
+        }
         let (tx, rx) = oneshot::channel();
         self.proposals
             .send((cmd, tx))
@@ -630,8 +641,11 @@ impl Store {
 /// [`PROPOSALS_IN_FLIGHT`] entries are being committed; whatever queues up
 /// meanwhile goes into the next one, so a lone writer waits for nothing and many
 /// writers share appends, fsyncs and replication round trips.
-async fn run_proposer(store: std::sync::Weak<Store>, mut rx: mpsc::UnboundedReceiver<Pending>) {
-    let in_flight = Arc::new(Semaphore::new(PROPOSALS_IN_FLIGHT));
+async fn run_proposer(
+    store: std::sync::Weak<Store>,
+    mut rx: mpsc::UnboundedReceiver<Pending>,
+    in_flight: Arc<Semaphore>,
+) {
     while let Some(first) = rx.recv().await {
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
