@@ -48,6 +48,10 @@ impl DeleteArgs {
             let ns = self.namespace.clone().unwrap_or_else(|| "default".into());
             vec![(Kind::parse(kind)?, ns, name.clone())]
         };
+        // Namespaces last: deleting one first would take its objects with it and
+        // turn their own deletes into "not found".
+        let mut targets = targets;
+        targets.sort_by_key(|(kind, _, _)| *kind == Kind::Namespace);
         let client = ctx.connect().await?;
         let mut failed = false;
         for (kind, ns, name) in targets {
