@@ -13,7 +13,8 @@ use crate::object::{Kind, Object};
 use crate::tls::{self, IssuedCert};
 use crate::wire::{
     read_frame, write_frame, ApiError, ApplyOutcome, Consistency, ErrorCode, FrameError,
-    Propagation, Request, RequestV1, Response, ResponseV1, WatchEvent, MAX_FRAME,
+    Propagation, Request, RequestV1, Response, ResponseV1, UploadChunk, WatchEvent, MAX_FRAME,
+    MODULE_CHUNK,
 };
 
 /// How long a connection attempt may take before the server counts as unreachable.
@@ -375,6 +376,80 @@ impl Client {
             ResponseV1::Deleted { object, deleted } => Ok((object, deleted)),
             other => Err(ClientError::Unexpected(format!("{other:?}"))),
         }
+    }
+
+    /// Uploads a module's bytes; returns the Module object.
+    pub async fn upload_module(&self, bytes: &[u8], source: &str) -> Result<Object> {
+        let digest = crate::module::digest_of(bytes);
+        let (mut send, mut recv) = self.conn.open_bi().await.map_err(|e| self.lost(e))?;
+        write_frame(
+            &mut send,
+            &Request::V1(RequestV1::UploadModule {
+                digest,
+                size: bytes.len() as u64,
+                source: source.to_string(),
+            }),
+        )
+        .await?;
+        for chunk in bytes.chunks(MODULE_CHUNK) {
+            let sent = write_frame(
+                &mut send,
+                &UploadChunk {
+                    data: chunk.to_vec(),
+                },
+            )
+            .await;
+            if sent.is_err() {
+                // The server refused early (size cap, bad digest): its answer says why.
+                break;
+            }
+        }
+        let _ = send.finish();
+        match read_frame::<_, Response>(&mut recv, MAX_FRAME).await? {
+            Some(Response::V1(ResponseV1::Object(o))) => Ok(o),
+            Some(Response::V1(ResponseV1::Error(e))) => Err(e.into()),
+            Some(Response::V1(other)) => Err(ClientError::Unexpected(format!("{other:?}"))),
+            None => Err(self.lost("the server closed the stream without answering")),
+        }
+    }
+
+    /// Downloads a module and checks it against its digest.
+    pub async fn download_module(&self, digest: &str) -> Result<Vec<u8>> {
+        let (_send, mut recv) = self
+            .open(RequestV1::DownloadModule {
+                digest: digest.to_string(),
+            })
+            .await?;
+        let mut bytes = Vec::new();
+        loop {
+            match read_frame::<_, Response>(&mut recv, MAX_FRAME).await? {
+                Some(Response::V1(ResponseV1::ModuleChunk(c))) => bytes.extend_from_slice(&c),
+                Some(Response::V1(ResponseV1::Ok)) => break,
+                Some(Response::V1(ResponseV1::Error(e))) => return Err(e.into()),
+                Some(Response::V1(other)) => {
+                    return Err(ClientError::Unexpected(format!("{other:?}")))
+                }
+                None => return Err(self.lost("the download ended early")),
+            }
+        }
+        let actual = crate::module::digest_of(&bytes);
+        if actual != digest {
+            return Err(ClientError::Unexpected(format!(
+                "downloaded module hashes to {actual}, expected {digest}"
+            )));
+        }
+        Ok(bytes)
+    }
+
+    /// Opens a node request (logs, port-forward) relayed by the apiserver; the
+    /// returned streams carry the node's frames and, for port-forward, raw bytes.
+    pub async fn node_stream(
+        &self,
+        req: RequestV1,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream)> {
+        let (mut send, recv) = self.conn.open_bi().await.map_err(|e| self.lost(e))?;
+        write_frame(&mut send, &Request::V1(req)).await?;
+        Ok((send, recv))
     }
 
     /// Starts a watch; the stream yields changes committed after `from_revision`.

@@ -26,6 +26,8 @@ pub const SERVER_NAME: &str = "flotilla";
 pub const ALPN_API: &[u8] = b"flotilla-api/1";
 /// ALPN of the store's peer-to-peer raft protocol.
 pub const ALPN_RAFT: &[u8] = b"flotilla-raft/1";
+/// ALPN of a node's own listener (logs and port-forwards proxied by apiservers).
+pub const ALPN_NODE: &[u8] = b"flotilla-node/1";
 
 /// Errors from certificate handling.
 #[derive(Debug, thiserror::Error)]

@@ -246,7 +246,62 @@ pub enum RequestV1 {
     },
     /// Who the server thinks the caller is.
     WhoAmI,
+    /// Upload a module: after this frame the client sends [`UploadChunk`] frames
+    /// with exactly `size` bytes, then finishes its side of the stream.
+    UploadModule {
+        /// `sha256:<hex>` of the bytes.
+        digest: String,
+        /// Total bytes.
+        size: u64,
+        /// Where it came from (file name), for display.
+        source: String,
+    },
+    /// Download a module's bytes: answered by `ModuleChunk` frames, then `Ok`.
+    DownloadModule {
+        /// `sha256:<hex>`.
+        digest: String,
+    },
+    /// A new node asks for its certificate (anonymous, token-authenticated).
+    JoinNode {
+        /// The join token.
+        token: String,
+        /// The node's name.
+        name: String,
+        /// CSR for the node's key, PEM.
+        csr_pem: String,
+    },
+    /// An instance's log: answered by `LogChunk` frames (and more while following).
+    Logs {
+        /// Namespace.
+        namespace: String,
+        /// Instance name.
+        name: String,
+        /// Keep streaming new output.
+        follow: bool,
+        /// Only the last N lines.
+        tail: Option<u64>,
+        /// The log of the previous run.
+        previous: bool,
+    },
+    /// Carry one HTTP/1.1 connection to an http-world instance: after an `Ok`
+    /// answer the stream is a raw byte pipe to the instance.
+    PortForward {
+        /// Namespace.
+        namespace: String,
+        /// Instance name.
+        name: String,
+    },
 }
+
+/// One piece of an uploaded module.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UploadChunk {
+    /// The bytes (at most [`MODULE_CHUNK`]).
+    pub data: Vec<u8>,
+}
+
+/// Bytes per upload or download chunk.
+pub const MODULE_CHUNK: usize = 1024 * 1024;
 
 /// A response, versioned.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -291,6 +346,17 @@ pub enum ResponseV1 {
     Joined(JoinedPeer),
     /// The caller's identity ("" when anonymous).
     Identity(String),
+    /// A piece of a module being downloaded.
+    ModuleChunk(Vec<u8>),
+    /// A new node's credentials.
+    JoinedNode {
+        /// Its certificate, PEM.
+        cert_pem: String,
+        /// The cluster CA certificate, PEM.
+        ca_cert_pem: String,
+    },
+    /// A piece of an instance's log.
+    LogChunk(Vec<u8>),
     /// Done, nothing to return.
     Ok,
     /// The request failed.

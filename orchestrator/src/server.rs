@@ -84,6 +84,8 @@ pub struct ServerConfig {
     pub snapshot_every: u64,
     /// How long writes wait for a quorum.
     pub write_timeout: Duration,
+    /// Largest module accepted by upload, bytes.
+    pub max_module_bytes: u64,
 }
 
 impl ServerConfig {
@@ -97,6 +99,7 @@ impl ServerConfig {
             history: 10_000,
             snapshot_every: 10_000,
             write_timeout: Duration::from_secs(5),
+            max_module_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -309,6 +312,7 @@ impl Server {
             history,
             snapshot_every,
             write_timeout,
+            max_module_bytes,
         } = config;
         std::fs::create_dir_all(&data_dir).map_err(io_err(&data_dir))?;
         let paths = Paths::new(&data_dir);
@@ -378,6 +382,8 @@ impl Server {
             store.clone(),
             identity.ca.clone(),
             identity.peer.cluster_name.clone(),
+            identity.cert.clone(),
+            max_module_bytes,
         ));
 
         let mut tasks = vec![tokio::spawn(accept_loop(endpoint.clone(), api.clone()))];
@@ -394,7 +400,15 @@ impl Server {
         let ns_api = api.clone();
         tasks.push(tokio::spawn(async move {
             loop {
-                match ns_api.ensure_namespace("default").await {
+                let ensured = async {
+                    ns_api
+                        .ensure_namespace(flotilla_api::namespace::DEFAULT_NAMESPACE)
+                        .await?;
+                    ns_api
+                        .ensure_namespace(flotilla_api::lease::NODE_LEASE_NAMESPACE)
+                        .await
+                };
+                match ensured.await {
                     Ok(()) => return,
                     Err(e) => {
                         tracing::debug!(error = %e, "namespace default not ensured yet");

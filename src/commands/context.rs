@@ -54,3 +54,8 @@ impl Context {
 pub fn parse_duration(s: &str) -> Result<flotilla_api::duration::Duration, String> {
     flotilla_api::duration::Duration::parse(s).map_err(|e| e.to_string())
 }
+
+/// Parses a quantity flag (`64Mi`, `2000m`).
+pub fn parse_quantity(s: &str) -> Result<flotilla_api::quantity::Quantity, String> {
+    flotilla_api::quantity::Quantity::parse(s).map_err(|e| e.to_string())
+}

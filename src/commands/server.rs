@@ -30,6 +30,9 @@ pub struct ServerArgs {
     /// Log entries between snapshots (the log is compacted after each).
     #[arg(long, default_value_t = 10_000)]
     snapshot_every: u64,
+    /// Largest module `apply` may upload.
+    #[arg(long, default_value = "64Mi", value_parser = super::context::parse_quantity)]
+    max_module_size: flotilla_api::quantity::Quantity,
     /// How long a write waits for a quorum before failing.
     #[arg(long, default_value = "5s", value_parser = super::context::parse_duration)]
     write_timeout: Duration,
@@ -46,6 +49,7 @@ impl ServerArgs {
             watch_history,
             snapshot_every,
             write_timeout,
+            max_module_size,
         } = self;
         let mut config = ServerConfig::new(data_dir, listen);
         config.advertise = advertise;
@@ -53,6 +57,7 @@ impl ServerArgs {
         config.history = watch_history;
         config.snapshot_every = snapshot_every.max(10);
         config.write_timeout = write_timeout.as_std();
+        config.max_module_bytes = max_module_size.as_bytes();
         run(config, shutdown_signal()).await?;
         Ok(ExitCode::SUCCESS)
     }

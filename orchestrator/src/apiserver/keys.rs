@@ -32,3 +32,8 @@ pub fn token_key(id: &str) -> String {
 
 /// The next store peer id to hand out.
 pub const PEER_ID_KEY: &str = "/_meta/next-peer-id";
+
+/// The prefix of a module blob's chunks.
+pub fn blob_prefix(hex: &str) -> String {
+    format!("/_blobs/{hex}/")
+}

@@ -8,6 +8,8 @@
 //! object that fails validation.
 
 mod keys;
+mod modules;
+mod nodes;
 mod tokens;
 
 use std::net::IpAddr;
@@ -58,6 +60,11 @@ pub struct ApiServer {
     store: Arc<Store>,
     ca: CertificateAuthority,
     cluster_name: String,
+    /// This peer's own certificate: what it shows nodes when it proxies logs
+    /// and port-forwards to them.
+    peer_cert: tls::IssuedCert,
+    /// Largest module accepted by upload.
+    max_module_bytes: u64,
 }
 
 fn store_error(e: StoreError) -> ApiError {
@@ -180,11 +187,19 @@ fn rejection_error(obj_kind: Kind, namespace: &str, name: &str, r: Rejection) ->
 
 impl ApiServer {
     /// An apiserver over `store`, issuing certificates with `ca`.
-    pub fn new(store: Arc<Store>, ca: CertificateAuthority, cluster_name: String) -> Self {
+    pub fn new(
+        store: Arc<Store>,
+        ca: CertificateAuthority,
+        cluster_name: String,
+        peer_cert: tls::IssuedCert,
+        max_module_bytes: u64,
+    ) -> Self {
         Self {
             store,
             ca,
             cluster_name,
+            peer_cert,
+            max_module_bytes,
         }
     }
 
@@ -245,6 +260,44 @@ impl ApiServer {
                 .await;
             return;
         }
+        let streaming = matches!(
+            req,
+            RequestV1::UploadModule { .. }
+                | RequestV1::DownloadModule { .. }
+                | RequestV1::Logs { .. }
+                | RequestV1::PortForward { .. }
+        );
+        if streaming {
+            if let Err(e) = self.authorize(&caller, "this request") {
+                let _ = write_frame(&mut send, &Response::V1(ResponseV1::Error(e))).await;
+                let _ = send.finish();
+                return;
+            }
+            let result = match req {
+                RequestV1::UploadModule {
+                    digest,
+                    size,
+                    source,
+                } => self
+                    .serve_upload(&mut recv, &digest, size, &source)
+                    .await
+                    .map(ResponseV1::Object),
+                RequestV1::DownloadModule { digest } => {
+                    self.serve_download(&mut send, &digest).await
+                }
+                other => match self.proxy_to_node(&mut send, &mut recv, other).await {
+                    Ok(()) => return,
+                    Err(e) => Err(e),
+                },
+            };
+            let resp = match result {
+                Ok(r) => r,
+                Err(e) => ResponseV1::Error(e),
+            };
+            let _ = write_frame(&mut send, &Response::V1(resp)).await;
+            let _ = send.finish();
+            return;
+        }
         let resp = match self.handle(&caller, req).await {
             Ok(r) => r,
             Err(e) => ResponseV1::Error(e),
@@ -272,6 +325,11 @@ impl ApiServer {
                 csr_pem,
             } => self.join_peer(&token, &address, &csr_pem).await,
             RequestV1::WhoAmI => Ok(ResponseV1::Identity(caller.name().to_string())),
+            RequestV1::JoinNode {
+                token,
+                name,
+                csr_pem,
+            } => self.join_node(&token, &name, &csr_pem).await,
             other => {
                 self.authorize(caller, "this request")?;
                 self.handle_authorized(caller, other).await
@@ -362,9 +420,17 @@ impl ApiServer {
                     .map_err(store_error)?;
                 Ok(ResponseV1::Ok)
             }
-            RequestV1::Watch { .. } | RequestV1::JoinPeer { .. } | RequestV1::WhoAmI => Err(
-                ApiError::new(ErrorCode::BadRequest, "request routed to the wrong handler"),
-            ),
+            RequestV1::Watch { .. }
+            | RequestV1::JoinPeer { .. }
+            | RequestV1::JoinNode { .. }
+            | RequestV1::WhoAmI
+            | RequestV1::UploadModule { .. }
+            | RequestV1::DownloadModule { .. }
+            | RequestV1::Logs { .. }
+            | RequestV1::PortForward { .. } => Err(ApiError::new(
+                ErrorCode::BadRequest,
+                "request routed to the wrong handler",
+            )),
         }
     }
 

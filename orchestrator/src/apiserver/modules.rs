@@ -1,0 +1,147 @@
+//! Module blobs: uploaded as a chunked stream, checked against their digest and
+//! the Wasm validator before anything is stored, then stored content-addressed
+//! through the store, so every store peer holds every module.
+
+use flotilla_api::module::{digest_of, is_valid_digest, Module, ModuleType};
+use flotilla_api::object::{Kind, Object};
+use flotilla_api::wire::{
+    read_frame, write_frame, ApiError, ErrorCode, Response, ResponseV1, UploadChunk, MAX_FRAME,
+    MODULE_CHUNK,
+};
+
+use super::keys::blob_prefix;
+use super::{decode_object, internal, key_for, store_error, ApiResult, ApiServer};
+use crate::store::{Action, Command, Op, Precondition};
+
+fn invalid(msg: String) -> ApiError {
+    ApiError::new(ErrorCode::Invalid, msg)
+}
+
+/// Checks bytes are valid Wasm; returns whether they are a component.
+pub fn validate_wasm(bytes: &[u8]) -> Result<ModuleType, String> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err("not a WebAssembly binary (no \\0asm header)".into());
+    }
+    let is_component = wasmparser::Parser::is_component(bytes);
+    let mut validator = wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all());
+    validator
+        .validate_all(bytes)
+        .map_err(|e| format!("invalid WebAssembly: {e}"))?;
+    Ok(if is_component {
+        ModuleType::Component
+    } else {
+        ModuleType::Core
+    })
+}
+
+impl ApiServer {
+    pub(super) async fn serve_upload(
+        &self,
+        recv: &mut quinn::RecvStream,
+        digest: &str,
+        size: u64,
+        source: &str,
+    ) -> ApiResult<Object> {
+        if !is_valid_digest(digest) {
+            return Err(invalid(format!(
+                "digest: \"{digest}\" is not a digest (expected sha256:<64 hex>)"
+            )));
+        }
+        if size > self.max_module_bytes {
+            return Err(invalid(format!(
+                "module {source} is {size} bytes; the limit is {} bytes (server flag --max-module-size)",
+                self.max_module_bytes
+            )));
+        }
+        let mut bytes = Vec::with_capacity(size as usize);
+        while (bytes.len() as u64) < size {
+            let chunk: UploadChunk = read_frame(recv, MAX_FRAME)
+                .await
+                .map_err(|e| invalid(format!("upload of {source}: {e}")))?
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "upload of {source} ended after {} of {size} bytes",
+                        bytes.len()
+                    ))
+                })?;
+            if chunk.data.len() > MODULE_CHUNK
+                || bytes.len() as u64 + chunk.data.len() as u64 > size
+            {
+                return Err(invalid(format!(
+                    "upload of {source} sent more than the {size} bytes it announced"
+                )));
+            }
+            bytes.extend_from_slice(&chunk.data);
+        }
+        let actual = digest_of(&bytes);
+        if actual != digest {
+            return Err(invalid(format!(
+                "digest mismatch for {source}: the bytes hash to {actual}, the upload said {digest}; nothing was stored"
+            )));
+        }
+        let module_type = validate_wasm(&bytes).map_err(|e| invalid(format!("{source}: {e}")))?;
+
+        let name = Module::name_for_digest(digest);
+        self.store.read_barrier().await.map_err(store_error)?;
+        if let Some(existing) = self.read(Kind::Module, "", &name)? {
+            return Ok(existing);
+        }
+        let hex = digest.trim_start_matches("sha256:");
+        for (i, chunk) in bytes.chunks(MODULE_CHUNK).enumerate() {
+            let op = Op {
+                key: format!("{}{i:06}", blob_prefix(hex)),
+                precondition: Precondition::None,
+                action: Action::Put(chunk.to_vec()),
+            };
+            self.store
+                .propose(Command { ops: vec![op] })
+                .await
+                .map_err(store_error)?;
+        }
+        let mut module = Object::new_empty(Kind::Module, "", &name);
+        if let Object::Module(m) = &mut module {
+            m.spec.digest = digest.to_string();
+            m.spec.size = size;
+            m.spec.module_type = module_type;
+            m.spec.source = source.to_string();
+        }
+        match self.create(module).await {
+            Ok(o) => Ok(o),
+            Err(e) if e.code == ErrorCode::AlreadyExists => self
+                .read(Kind::Module, "", &name)?
+                .ok_or_else(|| internal("module vanished after upload")),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(super) async fn serve_download(
+        &self,
+        send: &mut quinn::SendStream,
+        digest: &str,
+    ) -> ApiResult<ResponseV1> {
+        if !is_valid_digest(digest) {
+            return Err(invalid(format!(
+                "digest: \"{digest}\" is not a digest (expected sha256:<64 hex>)"
+            )));
+        }
+        self.store.read_barrier().await.map_err(store_error)?;
+        let name = Module::name_for_digest(digest);
+        let stored = self.read_stored(Kind::Module, "", &name)?.ok_or_else(|| {
+            ApiError::new(ErrorCode::NotFound, format!("module {digest} not found"))
+        })?;
+        let _module = decode_object(&stored)?;
+        let hex = digest.trim_start_matches("sha256:");
+        let chunks = self
+            .store
+            .reader()
+            .scan(&blob_prefix(hex))
+            .map_err(internal)?;
+        for (_, chunk) in chunks {
+            write_frame(send, &Response::V1(ResponseV1::ModuleChunk(chunk.value)))
+                .await
+                .map_err(internal)?;
+        }
+        let _ = key_for;
+        Ok(ResponseV1::Ok)
+    }
+}

@@ -1,0 +1,129 @@
+//! Nodes: joining with a token (the node gets `node:NAME` by CSR), and the
+//! requests the apiserver carries through to a node's own listener (logs,
+//! port-forward), as kube-apiserver does to the kubelet.
+
+use flotilla_api::client::dial;
+use flotilla_api::node::Node;
+use flotilla_api::object::{Kind, Object};
+use flotilla_api::tls::{self, ALPN_NODE};
+use flotilla_api::token::JoinToken;
+use flotilla_api::wire::{write_frame, ApiError, ErrorCode, Request, RequestV1, ResponseV1};
+
+use super::{not_found, store_error, tokens, ApiResult, ApiServer};
+
+fn unavailable(msg: String) -> ApiError {
+    ApiError::new(ErrorCode::Unavailable, msg)
+}
+
+fn valid_node_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+impl ApiServer {
+    pub(super) async fn join_node(
+        &self,
+        token: &str,
+        name: &str,
+        csr_pem: &str,
+    ) -> ApiResult<ResponseV1> {
+        let token = JoinToken::parse(token)
+            .map_err(|e| ApiError::new(ErrorCode::Unauthorized, format!("join refused: {e}")))?;
+        tokens::check(&self.store, &token).await?;
+        if !valid_node_name(name) {
+            return Err(ApiError::new(
+                ErrorCode::Invalid,
+                format!("--name: \"{name}\" is not a valid node name (lowercase letters, digits, '-' and '.', at most 253 characters)"),
+            ));
+        }
+        let cert_pem = self
+            .ca
+            .sign_csr(csr_pem, &format!("node:{name}"), &[])
+            .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("csr: {e}")))?;
+        Ok(ResponseV1::JoinedNode {
+            cert_pem,
+            ca_cert_pem: self.ca.cert_pem.clone(),
+        })
+    }
+
+    /// Finds the node running an instance and relays the request and every byte
+    /// after it, both ways, until either side ends.
+    pub(super) async fn proxy_to_node(
+        &self,
+        send: &mut quinn::SendStream,
+        recv: &mut quinn::RecvStream,
+        req: RequestV1,
+    ) -> ApiResult<()> {
+        let (namespace, name) = match &req {
+            RequestV1::Logs {
+                namespace, name, ..
+            }
+            | RequestV1::PortForward { namespace, name } => (namespace.clone(), name.clone()),
+            _ => return Err(ApiError::new(ErrorCode::BadRequest, "not a node request")),
+        };
+        let namespace = if namespace.is_empty() {
+            "default".to_string()
+        } else {
+            namespace
+        };
+        self.store.read_barrier().await.map_err(store_error)?;
+        let Some(Object::Instance(instance)) = self.read(Kind::Instance, &namespace, &name)? else {
+            return Err(not_found(Kind::Instance, &namespace, &name));
+        };
+        let node_name = if instance.status.node_name.is_empty() {
+            instance.spec.node_name.clone()
+        } else {
+            instance.status.node_name.clone()
+        };
+        if node_name.is_empty() {
+            return Err(unavailable(format!(
+                "instance \"{name}\" is not bound to a node yet"
+            )));
+        }
+        let Some(Object::Node(node)) = self.read(Kind::Node, "", &node_name)? else {
+            return Err(unavailable(format!(
+                "instance \"{name}\" is bound to node \"{node_name}\", which has not registered"
+            )));
+        };
+        let addr = node_address(&node).ok_or_else(|| {
+            unavailable(format!(
+                "node \"{node_name}\" reports no address to reach it at"
+            ))
+        })?;
+        let config = tls::client_config(&self.ca.cert_pem, Some(&self.peer_cert), ALPN_NODE)
+            .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+        let (_endpoint, conn) = dial(&addr, config)
+            .await
+            .map_err(|e| unavailable(format!("node \"{node_name}\": {e}")))?;
+        let (mut node_send, mut node_recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| unavailable(format!("node \"{node_name}\": {e}")))?;
+        write_frame(&mut node_send, &Request::V1(req))
+            .await
+            .map_err(|e| unavailable(format!("node \"{node_name}\": {e}")))?;
+        let up = async {
+            let _ = tokio::io::copy(recv, &mut node_send).await;
+            let _ = node_send.finish();
+        };
+        let down = async {
+            let _ = tokio::io::copy(&mut node_recv, send).await;
+            let _ = send.finish();
+        };
+        tokio::join!(up, down);
+        Ok(())
+    }
+}
+
+fn node_address(node: &Node) -> Option<String> {
+    let tunnel = &node.status.daemon_endpoints.tunnel;
+    (!tunnel.is_empty()).then(|| tunnel.clone())
+}
