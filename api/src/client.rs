@@ -246,6 +246,11 @@ impl Client {
         })
     }
 
+    /// Whether the connection is still up.
+    pub fn is_connected(&self) -> bool {
+        self.conn.close_reason().is_none()
+    }
+
     /// The address this client is connected to.
     pub fn addr(&self) -> &str {
         &self.addr

@@ -24,6 +24,11 @@ impl Context {
             .ok_or_else(|| anyhow!("no client configuration: pass --config or set FLOTILLA_CONFIG"))
     }
 
+    /// The `--server` flag, if given.
+    pub fn server(&self) -> Option<&str> {
+        self.server.as_deref()
+    }
+
     /// Loads the configuration, with `--server` applied.
     pub fn client_config(&self) -> anyhow::Result<ClientConfig> {
         let path = self.config_path()?;

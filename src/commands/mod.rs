@@ -6,9 +6,13 @@ mod context;
 mod delete;
 mod describe;
 mod get;
+mod logs;
+mod node;
 mod output;
+mod port_forward;
 mod server;
 mod token;
+mod up;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,6 +51,14 @@ enum Command {
     Describe(describe::DescribeArgs),
     /// Delete objects.
     Delete(delete::DeleteArgs),
+    /// Run a node agent: join a cluster, run the instances bound to it.
+    Node(node::NodeArgs),
+    /// Print an instance's log.
+    Logs(logs::LogsArgs),
+    /// Forward a local port to an http-world instance.
+    PortForward(port_forward::PortForwardArgs),
+    /// Run a whole cluster in one process: a store peer, the apiserver and a node.
+    Up(up::UpArgs),
 }
 
 impl Cli {
@@ -61,6 +73,10 @@ impl Cli {
             Command::Get(args) => args.execute(&ctx).await,
             Command::Describe(args) => args.execute(&ctx).await,
             Command::Delete(args) => args.execute(&ctx).await,
+            Command::Node(args) => args.execute(&ctx).await,
+            Command::Logs(args) => args.execute(&ctx).await,
+            Command::PortForward(args) => args.execute(&ctx).await,
+            Command::Up(args) => args.execute().await,
         }
     }
 }

@@ -1,0 +1,114 @@
+//! The node's identity: joined once with a token (the CA pinned by the token's
+//! fingerprint, the certificate by CSR), then kept in the data dir so a restart
+//! needs no token.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use flotilla_api::client::{Client, ClientConfig};
+use flotilla_api::tls;
+use flotilla_api::token::JoinToken;
+use flotilla_api::wire::{RequestV1, ResponseV1};
+
+use super::{AgentError, Result};
+
+/// What a joined node keeps.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeFile {
+    /// The node's name.
+    pub name: String,
+    /// The apiserver it talks to.
+    pub server: String,
+}
+
+/// A node's credentials.
+#[derive(Clone)]
+pub struct Identity {
+    /// Name and server.
+    pub file: NodeFile,
+    /// Client configuration (CA, certificate `node:NAME`, key).
+    pub client: ClientConfig,
+}
+
+fn path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(name)
+}
+
+fn io(p: &Path) -> impl FnOnce(std::io::Error) -> AgentError + '_ {
+    move |e| AgentError::Io(format!("{}: {e}", p.display()))
+}
+
+/// Loads the identity from `dir`, or joins with `token` and saves it.
+pub async fn load_or_join(
+    dir: &Path,
+    server: Option<&str>,
+    token: Option<&str>,
+    name: &str,
+) -> Result<Identity> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let node_file = path(dir, "node.json");
+    let config_file = path(dir, "node.config");
+    if node_file.exists() && config_file.exists() {
+        let text = std::fs::read_to_string(&node_file).map_err(io(&node_file))?;
+        let mut file: NodeFile = serde_json::from_str(&text)
+            .map_err(|e| AgentError::Io(format!("{}: {e}", node_file.display())))?;
+        if file.name != name {
+            return Err(AgentError::Config(format!(
+                "{} belongs to node \"{}\", not \"{name}\"; use another --data-dir",
+                dir.display(),
+                file.name
+            )));
+        }
+        let mut client =
+            ClientConfig::load(&config_file).map_err(|e| AgentError::Io(e.to_string()))?;
+        if let Some(server) = server {
+            file.server = server.to_string();
+            client.server = server.to_string();
+        }
+        return Ok(Identity { file, client });
+    }
+    let (Some(server), Some(token_text)) = (server, token) else {
+        return Err(AgentError::Config(format!(
+            "{} holds no node identity: the first start needs --server and --token",
+            dir.display()
+        )));
+    };
+    let token = JoinToken::parse(token_text).map_err(|e| AgentError::Join(e.to_string()))?;
+    let anon = Client::connect_pinned(server, &token.ca_sha256)
+        .await
+        .map_err(|e| AgentError::Join(e.to_string()))?;
+    let (key_pem, csr_pem) =
+        tls::generate_csr(&format!("node:{name}")).map_err(|e| AgentError::Join(e.to_string()))?;
+    let resp = anon
+        .call(RequestV1::JoinNode {
+            token: token_text.trim().to_string(),
+            name: name.to_string(),
+            csr_pem,
+        })
+        .await
+        .map_err(|e| AgentError::Join(e.to_string()))?;
+    let ResponseV1::JoinedNode {
+        cert_pem,
+        ca_cert_pem,
+    } = resp
+    else {
+        return Err(AgentError::Join(format!("unexpected answer: {resp:?}")));
+    };
+    let client = ClientConfig {
+        server: server.to_string(),
+        identity: format!("node:{name}"),
+        ca_cert: ca_cert_pem,
+        client_cert: cert_pem,
+        client_key: key_pem,
+    };
+    client.save(&config_file).map_err(io(&config_file))?;
+    let file = NodeFile {
+        name: name.to_string(),
+        server: server.to_string(),
+    };
+    let text = serde_json::to_string_pretty(&file).map_err(|e| AgentError::Io(e.to_string()))?;
+    std::fs::write(&node_file, text).map_err(io(&node_file))?;
+    Ok(Identity { file, client })
+}

@@ -1,0 +1,261 @@
+//! The node's own listener (ALPN `flotilla-node/1`): apiservers, and only
+//! apiservers (`peer:` certificates of the cluster CA), reach it to stream an
+//! instance's log or carry a port-forward connection to it.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+
+use flotilla_api::tls::{self, IssuedCert, ALPN_NODE};
+use flotilla_api::wire::{
+    read_frame, write_frame, ApiError, ErrorCode, Request, RequestV1, Response, ResponseV1,
+    MAX_FRAME,
+};
+
+use super::identity::Identity;
+use super::{AgentError, Result, Shared};
+
+/// Binds the listener; returns its address and the accept task.
+pub async fn start(
+    shared: Arc<Shared>,
+    identity: &Identity,
+) -> Result<(String, tokio::task::JoinHandle<()>)> {
+    let cert = IssuedCert {
+        cert_pem: identity.client.client_cert.clone(),
+        key_pem: identity.client.client_key.clone(),
+    };
+    let server_tls = tls::server_config(&identity.client.ca_cert, &cert, &[ALPN_NODE])
+        .map_err(|e| AgentError::Config(format!("node listener tls: {e}")))?;
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)
+        .map_err(|e| AgentError::Config(format!("node listener tls: {e}")))?;
+    let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    server_config.transport_config(flotilla_api::client::transport_config());
+    let addr: std::net::SocketAddr = shared
+        .config
+        .listen
+        .parse()
+        .map_err(|e| AgentError::Config(format!("--listen {}: {e}", shared.config.listen)))?;
+    let endpoint = quinn::Endpoint::server(server_config, addr)
+        .map_err(|e| AgentError::Config(format!("cannot listen on {addr}: {e}")))?;
+    let local = endpoint
+        .local_addr()
+        .map_err(|e| AgentError::Io(e.to_string()))?
+        .to_string();
+    let task = tokio::spawn(async move {
+        while let Some(incoming) = endpoint.accept().await {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let Ok(conn) = incoming.await else { return };
+                let caller = tls::connection_identity(&conn).unwrap_or_default();
+                if !caller.starts_with("peer:") {
+                    conn.close(3u32.into(), b"only apiservers may call a node");
+                    return;
+                }
+                while let Ok((send, recv)) = conn.accept_bi().await {
+                    tokio::spawn(serve_stream(shared.clone(), send, recv));
+                }
+            });
+        }
+    });
+    Ok((local, task))
+}
+
+async fn error(send: &mut quinn::SendStream, code: ErrorCode, message: String) {
+    let _ = write_frame(
+        send,
+        &Response::V1(ResponseV1::Error(ApiError::new(code, message))),
+    )
+    .await;
+    let _ = send.finish();
+}
+
+async fn serve_stream(
+    shared: Arc<Shared>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let req: Request = match read_frame(&mut recv, MAX_FRAME).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return,
+        Err(e) => {
+            error(
+                &mut send,
+                ErrorCode::BadRequest,
+                format!("bad request frame: {e}"),
+            )
+            .await;
+            return;
+        }
+    };
+    let Request::V1(req) = req;
+    match req {
+        RequestV1::Logs {
+            namespace,
+            name,
+            follow,
+            tail,
+            previous,
+        } => serve_logs(shared, send, (namespace, name), follow, tail, previous).await,
+        RequestV1::PortForward { namespace, name } => {
+            serve_port_forward(shared, send, recv, (namespace, name)).await
+        }
+        _ => {
+            error(
+                &mut send,
+                ErrorCode::BadRequest,
+                "a node serves only logs and port-forward".into(),
+            )
+            .await
+        }
+    }
+}
+
+async fn serve_logs(
+    shared: Arc<Shared>,
+    mut send: quinn::SendStream,
+    key: (String, String),
+    follow: bool,
+    tail: Option<u64>,
+    previous: bool,
+) {
+    let log = {
+        let running = shared.running.lock().await;
+        running.get(&key).map(|s| s.log.clone())
+    };
+    let Some(log) = log else {
+        error(
+            &mut send,
+            ErrorCode::NotFound,
+            format!(
+                "instance \"{}\" does not run on node \"{}\"",
+                key.1, shared.config.name
+            ),
+        )
+        .await;
+        return;
+    };
+    // Subscribe before reading, so nothing written in between is lost.
+    let mut live = log.follow();
+    let backlog = log.read(previous, tail);
+    for chunk in backlog.chunks(64 * 1024) {
+        if write_frame(
+            &mut send,
+            &Response::V1(ResponseV1::LogChunk(chunk.to_vec())),
+        )
+        .await
+        .is_err()
+        {
+            return;
+        }
+    }
+    if !follow || previous {
+        let _ = write_frame(&mut send, &Response::V1(ResponseV1::Ok)).await;
+        let _ = send.finish();
+        return;
+    }
+    loop {
+        let next = tokio::select! {
+            next = live.recv() => next,
+            _ = send.stopped() => return,
+        };
+        match next {
+            Ok(bytes) => {
+                if write_frame(
+                    &mut send,
+                    &Response::V1(ResponseV1::LogChunk(bytes.to_vec())),
+                )
+                .await
+                .is_err()
+                {
+                    return;
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                let _ = write_frame(&mut send, &Response::V1(ResponseV1::Ok)).await;
+                let _ = send.finish();
+                return;
+            }
+        }
+    }
+}
+
+async fn serve_port_forward(
+    shared: Arc<Shared>,
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    key: (String, String),
+) {
+    let http = {
+        let running = shared.running.lock().await;
+        running.get(&key).map(|s| s.http())
+    };
+    let handle = match http {
+        None => {
+            error(
+                &mut send,
+                ErrorCode::NotFound,
+                format!(
+                    "instance \"{}\" does not run on node \"{}\"",
+                    key.1, shared.config.name
+                ),
+            )
+            .await;
+            return;
+        }
+        Some(None) => {
+            error(
+                &mut send,
+                ErrorCode::BadRequest,
+                format!(
+                    "instance \"{}\" is not an http-world instance that is running",
+                    key.1
+                ),
+            )
+            .await;
+            return;
+        }
+        Some(Some(h)) => h,
+    };
+    if write_frame(&mut send, &Response::V1(ResponseV1::Ok))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let io = hyper_util::rt::TokioIo::new(tokio::io::join(recv, send));
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let handle = handle.clone();
+        async move {
+            let (parts, body) = req.into_parts();
+            let body = match body.collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => {
+                    return Ok::<_, std::convert::Infallible>(plain(
+                        400,
+                        format!("bad request body: {e}\n"),
+                    ))
+                }
+            };
+            let resp = match handle.serve(hyper::Request::from_parts(parts, body)).await {
+                Ok(r) => {
+                    let (parts, body) = r.into_parts();
+                    hyper::Response::from_parts(parts, Full::new(body))
+                }
+                Err(e) => plain(502, format!("instance error: {e}\n")),
+            };
+            Ok(resp)
+        }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(io, service)
+        .await;
+}
+
+fn plain(status: u16, text: String) -> hyper::Response<Full<Bytes>> {
+    let mut resp = hyper::Response::new(Full::new(Bytes::from(text)));
+    *resp.status_mut() =
+        hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::BAD_GATEWAY);
+    resp
+}

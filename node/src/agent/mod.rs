@@ -1,0 +1,331 @@
+//! The node agent (the kubelet analogue): registers the node, renews its lease,
+//! runs the instances bound to it and reports their status; serves their logs
+//! and port-forwards to the apiserver; runs static instances from a manifests
+//! directory with or without a control plane.
+//!
+//! The agent keeps running what it has when the apiserver is unreachable: the
+//! desired state is the last one it saw (kept on disk), status reports wait in
+//! memory, and nothing is restarted when the link comes back unless its spec
+//! changed.
+//!
+//! Must never: write anything but its own Node, Lease, and its instances' status
+//! (and mirror objects of its static instances).
+
+mod identity;
+mod link;
+mod listener;
+mod logs;
+mod modules;
+mod registration;
+mod reporter;
+mod static_instances;
+mod supervisor;
+mod sync;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch, Mutex};
+
+use flotilla_api::instance::Instance;
+use flotilla_api::node::Taint;
+use flotilla_api::quantity::Quantity;
+
+use crate::runtime::{RuntimeConfig, WasmtimeRuntime};
+
+pub use supervisor::Backoff;
+use supervisor::{Context, Key, Supervisor};
+
+/// Errors of the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Bad flags or data dir.
+    #[error("{0}")]
+    Config(String),
+    /// Joining failed or was refused.
+    #[error("join failed: {0}")]
+    Join(String),
+    /// File trouble.
+    #[error("{0}")]
+    Io(String),
+    /// The apiserver answered with an error.
+    #[error("{0}")]
+    Api(String),
+    /// The apiserver is unreachable.
+    #[error("{0}")]
+    Offline(String),
+    /// The runtime failed.
+    #[error(transparent)]
+    Runtime(#[from] crate::runtime::RuntimeError),
+}
+
+type Result<T, E = AgentError> = std::result::Result<T, E>;
+
+/// How a node runs.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// Node name.
+    pub name: String,
+    /// Apiserver address (needed with a token on the first start).
+    pub server: Option<String>,
+    /// Join token (first start only).
+    pub token: Option<String>,
+    /// Where the node keeps its identity, modules, compiled artifacts and logs.
+    pub data_dir: PathBuf,
+    /// Labels of the Node object.
+    pub labels: BTreeMap<String, String>,
+    /// Taints of the Node object.
+    pub taints: Vec<Taint>,
+    /// Static instance manifests.
+    pub manifests_dir: Option<PathBuf>,
+    /// CPU the node offers.
+    pub capacity_cpu: Quantity,
+    /// Memory the node offers.
+    pub capacity_memory: Quantity,
+    /// Instance slots (the pooling allocator's size).
+    pub capacity_instances: u32,
+    /// Address of the node's own listener (logs, port-forward).
+    pub listen: String,
+    /// Lease renewal interval.
+    pub lease_interval: Duration,
+    /// Restart backoff.
+    pub backoff: Backoff,
+    /// Kill a guest busy this long without returning to the host.
+    pub busy_timeout: Duration,
+}
+
+impl AgentConfig {
+    /// Defaults for a node name and data dir.
+    pub fn new(name: String, data_dir: PathBuf) -> Self {
+        Self {
+            name,
+            server: None,
+            token: None,
+            data_dir,
+            labels: BTreeMap::new(),
+            taints: Vec::new(),
+            manifests_dir: None,
+            capacity_cpu: Quantity::parse("2000m").expect("valid quantity"),
+            capacity_memory: Quantity::parse("4Gi").expect("valid quantity"),
+            capacity_instances: 1000,
+            listen: "127.0.0.1:0".into(),
+            lease_interval: Duration::from_secs(10),
+            backoff: Backoff::default(),
+            busy_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Everything the agent's tasks share.
+pub(crate) struct Shared {
+    config: AgentConfig,
+    ctx: Arc<Context>,
+    running: Mutex<HashMap<Key, Supervisor>>,
+    link: Option<Arc<link::ApiLink>>,
+    logs_dir: PathBuf,
+}
+
+impl Shared {
+    fn log_dir(&self, key: &Key) -> PathBuf {
+        self.logs_dir.join(format!("{}_{}", key.0, key.1))
+    }
+}
+
+/// A running node agent.
+pub struct Agent {
+    /// The address of its listener.
+    pub listen_addr: String,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    shared: Arc<Shared>,
+}
+
+impl Agent {
+    /// Starts the agent: identity (joining if needed), runtime, listener, and
+    /// the loops that keep the node in step with the cluster.
+    pub async fn start(config: AgentConfig) -> Result<Self> {
+        let data_dir = config.data_dir.clone();
+        std::fs::create_dir_all(&data_dir)
+            .map_err(|e| AgentError::Io(format!("{}: {e}", data_dir.display())))?;
+        let standalone = config.server.is_none() && !data_dir.join("node.json").exists();
+        let identity = if standalone {
+            if config.manifests_dir.is_none() {
+                return Err(AgentError::Config(
+                    "nothing to do: give --server and --token to join a cluster, or --manifests-dir to run static instances".into(),
+                ));
+            }
+            None
+        } else {
+            Some(
+                identity::load_or_join(
+                    &data_dir,
+                    config.server.as_deref(),
+                    config.token.as_deref(),
+                    &config.name,
+                )
+                .await?,
+            )
+        };
+        let link = identity
+            .as_ref()
+            .map(|id| Arc::new(link::ApiLink::new(id.client.clone())));
+
+        let runtime = Arc::new(WasmtimeRuntime::new(RuntimeConfig {
+            cache_dir: data_dir.join("compiled"),
+            max_instances: config.capacity_instances,
+            busy_timeout: config.busy_timeout,
+            ..RuntimeConfig::default()
+        })?);
+        let modules = Arc::new(
+            modules::ModuleCache::new(data_dir.join("modules"), link.clone())
+                .map_err(|e| AgentError::Io(e.to_string()))?,
+        );
+        let (reports_tx, reports_rx) = mpsc::unbounded_channel();
+        let ctx = Arc::new(Context {
+            runtime,
+            modules: modules.clone(),
+            reports: reports_tx,
+            backoff: config.backoff,
+            node_name: config.name.clone(),
+        });
+        let shared = Arc::new(Shared {
+            config: config.clone(),
+            ctx,
+            running: Mutex::new(HashMap::new()),
+            link: link.clone(),
+            logs_dir: data_dir.join("logs"),
+        });
+
+        let mut tasks = Vec::new();
+        let (listen_addr, listener_task) = match &identity {
+            Some(id) => {
+                let (addr, task) = listener::start(shared.clone(), id).await?;
+                (addr, Some(task))
+            }
+            None => (String::new(), None),
+        };
+        tasks.extend(listener_task);
+
+        let (api_tx, api_rx) = watch::channel(sync::load_desired(&data_dir));
+        let (static_tx, static_rx) = watch::channel(BTreeMap::new());
+        if let Some(link) = &link {
+            tasks.push(tokio::spawn(registration::run(
+                shared.clone(),
+                link.clone(),
+                listen_addr.clone(),
+            )));
+            tasks.push(tokio::spawn(sync::run(
+                shared.clone(),
+                link.clone(),
+                api_tx,
+            )));
+            tasks.push(tokio::spawn(reporter::run(link.clone(), reports_rx)));
+        } else {
+            drop(api_tx);
+            tasks.push(tokio::spawn(reporter::discard(reports_rx)));
+        }
+        if let Some(dir) = config.manifests_dir.clone() {
+            tasks.push(tokio::spawn(static_instances::run(
+                shared.clone(),
+                dir,
+                modules,
+                static_tx,
+            )));
+        } else {
+            drop(static_tx);
+        }
+        tasks.push(tokio::spawn(reconcile(shared.clone(), api_rx, static_rx)));
+        Ok(Self {
+            listen_addr,
+            tasks,
+            shared,
+        })
+    }
+
+    /// Stops every instance and loop.
+    pub async fn shutdown(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        let running: Vec<Supervisor> = self
+            .shared
+            .running
+            .lock()
+            .await
+            .drain()
+            .map(|(_, s)| s)
+            .collect();
+        for s in running {
+            s.stop().await;
+        }
+    }
+}
+
+/// Keeps the supervisors equal to the desired instances: the API's bound ones
+/// and the static ones (which win on a name clash).
+async fn reconcile(
+    shared: Arc<Shared>,
+    mut api: watch::Receiver<BTreeMap<Key, Instance>>,
+    mut statics: watch::Receiver<BTreeMap<Key, Instance>>,
+) {
+    let mut api_open = true;
+    let mut static_open = true;
+    loop {
+        let mut desired = api.borrow_and_update().clone();
+        desired.extend(statics.borrow_and_update().clone());
+        apply_desired(&shared, desired).await;
+        tokio::select! {
+            r = api.changed(), if api_open => { if r.is_err() { api_open = false; } }
+            r = statics.changed(), if static_open => { if r.is_err() { static_open = false; } }
+            _ = std::future::pending::<()>(), if !api_open && !static_open => {}
+        }
+    }
+}
+
+async fn apply_desired(shared: &Arc<Shared>, desired: BTreeMap<Key, Instance>) {
+    let mut running = shared.running.lock().await;
+    let stale: Vec<Key> = running
+        .iter()
+        .filter(|(k, s)| desired.get(*k).is_none_or(|d| d.spec != s.spec))
+        .map(|(k, _)| k.clone())
+        .collect();
+    let mut stopping = Vec::new();
+    for key in stale {
+        if let Some(s) = running.remove(&key) {
+            let gone = !desired.contains_key(&key);
+            let dir = shared.log_dir(&key);
+            stopping.push(async move {
+                s.stop().await;
+                if gone {
+                    logs::InstanceLog::remove(&dir);
+                }
+            });
+        }
+    }
+    stop_in_order(stopping).await;
+    for (key, instance) in desired {
+        if running.contains_key(&key) {
+            continue;
+        }
+        let log = match logs::InstanceLog::open(shared.log_dir(&key)) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(instance = %format!("{}/{}", key.0, key.1), error = %e, "cannot open the instance log");
+                continue;
+            }
+        };
+        let sup = Supervisor::spawn(shared.ctx.clone(), instance, log);
+        running.insert(key, sup);
+    }
+}
+
+async fn stop_in_order<F: std::future::Future<Output = ()>>(futures: Vec<F>) {
+    let mut set = Vec::new();
+    for f in futures {
+        set.push(Box::pin(f));
+    }
+    for f in set {
+        f.await;
+    }
+}

@@ -1,0 +1,145 @@
+//! The Node object and its Lease: created at first contact, the status and the
+//! lease renewed every lease interval (and right after the link returns).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_api::client::Client;
+use flotilla_api::lease::NODE_LEASE_NAMESPACE;
+use flotilla_api::meta::{now_timestamp, set_condition, Condition, ConditionStatus};
+use flotilla_api::node::{NodeAddress, NodeResources, CONDITION_READY, LABEL_HOSTNAME};
+use flotilla_api::object::{Kind, Object};
+use flotilla_api::wire::ErrorCode;
+
+use super::link::ApiLink;
+use super::Shared;
+use crate::runtime::WasmtimeRuntime;
+
+/// Runs forever.
+pub async fn run(shared: Arc<Shared>, link: Arc<ApiLink>, listen_addr: String) {
+    loop {
+        let interval = shared.config.lease_interval;
+        let ok = match link.client().await {
+            Some(client) => match heartbeat(&shared, &client, &listen_addr).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::debug!(error = %e, "node heartbeat failed");
+                    link.reset().await;
+                    false
+                }
+            },
+            None => false,
+        };
+        // While the link is down, try again soon so the node reports within a
+        // fraction of the lease interval once the apiserver is back.
+        let wait = if ok {
+            interval
+        } else {
+            Duration::from_millis(500).min(interval)
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+async fn heartbeat(
+    shared: &Shared,
+    client: &Client,
+    listen_addr: &str,
+) -> Result<(), flotilla_api::client::ClientError> {
+    let config = &shared.config;
+    let name = &config.name;
+    let node = match client.get(Kind::Node, "", name).await {
+        Ok(o) => o,
+        Err(e) if e.code() == Some(ErrorCode::NotFound) => {
+            let mut o = Object::new_empty(Kind::Node, "", name);
+            o.meta_mut().labels = config.labels.clone();
+            o.meta_mut()
+                .labels
+                .insert(LABEL_HOSTNAME.to_string(), name.clone());
+            if let Object::Node(n) = &mut o {
+                n.spec.taints = config.taints.clone();
+            }
+            match client.create(o).await {
+                Ok(o) => o,
+                Err(e) if e.code() == Some(ErrorCode::AlreadyExists) => {
+                    client.get(Kind::Node, "", name).await?
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(e) => return Err(e),
+    };
+    let mut node = node;
+    if let Object::Node(n) = &mut node {
+        let resources = NodeResources {
+            cpu: config.capacity_cpu.clone(),
+            memory: config.capacity_memory.clone(),
+            instances: config.capacity_instances,
+        };
+        n.status.capacity = resources.clone();
+        n.status.allocatable = resources;
+        let host = listen_addr.rsplit_once(':').map(|(h, _)| h).unwrap_or("");
+        n.status.addresses = vec![
+            NodeAddress {
+                type_: "Hostname".into(),
+                address: name.clone(),
+            },
+            NodeAddress {
+                type_: "InternalIP".into(),
+                address: host.to_string(),
+            },
+        ];
+        n.status.daemon_endpoints.tunnel = listen_addr.to_string();
+        n.status.node_info.flotilla_version = env!("CARGO_PKG_VERSION").to_string();
+        n.status.node_info.wasmtime_version = WasmtimeRuntime::wasmtime_version().to_string();
+        n.status.node_info.operating_system = std::env::consts::OS.to_string();
+        n.status.node_info.architecture = std::env::consts::ARCH.to_string();
+        set_condition(
+            &mut n.status.conditions,
+            Condition::new(
+                CONDITION_READY,
+                ConditionStatus::True,
+                "AgentReady",
+                "the node agent is posting status",
+            ),
+        );
+    }
+    node.meta_mut().resource_version.clear();
+    client.update_status(node).await?;
+    renew_lease(client, name, config.lease_interval).await
+}
+
+async fn renew_lease(
+    client: &Client,
+    name: &str,
+    interval: Duration,
+) -> Result<(), flotilla_api::client::ClientError> {
+    let now = now_timestamp();
+    let duration = (interval.as_secs() as u32).max(1) * 4;
+    match client.get(Kind::Lease, NODE_LEASE_NAMESPACE, name).await {
+        Ok(mut lease) => {
+            if let Object::Lease(l) = &mut lease {
+                l.spec.holder_identity = name.to_string();
+                l.spec.renew_time = now;
+                l.spec.lease_duration_seconds = duration;
+            }
+            lease.meta_mut().resource_version.clear();
+            client.update(lease).await.map(|_| ())
+        }
+        Err(e) if e.code() == Some(ErrorCode::NotFound) => {
+            let mut lease = Object::new_empty(Kind::Lease, NODE_LEASE_NAMESPACE, name);
+            if let Object::Lease(l) = &mut lease {
+                l.spec.holder_identity = name.to_string();
+                l.spec.acquire_time = now.clone();
+                l.spec.renew_time = now;
+                l.spec.lease_duration_seconds = duration;
+            }
+            match client.create(lease).await {
+                Ok(_) => Ok(()),
+                Err(e) if e.code() == Some(ErrorCode::AlreadyExists) => Ok(()),
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) => Err(e),
+    }
+}

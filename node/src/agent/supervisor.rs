@@ -1,0 +1,312 @@
+//! One instance on this node, run through its lifecycle steps until it is told
+//! to stop or its restart policy says it is done.
+//!
+//! The order of the steps, and why:
+//! 1. fetch the module by digest (local cache first): nothing can start without it;
+//! 2. prepare (validate, compile or load the node's own compiled artifact);
+//! 3. start, with the log rotated to a new run so `--previous` works;
+//! 4. wait for the exit (or a stop), report it;
+//! 5. restart per policy after an exponential backoff, reset after a long run.
+//!
+//! Every state change is reported to the status reporter, which pushes it to the
+//! apiserver when it can; nothing here waits on the control plane once the
+//! module is on disk.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+
+use flotilla_api::instance::{
+    Instance, InstancePhase, InstanceSpec, RestartPolicy, TerminationState, World as SpecWorld,
+    CONDITION_READY,
+};
+use flotilla_api::meta::{now_timestamp, set_condition, Condition, ConditionStatus};
+
+use super::logs::InstanceLog;
+use super::modules::ModuleCache;
+use crate::runtime::{Exit, HttpHandle, Launch, Runtime, WasmtimeRuntime, World};
+
+/// Restart backoff settings (Kubernetes' CrashLoopBackOff numbers by default).
+#[derive(Clone, Copy, Debug)]
+pub struct Backoff {
+    /// First delay.
+    pub initial: Duration,
+    /// Largest delay.
+    pub max: Duration,
+    /// A run at least this long resets the delay.
+    pub reset_after: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_secs(10),
+            max: Duration::from_secs(300),
+            reset_after: Duration::from_secs(600),
+        }
+    }
+}
+
+/// `namespace/name`.
+pub type Key = (String, String);
+
+/// A status change for the reporter.
+#[derive(Clone, Debug)]
+pub struct StatusReport {
+    /// The instance.
+    pub key: Key,
+    /// Its status now.
+    pub instance: Instance,
+}
+
+/// What a supervisor needs.
+pub struct Context {
+    /// Runtime.
+    pub runtime: Arc<WasmtimeRuntime>,
+    /// Module cache.
+    pub modules: Arc<ModuleCache>,
+    /// Where status changes go.
+    pub reports: mpsc::UnboundedSender<StatusReport>,
+    /// Restart backoff.
+    pub backoff: Backoff,
+    /// This node's name.
+    pub node_name: String,
+}
+
+/// A running supervisor.
+pub struct Supervisor {
+    /// The spec it runs.
+    pub spec: InstanceSpec,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    http: Arc<Mutex<Option<HttpHandle>>>,
+    /// The instance's log.
+    pub log: Arc<InstanceLog>,
+}
+
+impl Supervisor {
+    /// Starts supervising `instance`.
+    pub fn spawn(ctx: Arc<Context>, instance: Instance, log: Arc<InstanceLog>) -> Self {
+        let (stop, stop_rx) = watch::channel(false);
+        let http = Arc::new(Mutex::new(None));
+        let spec = instance.spec.clone();
+        let task = tokio::spawn(run(ctx, instance, log.clone(), stop_rx, http.clone()));
+        Self {
+            spec,
+            stop,
+            task,
+            http,
+            log,
+        }
+    }
+
+    /// The http endpoint of the current run, if it is an http-world instance.
+    pub fn http(&self) -> Option<HttpHandle> {
+        self.http.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Stops the instance and waits (bounded) for it to end.
+    pub async fn stop(self) {
+        self.stop.send_replace(true);
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+    }
+}
+
+fn report(ctx: &Context, key: &Key, instance: &Instance) {
+    let _ = ctx.reports.send(StatusReport {
+        key: key.clone(),
+        instance: instance.clone(),
+    });
+}
+
+fn set_ready(instance: &mut Instance, ready: bool, reason: &str, message: &str) {
+    let status = if ready {
+        ConditionStatus::True
+    } else {
+        ConditionStatus::False
+    };
+    set_condition(
+        &mut instance.status.conditions,
+        Condition::new(CONDITION_READY, status, reason, message),
+    );
+}
+
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// Sleeps `d`, or returns true early if told to stop.
+async fn sleep_or_stop(d: Duration, rx: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        _ = stopped(rx) => true,
+    }
+}
+
+fn launch_for(instance: &Instance, node: &str, log: &Arc<InstanceLog>) -> Launch {
+    let spec = &instance.spec;
+    let mut env: Vec<(String, String)> = vec![
+        (
+            "FLOTILLA_INSTANCE_NAME".into(),
+            instance.metadata.name.clone(),
+        ),
+        (
+            "FLOTILLA_NAMESPACE".into(),
+            instance.metadata.namespace.clone(),
+        ),
+        ("FLOTILLA_NODE_NAME".into(), node.to_string()),
+    ];
+    env.extend(spec.env.iter().map(|e| (e.name.clone(), e.value.clone())));
+    Launch {
+        name: format!("{}/{}", instance.metadata.namespace, instance.metadata.name),
+        world: match spec.world {
+            SpecWorld::Auto => None,
+            SpecWorld::Http => Some(World::Http),
+            SpecWorld::Command => Some(World::Command),
+        },
+        args: spec.args.clone(),
+        env,
+        memory_limit_bytes: spec
+            .resources
+            .limits
+            .memory
+            .as_ref()
+            .map_or(0, |q| q.as_bytes()),
+        cpu_limit_millis: spec
+            .resources
+            .limits
+            .cpu
+            .as_ref()
+            .map_or(0, |q| q.as_millis()),
+        log: log.sink(),
+    }
+}
+
+async fn run(
+    ctx: Arc<Context>,
+    mut instance: Instance,
+    log: Arc<InstanceLog>,
+    mut stop: watch::Receiver<bool>,
+    http: Arc<Mutex<Option<HttpHandle>>>,
+) {
+    let key = (
+        instance.metadata.namespace.clone(),
+        instance.metadata.name.clone(),
+    );
+    let digest = instance.spec.module.clone();
+    instance.status.node_name = ctx.node_name.clone();
+    let mut delay = ctx.backoff.initial;
+
+    // 1. fetch
+    let bytes = loop {
+        match ctx.modules.get(&digest).await {
+            Ok(b) => break b,
+            Err(e) => {
+                instance.status.phase = InstancePhase::Pending;
+                instance.status.reason = "ModuleUnavailable".into();
+                instance.status.message = e.to_string();
+                report(&ctx, &key, &instance);
+                if sleep_or_stop(Duration::from_secs(2), &mut stop).await {
+                    return;
+                }
+            }
+        }
+    };
+    // 2. prepare
+    let prepared = match ctx.runtime.prepare(&digest, bytes).await {
+        Ok(p) => p,
+        Err(e) => {
+            instance.status.phase = InstancePhase::Failed;
+            instance.status.reason = "InvalidModule".into();
+            instance.status.message = e.to_string();
+            set_ready(&mut instance, false, "InvalidModule", &e.to_string());
+            report(&ctx, &key, &instance);
+            return;
+        }
+    };
+    instance.status.world = match prepared.world {
+        World::Http => SpecWorld::Http,
+        World::Command => SpecWorld::Command,
+    };
+    loop {
+        // 3. start
+        log.new_run();
+        let launch = launch_for(&instance, &ctx.node_name, &log);
+        let mut handle = match ctx.runtime.start(&prepared, launch) {
+            Ok(h) => h,
+            Err(e) => {
+                instance.status.phase = InstancePhase::Failed;
+                instance.status.reason = "StartError".into();
+                instance.status.message = e.to_string();
+                set_ready(&mut instance, false, "StartError", &e.to_string());
+                report(&ctx, &key, &instance);
+                return;
+            }
+        };
+        *http.lock().unwrap_or_else(|p| p.into_inner()) = handle.http_handle();
+        let started = Instant::now();
+        let started_at = now_timestamp();
+        instance.status.phase = InstancePhase::Running;
+        instance.status.start_time = started_at.clone();
+        instance.status.reason.clear();
+        instance.status.message.clear();
+        instance.status.exit_code = None;
+        set_ready(&mut instance, true, "Started", "");
+        report(&ctx, &key, &instance);
+
+        // 4. wait
+        let exit = tokio::select! {
+            exit = handle.wait() => exit,
+            _ = stopped(&mut stop) => {
+                handle.stop();
+                let _ = handle.wait().await;
+                *http.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                return;
+            }
+        };
+        *http.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let code = match &exit {
+            Exit::Code(c) => Some(*c),
+            _ => None,
+        };
+        instance.status.exit_code = code;
+        instance.status.reason = exit.reason().to_string();
+        instance.status.message = exit.message();
+        instance.status.last_termination = Some(TerminationState {
+            exit_code: code,
+            reason: exit.reason().to_string(),
+            message: exit.message(),
+            started_at,
+            finished_at: now_timestamp(),
+        });
+        set_ready(&mut instance, false, exit.reason(), &exit.message());
+
+        // 5. restart?
+        let again = match instance.spec.restart_policy {
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure => !exit.success(),
+            RestartPolicy::Never => false,
+        };
+        if !again {
+            instance.status.phase = if exit.success() {
+                InstancePhase::Succeeded
+            } else {
+                InstancePhase::Failed
+            };
+            report(&ctx, &key, &instance);
+            return;
+        }
+        if started.elapsed() >= ctx.backoff.reset_after {
+            delay = ctx.backoff.initial;
+        }
+        instance.status.restart_count += 1;
+        instance.status.message =
+            format!("{}; restarting in {:?} (back-off)", exit.message(), delay);
+        report(&ctx, &key, &instance);
+        if sleep_or_stop(delay, &mut stop).await {
+            return;
+        }
+        delay = (delay * 2).min(ctx.backoff.max);
+    }
+}

@@ -1,0 +1,202 @@
+//! The host state of one store (WASI context, resource table, limits), the
+//! linkers that expose WASI to guests, and the egress policy.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::component::{Linker as ComponentLinker, ResourceTable};
+use wasmtime::{Engine, Linker, Store};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{
+    RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
+};
+
+use super::limits::{CpuMeter, MemoryLimiter, Throttle};
+use super::logs::{LogPipe, LogSink, LogStream};
+use super::{Launch, RuntimeError, RuntimeInner};
+
+/// The `T` of every `Store<T>`: one per instance (command world) or per request
+/// (http world). `W` is the WASI state: [`P2`] for components, [`WasiP1Ctx`]
+/// for core modules.
+pub(crate) struct Host<W> {
+    pub(crate) wasi: W,
+    pub(crate) memory: MemoryLimiter,
+    pub(crate) cpu: CpuMeter,
+}
+
+/// WASI state of a component store.
+pub(crate) struct P2 {
+    ctx: WasiCtx,
+    table: ResourceTable,
+    http: WasiHttpCtx,
+    egress: DenyEgress,
+}
+
+impl WasiView for Host<P2> {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        self.cpu.host_call();
+        WasiCtxView {
+            ctx: &mut self.wasi.ctx,
+            table: &mut self.wasi.table,
+        }
+    }
+}
+
+impl WasiHttpView for Host<P2> {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        self.cpu.host_call();
+        WasiHttpCtxView {
+            ctx: &mut self.wasi.http,
+            table: &mut self.wasi.table,
+            hooks: &mut self.wasi.egress,
+        }
+    }
+}
+
+/// Outgoing HTTP from guests: denied for now (egress is deny-by-default; the
+/// node will later resolve service names and allow listed hosts here). Stops a
+/// guest from reaching anything on the node's network.
+struct DenyEgress {
+    name: String,
+    log: LogSink,
+}
+
+impl WasiHttpHooks for DenyEgress {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        _options: Option<RequestOptions>,
+        _fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = wasmtime_wasi_http::Result<(
+                    http::Response<WasiBody>,
+                    Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+                )>,
+            > + Send,
+    > {
+        let host = request
+            .uri()
+            .authority()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "<no host>".into());
+        let message = format!("outgoing HTTP to {host} is denied (egress is deny-by-default)");
+        tracing::info!(instance = %self.name, "{message}");
+        (self.log)(
+            LogStream::Stderr,
+            format!("[flotilla] {message}\n").as_bytes(),
+        );
+        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+    }
+}
+
+/// All of WASI p2 plus wasi:http, for both component worlds.
+pub(crate) fn component_linker(engine: &Engine) -> Result<ComponentLinker<Host<P2>>, RuntimeError> {
+    let mut linker = ComponentLinker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+        .and_then(|()| wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker))
+        .map_err(|e| RuntimeError::Engine(format!("linking wasi: {e:#}")))?;
+    Ok(linker)
+}
+
+/// WASI preview1 for core modules.
+pub(crate) fn core_linker(engine: &Engine) -> Result<Linker<Host<WasiP1Ctx>>, RuntimeError> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p1::add_to_linker_async(&mut linker, |host: &mut Host<WasiP1Ctx>| {
+        host.cpu.host_call();
+        &mut host.wasi
+    })
+    .map_err(|e| RuntimeError::Engine(format!("linking wasi preview1: {e:#}")))?;
+    Ok(linker)
+}
+
+/// What every store of one instance shares.
+#[derive(Clone)]
+pub(crate) struct StoreParams {
+    pub(crate) name: String,
+    argv: Vec<String>,
+    env: Vec<(String, String)>,
+    log: LogSink,
+    memory_limit: u64,
+    busy_timeout: Duration,
+    throttle: Option<Arc<Throttle>>,
+}
+
+impl StoreParams {
+    pub(crate) fn new(rt: &RuntimeInner, launch: Launch) -> Self {
+        let Launch {
+            name,
+            world: _,
+            args,
+            env,
+            memory_limit_bytes,
+            cpu_limit_millis,
+            log,
+        } = launch;
+        let max = rt.config.max_memory_per_instance;
+        let memory_limit = match memory_limit_bytes {
+            0 => max,
+            n => n.min(max),
+        };
+        // argv[0] is the program name, as a shell would pass it.
+        let program = name.rsplit('/').next().unwrap_or(&name).to_string();
+        let argv = std::iter::once(program).chain(args).collect();
+        StoreParams {
+            name,
+            argv,
+            env,
+            log,
+            memory_limit,
+            busy_timeout: rt.config.busy_timeout,
+            throttle: Throttle::new(cpu_limit_millis),
+        }
+    }
+
+    /// Deny by default: only the given args and env, stdio into the log, no
+    /// stdin, no preopened directories, no sockets or name lookups.
+    fn wasi_builder(&self) -> WasiCtxBuilder {
+        let mut b = WasiCtxBuilder::new();
+        b.args(&self.argv)
+            .envs(&self.env)
+            .stdout(LogPipe::new(self.log.clone(), LogStream::Stdout))
+            .stderr(LogPipe::new(self.log.clone(), LogStream::Stderr))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        b
+    }
+
+    pub(crate) fn p2(&self) -> P2 {
+        P2 {
+            ctx: self.wasi_builder().build(),
+            table: ResourceTable::new(),
+            http: WasiHttpCtx::new(),
+            egress: DenyEgress {
+                name: self.name.clone(),
+                log: self.log.clone(),
+            },
+        }
+    }
+
+    pub(crate) fn p1(&self) -> WasiP1Ctx {
+        self.wasi_builder().build_p1()
+    }
+
+    /// A store with the memory limiter and the CPU meter installed.
+    pub(crate) fn store<W: Send + 'static>(&self, engine: &Engine, wasi: W) -> Store<Host<W>> {
+        let mut store = Store::new(
+            engine,
+            Host {
+                wasi,
+                memory: MemoryLimiter::new(self.memory_limit),
+                cpu: CpuMeter::new(self.busy_timeout, self.throttle.clone()),
+            },
+        );
+        store.limiter(|host| &mut host.memory);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|mut ctx| ctx.data_mut().cpu.on_epoch());
+        store
+    }
+}

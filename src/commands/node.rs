@@ -1,0 +1,114 @@
+//! `flotilla node`: a node agent.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::anyhow;
+use clap::Args;
+use flotilla_api::duration::Duration;
+use flotilla_api::node::Taint;
+use flotilla_api::quantity::Quantity;
+use flotilla_node::agent::{Agent, AgentConfig, Backoff};
+
+use super::context::{parse_duration, parse_quantity};
+use super::Context;
+
+#[derive(Args, Debug)]
+pub struct NodeArgs {
+    /// Join token from `flotilla token create` (first start only).
+    #[arg(long)]
+    token: Option<String>,
+    /// Node name (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Where the node keeps its identity, modules, compiled code and logs.
+    #[arg(long, default_value = "flotilla-node")]
+    data_dir: PathBuf,
+    /// Node labels, k=v,k2=v2.
+    #[arg(long, default_value = "")]
+    labels: String,
+    /// Node taints, k=v:NoSchedule,...
+    #[arg(long, default_value = "")]
+    taints: String,
+    /// Directory of static Instance manifests to run with or without a control plane.
+    #[arg(long)]
+    manifests_dir: Option<PathBuf>,
+    /// CPU the node offers.
+    #[arg(long, default_value = "2000m", value_parser = parse_quantity)]
+    capacity_cpu: Quantity,
+    /// Memory the node offers.
+    #[arg(long, default_value = "4Gi", value_parser = parse_quantity)]
+    capacity_memory: Quantity,
+    /// Instance slots.
+    #[arg(long, default_value_t = 1000)]
+    capacity_instances: u32,
+    /// Address of the node's listener (apiservers reach logs and port-forwards here).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: String,
+    /// How often the node renews its lease.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    lease_interval: Duration,
+    /// First restart delay of a crashing instance.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    restart_backoff: Duration,
+    /// Largest restart delay.
+    #[arg(long, default_value = "300s", value_parser = parse_duration)]
+    restart_backoff_max: Duration,
+    /// A guest busy this long without returning to the host is stopped.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    busy_timeout: Duration,
+}
+
+fn parse_labels(s: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--labels: \"{pair}\" is not key=value"))?;
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+pub fn default_node_name() -> String {
+    hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .map(|h| h.to_lowercase())
+        .unwrap_or_else(|| "node".into())
+}
+
+impl NodeArgs {
+    pub async fn execute(self, ctx: &Context) -> anyhow::Result<ExitCode> {
+        let name = self.name.unwrap_or_else(default_node_name);
+        let mut config = AgentConfig::new(name.clone(), self.data_dir);
+        config.server = ctx.server().map(str::to_string);
+        config.token = self.token;
+        config.labels = parse_labels(&self.labels)?;
+        config.taints = self
+            .taints
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(|t| Taint::parse(t).map_err(|e| anyhow!("--taints: {e}")))
+            .collect::<anyhow::Result<_>>()?;
+        config.manifests_dir = self.manifests_dir;
+        config.capacity_cpu = self.capacity_cpu;
+        config.capacity_memory = self.capacity_memory;
+        config.capacity_instances = self.capacity_instances;
+        config.listen = self.listen;
+        config.lease_interval = self.lease_interval.as_std();
+        config.backoff = Backoff {
+            initial: self.restart_backoff.as_std(),
+            max: self.restart_backoff_max.as_std(),
+            ..Backoff::default()
+        };
+        config.busy_timeout = self.busy_timeout.as_std();
+        let agent = Agent::start(config).await?;
+        println!("flotilla node: {name} listening on {}", agent.listen_addr);
+        super::server::shutdown_signal().await;
+        agent.shutdown().await;
+        Ok(ExitCode::SUCCESS)
+    }
+}

@@ -1,0 +1,87 @@
+//! `flotilla up`: a whole cluster in one process, for a first look and for
+//! development: one store peer with its apiserver, and one node, wired through
+//! the same API as separate processes would be.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Args;
+use flotilla_api::client::{Client, ClientConfig};
+use flotilla_api::wire::{RequestV1, ResponseV1};
+use flotilla_node::agent::{Agent, AgentConfig};
+use flotilla_orchestrator::server::{Server, ServerConfig};
+
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// Where the cluster keeps everything (default: ~/.flotilla/up).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Address of the apiserver (UDP, QUIC).
+    #[arg(long, default_value = "127.0.0.1:7443")]
+    api_addr: String,
+}
+
+impl UpArgs {
+    pub async fn execute(self) -> anyhow::Result<ExitCode> {
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        let data_dir = match self.data_dir {
+            Some(d) => d,
+            None => home
+                .clone()
+                .map(|h| h.join(".flotilla").join("up"))
+                .context("no --data-dir and no HOME to put one in")?,
+        };
+        let server = Server::start(ServerConfig::new(
+            data_dir.join("server"),
+            self.api_addr.clone(),
+        ))
+        .await?;
+        let admin = ClientConfig::load(&server.admin_config)?;
+        let node_dir = data_dir.join("node");
+        let mut agent_config = AgentConfig::new(super::node::default_node_name(), node_dir.clone());
+        if !node_dir.join("node.json").exists() {
+            let client = Client::connect_to(&server.address, &admin).await?;
+            let token = match client
+                .call(RequestV1::CreateToken { ttl_seconds: 600 })
+                .await?
+            {
+                ResponseV1::Token(t) => t,
+                other => anyhow::bail!("unexpected answer to a token request: {other:?}"),
+            };
+            agent_config.token = Some(token);
+        }
+        agent_config.server = Some(server.address.clone());
+        let agent = Agent::start(agent_config).await?;
+
+        let mut written = None;
+        if let Some(path) = ClientConfig::default_path() {
+            let mut config = admin.clone();
+            config.server = server.address.clone();
+            config
+                .save(&path)
+                .with_context(|| format!("writing {}", path.display()))?;
+            written = Some(path);
+        }
+        println!(
+            "flotilla up: cluster running; apiserver listening on {}",
+            server.address
+        );
+        match written {
+            Some(p) => println!("client configuration written to {}", p.display()),
+            None => println!("client configuration: {}", server.admin_config.display()),
+        }
+        println!();
+        println!("Next:");
+        println!("  cd examples && cargo build --release && cd ..");
+        println!("  flotilla apply -f examples/hello/");
+        println!("  flotilla get instances");
+        println!("  flotilla port-forward instance/hello 8080   # then: curl 127.0.0.1:8080");
+        println!();
+        println!("Ctrl-C stops the cluster; `flotilla up` again resumes it.");
+        super::server::shutdown_signal().await;
+        agent.shutdown().await;
+        server.shutdown().await;
+        Ok(ExitCode::SUCCESS)
+    }
+}
