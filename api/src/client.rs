@@ -246,6 +246,11 @@ impl Client {
         })
     }
 
+    /// Closes the connection: every stream on it (and on its clones) ends.
+    pub fn close(&self) {
+        self.conn.close(0u32.into(), b"closed by the client");
+    }
+
     /// Whether the connection is still up.
     pub fn is_connected(&self) -> bool {
         self.conn.close_reason().is_none()

@@ -53,7 +53,6 @@ pub fn load_with_dirs(
             objects.extend(parsed.into_iter().map(|o| (o, dir.clone())));
         }
     }
-    let mut objects = objects;
     if let Some(ns) = namespace {
         for (o, _) in &mut objects {
             if o.kind().namespaced()

@@ -149,13 +149,22 @@ impl Drop for ServerProc {
 }
 
 fn spawn_server(data_dir: &Path, extra: &[String]) -> Result<(Child, String), String> {
+    let mut args: Vec<String> = vec![
+        "server".into(),
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+    ];
+    args.extend_from_slice(extra);
+    spawn_reporting(&args)
+}
+
+/// Spawns `flotilla ARGS` and waits for its "listening on ADDR" line.
+pub fn spawn_reporting(args: &[String]) -> Result<(Child, String), String> {
     let mut cmd = Command::new(BIN);
-    cmd.arg("server")
-        .arg("--data-dir")
-        .arg(data_dir)
-        .arg("--listen")
-        .arg("127.0.0.1:0")
-        .args(extra)
+    cmd.args(args)
+        .env_remove("FLOTILLA_CONFIG")
         .env(
             "RUST_LOG",
             std::env::var("FLOTILLA_TEST_LOG").unwrap_or_else(|_| "warn".into()),

@@ -5,5 +5,6 @@ mod bad_input;
 mod cli;
 mod control_plane;
 mod harness;
+mod node;
 mod security;
 mod watch;

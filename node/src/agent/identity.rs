@@ -26,8 +26,6 @@ pub struct NodeFile {
 /// A node's credentials.
 #[derive(Clone)]
 pub struct Identity {
-    /// Name and server.
-    pub file: NodeFile,
     /// Client configuration (CA, certificate `node:NAME`, key).
     pub client: ClientConfig,
 }
@@ -52,7 +50,7 @@ pub async fn load_or_join(
     let config_file = path(dir, "node.config");
     if node_file.exists() && config_file.exists() {
         let text = std::fs::read_to_string(&node_file).map_err(io(&node_file))?;
-        let mut file: NodeFile = serde_json::from_str(&text)
+        let file: NodeFile = serde_json::from_str(&text)
             .map_err(|e| AgentError::Io(format!("{}: {e}", node_file.display())))?;
         if file.name != name {
             return Err(AgentError::Config(format!(
@@ -64,10 +62,9 @@ pub async fn load_or_join(
         let mut client =
             ClientConfig::load(&config_file).map_err(|e| AgentError::Io(e.to_string()))?;
         if let Some(server) = server {
-            file.server = server.to_string();
             client.server = server.to_string();
         }
-        return Ok(Identity { file, client });
+        return Ok(Identity { client });
     }
     let (Some(server), Some(token_text)) = (server, token) else {
         return Err(AgentError::Config(format!(
@@ -110,5 +107,5 @@ pub async fn load_or_join(
     };
     let text = serde_json::to_string_pretty(&file).map_err(|e| AgentError::Io(e.to_string()))?;
     std::fs::write(&node_file, text).map_err(io(&node_file))?;
-    Ok(Identity { file, client })
+    Ok(Identity { client })
 }

@@ -17,15 +17,18 @@ struct State {
 pub struct ApiLink {
     config: ClientConfig,
     state: Mutex<State>,
+    max_delay: Duration,
 }
 
 const MIN_DELAY: Duration = Duration::from_millis(200);
-const MAX_DELAY: Duration = Duration::from_secs(5);
 
 impl ApiLink {
-    /// A link that will connect with `config`.
-    pub fn new(config: ClientConfig) -> Self {
+    /// A link that will connect with `config`, retrying at most `max_delay` apart
+    /// (a quarter of the lease interval keeps the node's report after an
+    /// apiserver restart well within one lease period).
+    pub fn new(config: ClientConfig, max_delay: Duration) -> Self {
         Self {
+            max_delay: max_delay.max(MIN_DELAY),
             config,
             state: Mutex::new(State {
                 client: None,
@@ -56,18 +59,20 @@ impl ApiLink {
             }
             Err(e) => {
                 tracing::debug!(error = %e, "apiserver unreachable");
-                state.next_attempt = Instant::now() + state.delay;
-                state.delay = (state.delay * 2).min(MAX_DELAY);
+                let jitter = Duration::from_millis(rand::random::<u64>() % 100);
+                state.next_attempt = Instant::now() + state.delay + jitter;
+                state.delay = (state.delay * 2).min(self.max_delay);
                 None
             }
         }
     }
 
-    /// Drops the connection after a failure so the next call reconnects.
+    /// Closes the connection after a failure: every stream on it ends (so
+    /// watches relist) and the next call reconnects.
     pub async fn reset(&self) {
         let mut state = self.state.lock().await;
-        if state.client.as_ref().is_some_and(|c| !c.is_connected()) {
-            state.client = None;
+        if let Some(c) = state.client.take() {
+            c.close();
         }
     }
 }

@@ -167,9 +167,10 @@ impl Agent {
                 .await?,
             )
         };
-        let link = identity
-            .as_ref()
-            .map(|id| Arc::new(link::ApiLink::new(id.client.clone())));
+        let link = identity.as_ref().map(|id| {
+            let max_delay = (config.lease_interval / 4).min(Duration::from_secs(5));
+            Arc::new(link::ApiLink::new(id.client.clone(), max_delay))
+        });
 
         let runtime = Arc::new(WasmtimeRuntime::new(RuntimeConfig {
             cache_dir: data_dir.join("compiled"),

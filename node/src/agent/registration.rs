@@ -15,15 +15,30 @@ use super::link::ApiLink;
 use super::Shared;
 use crate::runtime::WasmtimeRuntime;
 
+/// Longest a heartbeat may take before the link counts as broken.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Runs forever.
 pub async fn run(shared: Arc<Shared>, link: Arc<ApiLink>, listen_addr: String) {
     loop {
         let interval = shared.config.lease_interval;
         let ok = match link.client().await {
-            Some(client) => match heartbeat(&shared, &client, &listen_addr).await {
-                Ok(()) => true,
-                Err(e) => {
+            // A dead apiserver may leave the connection looking alive until QUIC's
+            // idle timeout; a heartbeat that takes this long means it is gone.
+            Some(client) => match tokio::time::timeout(
+                HEARTBEAT_TIMEOUT,
+                heartbeat(&shared, &client, &listen_addr),
+            )
+            .await
+            {
+                Ok(Ok(())) => true,
+                Ok(Err(e)) => {
                     tracing::debug!(error = %e, "node heartbeat failed");
+                    link.reset().await;
+                    false
+                }
+                Err(_) => {
+                    tracing::debug!("node heartbeat timed out");
                     link.reset().await;
                     false
                 }

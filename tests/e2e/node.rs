@@ -1,0 +1,656 @@
+//! Nodes and the runtime end to end: joining, running real guests, logs,
+//! port-forward, failures in status, static instances, offline running,
+//! module checks, and `flotilla up`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use flotilla_api::wire::{
+    read_frame, write_frame, RequestV1, Response, ResponseV1, UploadChunk, MAX_FRAME,
+};
+
+use crate::harness::{spawn_reporting, stderr, stdout, wait_for, Cluster, BIN};
+
+/// Builds the guest examples once (a build step of the tests: a fresh clone
+/// needs nothing but cargo and the wasm32-wasip2 target).
+pub fn examples() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let out = Command::new(env!("CARGO"))
+            .args(["build", "--release"])
+            .current_dir(&dir)
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_TARGET_DIR")
+            .output()
+            .expect("run cargo for the examples");
+        assert!(
+            out.status.success(),
+            "building examples failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir.join("target/wasm32-wasip2/release")
+    })
+}
+
+/// One `flotilla node` process.
+pub struct NodeProc {
+    child: Option<Child>,
+    pub name: String,
+    pub data_dir: PathBuf,
+    server: Option<String>,
+    extra: Vec<String>,
+}
+
+impl NodeProc {
+    pub fn start(
+        server: Option<&str>,
+        token: Option<&str>,
+        name: &str,
+        data_dir: &Path,
+        extra: &[&str],
+    ) -> Self {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let mut node = Self {
+            child: None,
+            name: name.into(),
+            data_dir: data_dir.to_path_buf(),
+            server: server.map(str::to_string),
+            extra,
+        };
+        node.spawn(token);
+        node
+    }
+
+    fn spawn(&mut self, token: Option<&str>) {
+        let mut args: Vec<String> = Vec::new();
+        if let Some(s) = &self.server {
+            args.extend(["--server".into(), s.clone()]);
+        }
+        args.extend([
+            "node".into(),
+            "--name".into(),
+            self.name.clone(),
+            "--data-dir".into(),
+            self.data_dir.display().to_string(),
+        ]);
+        if let Some(t) = token {
+            args.extend(["--token".into(), t.into()]);
+        }
+        args.extend(self.extra.iter().cloned());
+        let (child, _) = spawn_reporting(&args).expect("node starts");
+        self.child = Some(child);
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Restarts without a token: the node must come back as itself.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn(None);
+    }
+
+    pub fn log_file(&self, instance: &str) -> PathBuf {
+        self.data_dir
+            .join("logs")
+            .join(format!("default_{instance}"))
+            .join("current.log")
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+const NODE_FLAGS: &[&str] = &[
+    "--restart-backoff",
+    "1s",
+    "--restart-backoff-max",
+    "4s",
+    "--busy-timeout",
+    "1s",
+    "--lease-interval",
+    "2s",
+];
+
+fn with_nodes(n: usize) -> (Cluster, Vec<NodeProc>) {
+    let cluster = Cluster::start(1, &[]);
+    let token = cluster.token("1h");
+    let nodes = (1..=n)
+        .map(|i| {
+            let name = format!("node-{i}");
+            NodeProc::start(
+                Some(&cluster.peers[0].addr),
+                Some(&token),
+                &name,
+                &cluster.dir.path().join(&name),
+                NODE_FLAGS,
+            )
+        })
+        .collect();
+    (cluster, nodes)
+}
+
+fn instance_manifest(name: &str, node: &str, module: &Path, extra_spec: &str) -> String {
+    format!(
+        "apiVersion: flotilla.dev/v1\nkind: Instance\nmetadata:\n  name: {name}\nspec:\n  module: {}\n  nodeName: {node}\n{extra_spec}",
+        module.display()
+    )
+}
+
+fn get_json(cluster: &Cluster, args: &[&str]) -> Option<serde_json::Value> {
+    let mut full = vec!["get"];
+    full.extend_from_slice(args);
+    full.extend_from_slice(&["-o", "json"]);
+    let out = cluster.cli(0, &full);
+    out.status
+        .success()
+        .then(|| serde_json::from_str(&stdout(&out)).unwrap())
+}
+
+fn phase(cluster: &Cluster, name: &str) -> Option<serde_json::Value> {
+    get_json(cluster, &["inst", name])
+}
+
+#[test]
+fn nodes_join_show_ready_capacity_and_rejoin_without_a_token() {
+    let (cluster, mut nodes) = with_nodes(2);
+    let ready = |cluster: &Cluster| -> Option<Vec<serde_json::Value>> {
+        let v = get_json(cluster, &["nodes"])?;
+        let items = v["items"].as_array()?.clone();
+        let all_ready = items.len() == 2
+            && items.iter().all(|n| {
+                n["status"]["conditions"].as_array().is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                })
+            });
+        all_ready.then_some(items)
+    };
+    let items = wait_for("two Ready nodes", Duration::from_secs(20), || {
+        ready(&cluster)
+    });
+    for n in &items {
+        assert_eq!(n["status"]["capacity"]["cpu"], "2000m");
+        assert_eq!(n["status"]["capacity"]["memory"], "4Gi");
+        assert_eq!(n["status"]["capacity"]["instances"], 1000);
+        assert_eq!(n["status"]["nodeInfo"]["wasmtimeVersion"], "48.0.8");
+    }
+    nodes[0].restart();
+    let out = cluster.cli(0, &["get", "nodes"]);
+    assert_eq!(
+        stdout(&out).lines().count(),
+        3,
+        "still exactly two nodes: {}",
+        stdout(&out)
+    );
+    wait_for(
+        "the restarted node Ready again",
+        Duration::from_secs(20),
+        || ready(&cluster),
+    );
+}
+
+#[test]
+fn ticker_runs_streams_logs_and_stops_on_delete() {
+    let (cluster, nodes) = with_nodes(1);
+    let ticker = examples().join("ticker.wasm");
+    wait_for("the node to register", Duration::from_secs(20), || {
+        get_json(&cluster, &["node", "node-1"])
+    });
+    let applied = Instant::now();
+    let out = cluster.cli_in(
+        0,
+        &["apply", "-f", "-"],
+        Some(&instance_manifest("ticker", "node-1", &ticker, "")),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_for("ticker Running", Duration::from_secs(10), || {
+        let v = phase(&cluster, "ticker")?;
+        (v["status"]["phase"] == "Running").then_some(())
+    });
+    let to_running = applied.elapsed();
+    assert!(
+        to_running <= Duration::from_secs(2),
+        "Running after {to_running:?}"
+    );
+
+    let config = cluster.config();
+    let mut follow = Command::new(BIN)
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "--server",
+            &cluster.peers[0].addr,
+            "logs",
+            "-f",
+            "ticker",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+    let started = Instant::now();
+    let mut seen = Vec::new();
+    while seen.len() < 3 && started.elapsed() < Duration::from_secs(10) {
+        if let Some(Ok(line)) = lines.next() {
+            seen.push(line);
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(seen.len() >= 3, "logs -f streamed {seen:?}");
+    assert!(seen.iter().all(|l| l.starts_with("tick ")), "{seen:?}");
+
+    let out = cluster.cli(0, &["delete", "inst", "ticker"]);
+    assert!(out.status.success());
+    let deleted = Instant::now();
+    let log_dir = nodes[0].log_file("ticker").parent().unwrap().to_path_buf();
+    wait_for(
+        "the node to stop the ticker",
+        Duration::from_secs(5),
+        || (!log_dir.exists()).then_some(()),
+    );
+    assert!(
+        deleted.elapsed() <= Duration::from_secs(2),
+        "stopped after {:?}",
+        deleted.elapsed()
+    );
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+fn port_forward(config: &Path, server: &str, target: &str) -> (Child, String) {
+    let mut child = Command::new(BIN)
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "--server",
+            server,
+            "port-forward",
+            target,
+            "0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .split_whitespace()
+        .find(|w| w.starts_with("127.0.0.1:"))
+        .expect("forwarding address")
+        .to_string();
+    (child, addr)
+}
+
+#[test]
+fn hello_answers_through_port_forward() {
+    let (cluster, _nodes) = with_nodes(1);
+    let hello = examples().join("hello.wasm");
+    wait_for("the node to register", Duration::from_secs(20), || {
+        get_json(&cluster, &["node", "node-1"])
+    });
+    let out = cluster.cli_in(
+        0,
+        &["apply", "-f", "-"],
+        Some(&instance_manifest(
+            "hello",
+            "node-1",
+            &hello,
+            "  world: http\n",
+        )),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_for("hello Running", Duration::from_secs(10), || {
+        (phase(&cluster, "hello")?["status"]["phase"] == "Running").then_some(())
+    });
+    let (mut pf, addr) = port_forward(&cluster.config(), &cluster.peers[0].addr, "instance/hello");
+    let reply = http_get(&addr, "/");
+    let _ = pf.kill();
+    let _ = pf.wait();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains("hello from hello"), "{reply}");
+}
+
+const WASI: &str = r#"(import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))"#;
+
+#[test]
+fn failing_guests_end_with_the_matching_reason_and_restart_on_backoff() {
+    let (cluster, _nodes) = with_nodes(1);
+    wait_for("the node to register", Duration::from_secs(20), || {
+        get_json(&cluster, &["node", "node-1"])
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let guests = [
+        ("trap", "(module (memory (export \"memory\") 1) (func (export \"_start\") unreachable))".to_string(), "Trapped"),
+        ("exit-one", format!("(module {WASI} (memory (export \"memory\") 1) (func (export \"_start\") (call $exit (i32.const 1))))"), "Error"),
+        ("greedy", "(module (memory (export \"memory\") 1) (func (export \"_start\") (loop $l (br_if $l (i32.ne (memory.grow (i32.const 1)) (i32.const -1)))) unreachable))".to_string(), "OOMKilled"),
+        ("spin", "(module (memory (export \"memory\") 1) (func (export \"_start\") (loop $l (br $l))))".to_string(), "CPULimitExceeded"),
+    ];
+    let mut manifests = String::new();
+    for (name, wat, _) in &guests {
+        let path = dir.path().join(format!("{name}.wat"));
+        std::fs::write(&path, wat).unwrap();
+        manifests.push_str(&instance_manifest(
+            name,
+            "node-1",
+            &path,
+            "  restartPolicy: Never\n  resources:\n    limits:\n      memory: 1Mi\n      cpu: 100m\n",
+        ));
+        manifests.push_str("---\n");
+    }
+    let looping = dir.path().join("again.wat");
+    std::fs::write(&looping, &guests[1].1).unwrap();
+    manifests.push_str(&instance_manifest(
+        "again",
+        "node-1",
+        &looping,
+        "  restartPolicy: Always\n",
+    ));
+    let out = cluster.cli_in(0, &["apply", "-f", "-"], Some(&manifests));
+    assert!(out.status.success(), "{}", stderr(&out));
+    for (name, _, reason) in &guests {
+        let status = wait_for(&format!("{name} to fail"), Duration::from_secs(20), || {
+            let v = phase(&cluster, name)?;
+            (v["status"]["phase"] == "Failed").then(|| v["status"].clone())
+        });
+        assert_eq!(status["reason"], *reason, "{name}: {status}");
+        assert!(
+            !status["message"].as_str().unwrap_or("").is_empty(),
+            "{name}: {status}"
+        );
+    }
+    let exit = phase(&cluster, "exit-one").unwrap();
+    assert_eq!(exit["status"]["exitCode"], 1);
+    // The node stayed responsive: its lease and status kept flowing.
+    let node = get_json(&cluster, &["node", "node-1"]).unwrap();
+    assert!(node["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["type"] == "Ready" && c["status"] == "True"));
+    // Restarts follow the backoff (1 s, 2 s, 4 s ...): a few within ~8 s, not dozens.
+    let started = Instant::now();
+    let count = wait_for("restarts", Duration::from_secs(20), || {
+        let n = phase(&cluster, "again")?["status"]["restartCount"].as_u64()?;
+        (n >= 3).then_some(n)
+    });
+    let elapsed = started.elapsed();
+    assert!(
+        count <= 5,
+        "restarted {count} times in {elapsed:?}: backoff not applied"
+    );
+}
+
+#[test]
+fn instances_keep_running_while_the_server_is_down() {
+    let (mut cluster, nodes) = with_nodes(1);
+    let ticker = examples().join("ticker.wasm");
+    wait_for("the node to register", Duration::from_secs(20), || {
+        get_json(&cluster, &["node", "node-1"])
+    });
+    let out = cluster.cli_in(
+        0,
+        &["apply", "-f", "-"],
+        Some(&instance_manifest("ticker", "node-1", &ticker, "")),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log = nodes[0].log_file("ticker");
+    wait_for("ticks", Duration::from_secs(10), || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|t| t.contains("tick 2"))
+            .map(|_| ())
+    });
+    cluster.peers[0].kill9();
+    std::thread::sleep(Duration::from_secs(3));
+    cluster.peers[0].restart();
+    let restarted = Instant::now();
+    // The node reports again within one lease period (2 s here).
+    wait_for("the node's lease renewed", Duration::from_secs(10), || {
+        let v = get_json(&cluster, &["lease", "node-1", "-n", "flotilla-node-lease"])?;
+        let renew = v["spec"]["renewTime"].as_str()?;
+        let t = time::OffsetDateTime::parse(renew, &time::format_description::well_known::Rfc3339)
+            .ok()?;
+        (time::OffsetDateTime::now_utc() - t < time::Duration::seconds(2)
+            && restarted.elapsed() > Duration::from_millis(10))
+        .then_some(())
+    });
+    assert!(
+        restarted.elapsed() <= Duration::from_secs(4),
+        "reported after {:?}",
+        restarted.elapsed()
+    );
+    let v = phase(&cluster, "ticker").unwrap();
+    assert_eq!(v["status"]["restartCount"], 0, "{v}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let ticks: Vec<u64> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("tick ")?.parse().ok())
+        .collect();
+    assert!(ticks.len() >= 5, "{ticks:?}");
+    assert!(
+        ticks.windows(2).all(|w| w[1] == w[0] + 1),
+        "a gap in the log: {ticks:?}"
+    );
+}
+
+#[test]
+fn a_static_instance_runs_without_any_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    std::fs::copy(
+        examples().join("ticker.wasm"),
+        manifests.join("ticker.wasm"),
+    )
+    .unwrap();
+    std::fs::write(
+        manifests.join("ticker.yaml"),
+        "apiVersion: flotilla.dev/v1\nkind: Instance\nmetadata:\n  name: ticker\nspec:\n  module: ticker.wasm\n",
+    )
+    .unwrap();
+    let node = NodeProc::start(
+        None,
+        None,
+        "lonely",
+        &dir.path().join("node"),
+        &["--manifests-dir", manifests.to_str().unwrap()],
+    );
+    let log = node.log_file("ticker");
+    wait_for("the static ticker to tick", Duration::from_secs(15), || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|t| t.contains("tick 2"))
+            .map(|_| ())
+    });
+    std::fs::remove_file(manifests.join("ticker.yaml")).unwrap();
+    let log_dir = log.parent().unwrap().to_path_buf();
+    wait_for(
+        "removing the file stops it",
+        Duration::from_secs(10),
+        || (!log_dir.exists()).then_some(()),
+    );
+}
+
+#[test]
+fn bad_modules_are_refused_and_nothing_is_stored() {
+    let cluster = Cluster::start(1, &["--max-module-size", "100Ki"]);
+    let dir = tempfile::tempdir().unwrap();
+    let count_modules = || {
+        get_json(&cluster, &["modules"]).unwrap()["items"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+
+    std::fs::write(dir.path().join("bad.wasm"), b"\0asm\x01\0\0\0\x99garbage").unwrap();
+    let out = cluster.cli_in(
+        0,
+        &["apply", "-f", "-"],
+        Some(&instance_manifest(
+            "bad",
+            "n",
+            &dir.path().join("bad.wasm"),
+            "",
+        )),
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("invalid WebAssembly"),
+        "{}",
+        stderr(&out)
+    );
+
+    let big: Vec<u8> = b"\0asm\x01\0\0\0"
+        .iter()
+        .copied()
+        .chain(std::iter::repeat_n(0u8, 200_000))
+        .collect();
+    std::fs::write(dir.path().join("big.wasm"), big).unwrap();
+    let out = cluster.cli_in(
+        0,
+        &["apply", "-f", "-"],
+        Some(&instance_manifest(
+            "big",
+            "n",
+            &dir.path().join("big.wasm"),
+            "",
+        )),
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("limit is 102400 bytes"),
+        "{}",
+        stderr(&out)
+    );
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = cluster.client(0).await;
+        let bytes = wat::parse_str("(module)").unwrap();
+        let wrong = format!("sha256:{}", "0".repeat(64));
+        let (mut send, mut recv) = client
+            .node_stream(RequestV1::UploadModule {
+                digest: wrong,
+                size: bytes.len() as u64,
+                source: "test".into(),
+            })
+            .await
+            .unwrap();
+        write_frame(&mut send, &UploadChunk { data: bytes })
+            .await
+            .unwrap();
+        send.finish().unwrap();
+        let resp: Option<Response> = read_frame(&mut recv, MAX_FRAME).await.unwrap();
+        match resp {
+            Some(Response::V1(ResponseV1::Error(e))) => {
+                assert!(e.message.contains("digest mismatch"), "{e}")
+            }
+            other => panic!("expected a digest mismatch, got {other:?}"),
+        }
+    });
+    assert_eq!(count_modules(), 0, "nothing may be stored");
+    let out = cluster.cli(0, &["get", "inst"]);
+    assert!(!stdout(&out).contains("bad"), "no instance written");
+}
+
+#[test]
+fn up_in_a_fresh_home_runs_hello() {
+    let examples_dir = examples();
+    let home = tempfile::tempdir().unwrap();
+    let api = crate::harness::free_udp_addr();
+    let mut up = Command::new(BIN)
+        .args(["up", "--api-addr", &api])
+        .env("HOME", home.path())
+        .env_remove("FLOTILLA_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(up.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.contains("cluster running"), "{first}");
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+    let config = home.path().join(".flotilla/config");
+    assert!(config.exists());
+    let cli = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .env("HOME", home.path())
+            .env_remove("FLOTILLA_CONFIG")
+            .output()
+            .unwrap();
+        out
+    };
+    let hello_dir = examples_dir
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("hello");
+    let node = default_node_name_for_test();
+    let manifest = std::fs::read_to_string(hello_dir.join("hello.yaml")).unwrap();
+    let pinned = format!(
+        "{}  nodeName: {node}\n",
+        manifest.trim_end_matches('\n').to_string() + "\n"
+    );
+    let tmp = hello_dir.join("hello-pinned-test.yaml");
+    std::fs::write(&tmp, pinned).unwrap();
+    let out = cli(&["apply", "-f", tmp.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&tmp);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("hello Running", Duration::from_secs(20), || {
+        let out = cli(&["get", "inst", "hello", "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (v["status"]["phase"] == "Running").then_some(())
+    });
+    let (mut pf, addr) = port_forward(&config, &api, "instance/hello");
+    let reply = http_get(&addr, "/");
+    let _ = pf.kill();
+    let _ = pf.wait();
+    let _ = up.kill();
+    let _ = up.wait();
+    assert!(reply.contains("hello from hello"), "{reply}");
+}
+
+/// The name `flotilla up` gives its node: the host name.
+pub fn default_node_name_for_test() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_lowercase())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "node".into())
+}
