@@ -170,9 +170,9 @@ fn main() {
     rt.block_on(async {
         for i in 0..runs + 1 {
             let name = format!("start-{i}");
+            let t = Instant::now();
             let created = client.create(instance(&name, &digest)).await.unwrap();
             let from: u64 = created.meta().resource_version.parse().unwrap();
-            let t = Instant::now();
             let _ = wait_running(&client, &name, from - 1).await;
             let took = t.elapsed();
             if i > 0 {
@@ -219,7 +219,8 @@ fn main() {
                 .iter()
                 .filter(|o| matches!(o, Object::Instance(i) if i.status.phase == InstancePhase::Failed))
                 .count();
-            if running + failed >= idle || started.elapsed() > Duration::from_secs(600) {
+            eprintln!("  {running} running, {failed} failed after {:.0} s", started.elapsed().as_secs_f64());
+            if running + failed >= idle || started.elapsed() > Duration::from_secs(240) {
                 println!("idle instances: {running} running, {failed} failed, of {idle}, after {:.1} s", started.elapsed().as_secs_f64());
                 break;
             }

@@ -172,6 +172,7 @@ impl Agent {
             Arc::new(link::ApiLink::new(id.client.clone(), max_delay))
         });
 
+        warn_if_map_count_too_low(config.capacity_instances);
         let runtime = Arc::new(WasmtimeRuntime::new(RuntimeConfig {
             cache_dir: data_dir.join("compiled"),
             max_instances: config.capacity_instances,
@@ -260,6 +261,33 @@ impl Agent {
         for s in running {
             s.stop().await;
         }
+    }
+}
+
+/// Memory mappings one running instance takes (memory, table, async stack, each
+/// with its guard), measured on Linux with the pooling allocator.
+const MAPPINGS_PER_INSTANCE: u64 = 8;
+
+/// Each instance costs a few memory mappings; Linux caps them per process
+/// (`vm.max_map_count`, 65530 by default, about 8,000 instances). Say so at
+/// start rather than failing instances later.
+fn warn_if_map_count_too_low(slots: u32) {
+    let Ok(text) = std::fs::read_to_string("/proc/sys/vm/max_map_count") else {
+        return;
+    };
+    let Ok(max) = text.trim().parse::<u64>() else {
+        return;
+    };
+    let needed = u64::from(slots) * MAPPINGS_PER_INSTANCE + 1024;
+    if needed > max {
+        tracing::warn!(
+            "vm.max_map_count is {max}; {slots} instance slots may need {needed}: raise it (sysctl -w vm.max_map_count={}) or lower --capacity-instances",
+            needed.next_power_of_two()
+        );
+        eprintln!(
+            "warning: vm.max_map_count is {max}; {slots} instance slots may need {needed} memory mappings: raise it (sysctl -w vm.max_map_count={}) or lower --capacity-instances",
+            needed.next_power_of_two()
+        );
     }
 }
 
