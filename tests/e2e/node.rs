@@ -336,6 +336,52 @@ fn hello_answers_through_port_forward() {
     let _ = pf.wait();
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     assert!(reply.contains("hello from hello"), "{reply}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        phase(&cluster, "hello").unwrap()["status"]["restartCount"],
+        0,
+        "a passing liveness probe restarts nothing"
+    );
+}
+
+#[test]
+fn nodes_with_a_wrong_or_expired_token_are_refused() {
+    let cluster = Cluster::start(1, &[]);
+    let good = cluster.token("1h");
+    let parts: Vec<&str> = good.split('.').collect();
+    let wrong = format!(
+        "{}.{}.{}.{}",
+        parts[0],
+        parts[1],
+        "0".repeat(16),
+        "1".repeat(32)
+    );
+    let short = cluster.token("1s");
+    std::thread::sleep(Duration::from_millis(2100));
+    for (token, needle) in [(wrong.as_str(), "unknown"), (short.as_str(), "expired")] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = crate::harness::run_cli(
+            &[
+                "--server",
+                &cluster.peers[0].addr,
+                "node",
+                "--name",
+                "intruder",
+                "--data-dir",
+                dir.path().to_str().unwrap(),
+                "--token",
+                token,
+            ],
+            None,
+            Duration::from_secs(20),
+        );
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        assert!(
+            err.contains("join refused") && err.contains(needle),
+            "{err}"
+        );
+    }
 }
 
 const WASI: &str = r#"(import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))"#;

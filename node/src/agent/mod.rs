@@ -16,6 +16,7 @@ mod link;
 mod listener;
 mod logs;
 mod modules;
+mod probes;
 mod registration;
 mod reporter;
 mod static_instances;

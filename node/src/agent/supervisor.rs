@@ -25,6 +25,7 @@ use flotilla_api::meta::{now_timestamp, set_condition, Condition, ConditionStatu
 
 use super::logs::InstanceLog;
 use super::modules::ModuleCache;
+use super::probes::{self, ProbeEvent};
 use crate::runtime::{Exit, HttpHandle, Launch, Runtime, WasmtimeRuntime, World};
 
 /// Restart backoff settings (Kubernetes' CrashLoopBackOff numbers by default).
@@ -44,6 +45,28 @@ impl Default for Backoff {
             initial: Duration::from_secs(10),
             max: Duration::from_secs(300),
             reset_after: Duration::from_secs(600),
+        }
+    }
+}
+
+/// How one run ended.
+struct Outcome {
+    code: Option<i32>,
+    reason: String,
+    message: String,
+    success: bool,
+}
+
+impl Outcome {
+    fn from_exit(exit: &Exit) -> Self {
+        Self {
+            code: match exit {
+                Exit::Code(c) => Some(*c),
+                _ => None,
+            },
+            reason: exit.reason().to_string(),
+            message: exit.message(),
+            success: exit.success(),
         }
     }
 }
@@ -244,7 +267,15 @@ async fn run(
                 return;
             }
         };
-        *http.lock().unwrap_or_else(|p| p.into_inner()) = handle.http_handle();
+        let http_handle = handle.http_handle();
+        *http.lock().unwrap_or_else(|p| p.into_inner()) = http_handle.clone();
+        let mut probes = http_handle.map(|h| {
+            probes::start(
+                h,
+                instance.spec.readiness_probe.clone(),
+                instance.spec.liveness_probe.clone(),
+            )
+        });
         let started = Instant::now();
         let started_at = now_timestamp();
         instance.status.phase = InstancePhase::Running;
@@ -252,44 +283,75 @@ async fn run(
         instance.status.reason.clear();
         instance.status.message.clear();
         instance.status.exit_code = None;
-        set_ready(&mut instance, true, "Started", "");
+        if probes.is_some() && instance.spec.readiness_probe.is_some() {
+            set_ready(
+                &mut instance,
+                false,
+                "Probing",
+                "waiting for the readiness probe",
+            );
+        } else {
+            set_ready(&mut instance, true, "Started", "");
+        }
         report(&ctx, &key, &instance);
 
-        // 4. wait
-        let exit = tokio::select! {
-            exit = handle.wait() => exit,
-            _ = stopped(&mut stop) => {
-                handle.stop();
-                let _ = handle.wait().await;
-                *http.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                return;
+        // 4. wait (probes may change readiness, or end the run)
+        let outcome = loop {
+            let probe_event = async {
+                match probes.as_mut() {
+                    Some(p) => p.events.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                exit = handle.wait() => break Outcome::from_exit(&exit),
+                _ = stopped(&mut stop) => {
+                    handle.stop();
+                    let _ = handle.wait().await;
+                    *http.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    return;
+                }
+                Some(event) = probe_event => match event {
+                    ProbeEvent::Ready(ready, message) => {
+                        let reason = if ready { "ProbePassed" } else { "ProbeFailed" };
+                        set_ready(&mut instance, ready, reason, &message);
+                        report(&ctx, &key, &instance);
+                    }
+                    ProbeEvent::LivenessFailed(message) => {
+                        handle.stop();
+                        let _ = handle.wait().await;
+                        break Outcome {
+                            code: None,
+                            reason: "LivenessProbeFailed".into(),
+                            message,
+                            success: false,
+                        };
+                    }
+                },
             }
         };
+        drop(probes);
         *http.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        let code = match &exit {
-            Exit::Code(c) => Some(*c),
-            _ => None,
-        };
-        instance.status.exit_code = code;
-        instance.status.reason = exit.reason().to_string();
-        instance.status.message = exit.message();
+        instance.status.exit_code = outcome.code;
+        instance.status.reason = outcome.reason.clone();
+        instance.status.message = outcome.message.clone();
         instance.status.last_termination = Some(TerminationState {
-            exit_code: code,
-            reason: exit.reason().to_string(),
-            message: exit.message(),
+            exit_code: outcome.code,
+            reason: outcome.reason.clone(),
+            message: outcome.message.clone(),
             started_at,
             finished_at: now_timestamp(),
         });
-        set_ready(&mut instance, false, exit.reason(), &exit.message());
+        set_ready(&mut instance, false, &outcome.reason, &outcome.message);
 
         // 5. restart?
         let again = match instance.spec.restart_policy {
             RestartPolicy::Always => true,
-            RestartPolicy::OnFailure => !exit.success(),
+            RestartPolicy::OnFailure => !outcome.success,
             RestartPolicy::Never => false,
         };
         if !again {
-            instance.status.phase = if exit.success() {
+            instance.status.phase = if outcome.success {
                 InstancePhase::Succeeded
             } else {
                 InstancePhase::Failed
@@ -302,7 +364,7 @@ async fn run(
         }
         instance.status.restart_count += 1;
         instance.status.message =
-            format!("{}; restarting in {:?} (back-off)", exit.message(), delay);
+            format!("{}; restarting in {:?} (back-off)", outcome.message, delay);
         report(&ctx, &key, &instance);
         if sleep_or_stop(delay, &mut stop).await {
             return;
