@@ -5,5 +5,6 @@
 //! Must never: run workloads, or let anything but the apiserver touch the store.
 
 pub mod apiserver;
+pub mod scheduler;
 pub mod server;
 pub mod store;

@@ -86,6 +86,8 @@ pub struct ServerConfig {
     pub write_timeout: Duration,
     /// Largest module accepted by upload, bytes.
     pub max_module_bytes: u64,
+    /// Run the scheduler in this process (as a client of this apiserver).
+    pub scheduler: bool,
 }
 
 impl ServerConfig {
@@ -100,6 +102,7 @@ impl ServerConfig {
             snapshot_every: 10_000,
             write_timeout: Duration::from_secs(5),
             max_module_bytes: 64 * 1024 * 1024,
+            scheduler: true,
         }
     }
 }
@@ -313,6 +316,7 @@ impl Server {
             snapshot_every,
             write_timeout,
             max_module_bytes,
+            scheduler,
         } = config;
         std::fs::create_dir_all(&data_dir).map_err(io_err(&data_dir))?;
         let paths = Paths::new(&data_dir);
@@ -396,6 +400,17 @@ impl Server {
             let mut peer = identity.peer.clone();
             peer.pending_join = None;
             save_peer_file(&paths, &peer)?;
+        }
+        if scheduler {
+            let cert = identity.ca.issue("component:scheduler", &[])?;
+            let config = ClientConfig {
+                server: address.clone(),
+                identity: "component:scheduler".into(),
+                ca_cert: identity.ca.cert_pem.clone(),
+                client_cert: cert.cert_pem,
+                client_key: cert.key_pem,
+            };
+            tasks.push(tokio::spawn(crate::scheduler::run(config)));
         }
         let ns_api = api.clone();
         tasks.push(tokio::spawn(async move {

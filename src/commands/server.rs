@@ -30,6 +30,9 @@ pub struct ServerArgs {
     /// Log entries between snapshots (the log is compacted after each).
     #[arg(long, default_value_t = 10_000)]
     snapshot_every: u64,
+    /// Do not run the scheduler in this process.
+    #[arg(long)]
+    no_scheduler: bool,
     /// Largest module `apply` may upload.
     #[arg(long, default_value = "64Mi", value_parser = super::context::parse_quantity)]
     max_module_size: flotilla_api::quantity::Quantity,
@@ -50,6 +53,7 @@ impl ServerArgs {
             snapshot_every,
             write_timeout,
             max_module_size,
+            no_scheduler,
         } = self;
         let mut config = ServerConfig::new(data_dir, listen);
         config.advertise = advertise;
@@ -58,6 +62,7 @@ impl ServerArgs {
         config.snapshot_every = snapshot_every.max(10);
         config.write_timeout = write_timeout.as_std();
         config.max_module_bytes = max_module_size.as_bytes();
+        config.scheduler = !no_scheduler;
         run(config, shutdown_signal()).await?;
         Ok(ExitCode::SUCCESS)
     }

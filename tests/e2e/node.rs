@@ -663,16 +663,9 @@ fn up_in_a_fresh_home_runs_hello() {
         .parent()
         .unwrap()
         .join("hello");
+    // The example as shipped names no node: the scheduler places it.
     let node = default_node_name_for_test();
-    let manifest = std::fs::read_to_string(hello_dir.join("hello.yaml")).unwrap();
-    let pinned = format!(
-        "{}  nodeName: {node}\n",
-        manifest.trim_end_matches('\n').to_string() + "\n"
-    );
-    let tmp = hello_dir.join("hello-pinned-test.yaml");
-    std::fs::write(&tmp, pinned).unwrap();
-    let out = cli(&["apply", "-f", tmp.to_str().unwrap()]);
-    let _ = std::fs::remove_file(&tmp);
+    let out = cli(&["apply", "-f", hello_dir.to_str().unwrap()]);
     assert!(
         out.status.success(),
         "{}",
@@ -681,7 +674,7 @@ fn up_in_a_fresh_home_runs_hello() {
     wait_for("hello Running", Duration::from_secs(20), || {
         let out = cli(&["get", "inst", "hello", "-o", "json"]);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        (v["status"]["phase"] == "Running").then_some(())
+        (v["status"]["phase"] == "Running" && v["spec"]["nodeName"] == node.as_str()).then_some(())
     });
     let (mut pf, addr) = port_forward(&config, &api, "instance/hello");
     let reply = http_get(&addr, "/");

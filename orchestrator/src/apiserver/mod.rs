@@ -694,6 +694,12 @@ impl ApiServer {
             let current = decode_object(&stored)?;
             let mut desired = object.clone();
             desired.meta_mut().resource_version.clear();
+            // A manifest that names no node keeps the binding the scheduler made.
+            if let (Object::Instance(d), Object::Instance(c)) = (&mut desired, &current) {
+                if d.spec.node_name.is_empty() {
+                    d.spec.node_name = c.spec.node_name.clone();
+                }
+            }
             if current.same_desired_state(&desired) {
                 return Ok((current, ApplyOutcome::Unchanged));
             }
