@@ -55,6 +55,9 @@ pub struct NodeArgs {
     /// Largest restart delay.
     #[arg(long, default_value = "300s", value_parser = parse_duration)]
     restart_backoff_max: Duration,
+    /// A run this long resets the restart delay.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    restart_backoff_reset: Duration,
     /// A guest busy this long without returning to the host is stopped.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     busy_timeout: Duration,
@@ -102,7 +105,7 @@ impl NodeArgs {
         config.backoff = Backoff {
             initial: self.restart_backoff.as_std(),
             max: self.restart_backoff_max.as_std(),
-            ..Backoff::default()
+            reset_after: self.restart_backoff_reset.as_std(),
         };
         config.busy_timeout = self.busy_timeout.as_std();
         let agent = Agent::start(config).await?;

@@ -693,3 +693,46 @@ pub fn default_node_name_for_test() -> String {
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "node".into())
 }
+
+#[test]
+fn a_static_instance_appears_as_a_read_only_mirror() {
+    let cluster = Cluster::start(1, &[]);
+    let token = cluster.token("1h");
+    let manifests = cluster.dir.path().join("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    std::fs::copy(
+        examples().join("ticker.wasm"),
+        manifests.join("ticker.wasm"),
+    )
+    .unwrap();
+    std::fs::write(
+        manifests.join("ticker.yaml"),
+        "apiVersion: flotilla.dev/v1\nkind: Instance\nmetadata:\n  name: static-ticker\nspec:\n  module: ticker.wasm\n",
+    )
+    .unwrap();
+    let mut flags: Vec<&str> = NODE_FLAGS.to_vec();
+    let dir = manifests.to_str().unwrap().to_string();
+    flags.extend_from_slice(&["--manifests-dir", &dir]);
+    let _node = NodeProc::start(
+        Some(&cluster.peers[0].addr),
+        Some(&token),
+        "edge-1",
+        &cluster.dir.path().join("edge-1"),
+        &flags,
+    );
+    let v = wait_for("the mirror Running", Duration::from_secs(20), || {
+        let v = phase(&cluster, "static-ticker")?;
+        (v["status"]["phase"] == "Running").then_some(v)
+    });
+    assert_eq!(v["metadata"]["annotations"]["flotilla.dev/mirror"], "true");
+    assert_eq!(v["spec"]["nodeName"], "edge-1");
+    let out = cluster.cli(0, &["delete", "inst", "static-ticker"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("read-only"), "{}", stderr(&out));
+    std::fs::remove_file(manifests.join("ticker.yaml")).unwrap();
+    wait_for(
+        "the mirror to go with the file",
+        Duration::from_secs(10),
+        || phase(&cluster, "static-ticker").is_none().then_some(()),
+    );
+}

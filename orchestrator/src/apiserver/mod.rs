@@ -362,14 +362,16 @@ impl ApiServer {
                 Ok(ResponseV1::List { items, revision })
             }
             RequestV1::Create { object } => self.create(object).await.map(ResponseV1::Object),
-            RequestV1::Update { object } => {
-                self.update(object, false).await.map(ResponseV1::Object)
-            }
-            RequestV1::UpdateStatus { object } => {
-                self.update(object, true).await.map(ResponseV1::Object)
-            }
+            RequestV1::Update { object } => self
+                .update(caller, object, false)
+                .await
+                .map(ResponseV1::Object),
+            RequestV1::UpdateStatus { object } => self
+                .update(caller, object, true)
+                .await
+                .map(ResponseV1::Object),
             RequestV1::Apply { object } => self
-                .apply(object)
+                .apply(caller, object)
                 .await
                 .map(|(object, outcome)| ResponseV1::Applied { object, outcome }),
             RequestV1::Delete {
@@ -380,7 +382,7 @@ impl ApiServer {
                 propagation,
             } => {
                 let ns = self.scope(kind, &namespace);
-                self.delete(kind, &ns, &name, &resource_version, propagation)
+                self.delete(caller, kind, &ns, &name, &resource_version, propagation)
                     .await
                     .map(|(object, deleted)| ResponseV1::Deleted { object, deleted })
             }
@@ -607,7 +609,12 @@ impl ApiServer {
 
     /// Replaces spec and metadata (or, with `status`, only the status), with
     /// compare-and-swap on the resourceVersion the object carries.
-    pub async fn update(&self, mut object: Object, status: bool) -> ApiResult<Object> {
+    pub async fn update(
+        &self,
+        caller: &Caller,
+        mut object: Object,
+        status: bool,
+    ) -> ApiResult<Object> {
         if !status {
             object.apply_defaults();
         }
@@ -635,6 +642,7 @@ impl ApiServer {
                 }
             }
             let current = decode_object(&stored)?;
+            check_mirror(caller, &current)?;
             let next = if status {
                 let mut next = current.clone();
                 next.copy_status_from(&object);
@@ -674,7 +682,11 @@ impl ApiServer {
     }
 
     /// Creates the object, or updates it if its desired state differs.
-    pub async fn apply(&self, object: Object) -> ApiResult<(Object, ApplyOutcome)> {
+    pub async fn apply(
+        &self,
+        caller: &Caller,
+        object: Object,
+    ) -> ApiResult<(Object, ApplyOutcome)> {
         let mut object = object;
         object.apply_defaults();
         let kind = object.kind();
@@ -692,6 +704,7 @@ impl ApiServer {
                 }
             };
             let current = decode_object(&stored)?;
+            check_mirror(caller, &current)?;
             let mut desired = object.clone();
             desired.meta_mut().resource_version.clear();
             // A manifest that names no node keeps the binding the scheduler made.
@@ -731,6 +744,7 @@ impl ApiServer {
     /// Deletes an object, or marks it deleting while finalizers remain.
     pub async fn delete(
         &self,
+        caller: &Caller,
         kind: Kind,
         namespace: &str,
         name: &str,
@@ -763,6 +777,7 @@ impl ApiServer {
                 }
             }
             let current = decode_object(&stored)?;
+            check_mirror(caller, &current)?;
             let key = key_for(kind, namespace, name);
             if kind == Kind::Namespace {
                 return self.delete_namespace(current, stored.mod_revision).await;
@@ -1038,6 +1053,30 @@ impl ApiServer {
         }
     }
 }
+
+/// Mirror objects of static instances belong to their node: only it may change
+/// or remove them; everyone else changes the manifest on the node.
+fn check_mirror(caller: &Caller, current: &Object) -> ApiResult<()> {
+    let Object::Instance(i) = current else {
+        return Ok(());
+    };
+    if !i.metadata.annotations.contains_key(MIRROR_ANNOTATION) {
+        return Ok(());
+    }
+    if caller.name() == format!("node:{}", i.spec.node_name) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        ErrorCode::Forbidden,
+        format!(
+            "instance \"{}\" mirrors a static instance of node \"{}\" and is read-only; change the manifest in that node's --manifests-dir",
+            i.metadata.name, i.spec.node_name
+        ),
+    ))
+}
+
+/// Marks instances that mirror a node's static instances.
+pub const MIRROR_ANNOTATION: &str = "flotilla.dev/mirror";
 
 /// The object an update stores: the caller's spec and user metadata over the
 /// current object's server-owned fields and status.
