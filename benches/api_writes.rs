@@ -25,12 +25,18 @@ impl Drop for Peer {
     }
 }
 
-fn start(dir: &Path, extra: &[&str]) -> Peer {
+fn start(dir: &Path, extra: &[&str], threads: Option<usize>) -> Peer {
     let mut child = Command::new(BIN)
         .args(["server", "--data-dir"])
         .arg(dir)
         .args(["--listen", "127.0.0.1:0"])
+        .args(
+            std::env::var("FLOTILLA_BENCH_SERVER_ARGS")
+                .map(|a| a.split_whitespace().map(String::from).collect::<Vec<_>>())
+                .unwrap_or_default(),
+        )
         .args(extra)
+        .envs(threads.map(|t| ("TOKIO_WORKER_THREADS".to_string(), t.to_string())))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -50,8 +56,8 @@ fn start(dir: &Path, extra: &[&str]) -> Peer {
     Peer(child, addr)
 }
 
-async fn cluster(dir: &Path, n: usize) -> (Vec<Peer>, ClientConfig) {
-    let mut peers = vec![start(&dir.join("p1"), &[])];
+async fn cluster(dir: &Path, n: usize, threads: Option<usize>) -> (Vec<Peer>, ClientConfig) {
+    let mut peers = vec![start(&dir.join("p1"), &[], threads)];
     let config = ClientConfig::load(&dir.join("p1/admin.config")).unwrap();
     let client = loop {
         if let Ok(c) = Client::connect(&config).await {
@@ -77,6 +83,7 @@ async fn cluster(dir: &Path, n: usize) -> (Vec<Peer>, ClientConfig) {
         peers.push(start(
             &dir.join(format!("p{}", i + 1)),
             &["--join", &addr, "--token", &token],
+            threads,
         ));
     }
     loop {
@@ -94,6 +101,7 @@ async fn cluster(dir: &Path, n: usize) -> (Vec<Peer>, ClientConfig) {
 
 struct Measured {
     peers: usize,
+    threads: Option<usize>,
     clients: usize,
     creates: usize,
     secs: f64,
@@ -151,18 +159,27 @@ fn main() {
         .build()
         .unwrap();
     let mut results = Vec::new();
-    for peers in [1usize, 3] {
+    // Three peers on this machine share two cores; a real cluster gives each peer
+    // its own. The last configuration sizes each peer's runtime for its share
+    // (one worker thread), as one would on a small shared host.
+    for (peers, threads) in [(1usize, None), (3, None), (3, Some(1usize))] {
         let dir = tempfile::tempdir().unwrap();
         rt.block_on(async {
-            let (_peers, config) = cluster(dir.path(), peers).await;
+            let (_peers, config) = cluster(dir.path(), peers, threads).await;
             // Warm up connections and the log.
             let _ = measure(&config, 4, 1, "warm").await;
             for clients in [1usize, 64] {
-                let (n, elapsed, lat) =
-                    measure(&config, clients, secs, &format!("p{peers}c{clients}")).await;
+                let (n, elapsed, lat) = measure(
+                    &config,
+                    clients,
+                    secs,
+                    &format!("p{peers}t{}c{clients}", threads.unwrap_or(0)),
+                )
+                .await;
                 let p = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)];
                 results.push(Measured {
                     peers,
+                    threads,
                     clients,
                     creates: n,
                     secs: elapsed,
@@ -172,12 +189,14 @@ fn main() {
             }
         });
     }
-    println!("| peers | clients | creates/s | p50 | p99 | creates |");
-    println!("|---|---|---|---|---|---|");
+    println!("| peers | server worker threads | clients | creates/s | p50 | p99 | creates |");
+    println!("|---|---|---|---|---|---|---|");
     for r in &results {
         println!(
-            "| {} | {} | {:.0} | {:.2} ms | {:.2} ms | {} |",
+            "| {} | {} | {} | {:.0} | {:.2} ms | {:.2} ms | {} |",
             r.peers,
+            r.threads
+                .map_or("default (2)".to_string(), |t| t.to_string()),
             r.clients,
             r.creates as f64 / r.secs,
             r.p50.as_secs_f64() * 1000.0,

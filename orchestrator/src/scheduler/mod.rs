@@ -305,23 +305,24 @@ async fn pass_and_wait(client: &Client) -> Result<(), ClientError> {
     loop {
         schedule_once(client).await?;
         let (_, revision) = client.list(Kind::Node, None, "").await?;
-        let mut stream = client.watch(None, None, "", revision).await?;
+        // Only nodes and instances matter: watching every kind would make each
+        // scheduler decode every write in the cluster.
+        let mut nodes = client.watch(Some(Kind::Node), None, "", revision).await?;
+        let mut instances = client
+            .watch(Some(Kind::Instance), None, "", revision)
+            .await?;
         let resync = tokio::time::sleep(Duration::from_secs(5));
         tokio::pin!(resync);
-        loop {
-            tokio::select! {
-                _ = &mut resync => break,
-                event = stream.next() => match event? {
-                    Some(e) if matches!(e.object.kind(), Kind::Node | Kind::Instance) => {
-                        // Let a burst of changes land before the next pass.
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        break;
-                    }
-                    Some(_) => continue,
-                    None => return Ok(()),
-                },
-            }
+        let changed = tokio::select! {
+            _ = &mut resync => true,
+            event = nodes.next() => event?.is_some(),
+            event = instances.next() => event?.is_some(),
+        };
+        if !changed {
+            return Ok(());
         }
+        // Let a burst of changes land before the next pass.
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
