@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, Context as _};
 use clap::Args;
-use flotilla_api::manifest::parse_manifests;
+use flotilla_api::manifest::{manifest_files, parse_manifests};
 use flotilla_api::object::{Kind, Object};
 
 use super::output::kind_name;
@@ -75,17 +75,7 @@ fn read_sources(f: &str) -> anyhow::Result<Vec<(String, String)>> {
     }
     let path = Path::new(f);
     if path.is_dir() {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-            .with_context(|| format!("reading directory {f}"))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                matches!(
-                    p.extension().and_then(|e| e.to_str()),
-                    Some("yaml" | "yml" | "json")
-                )
-            })
-            .collect();
-        files.sort();
+        let files = manifest_files(path).with_context(|| format!("reading directory {f}"))?;
         files
             .into_iter()
             .map(|p| {

@@ -74,7 +74,6 @@ fn get_describe_delete_selectors_namespaces_and_watch() {
             let _ = tx.send(line);
         }
     });
-    std::thread::sleep(Duration::from_millis(300));
     let out = cluster.cli_in(0, &["apply", "-f", "-"], Some(&service_manifest("late")));
     assert!(out.status.success());
     let seen = wait_for(

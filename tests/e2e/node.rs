@@ -545,6 +545,17 @@ fn a_static_instance_runs_without_any_server() {
     );
 }
 
+/// Applies an instance of `module` and expects `apply` to fail saying `needle`.
+fn apply_refused(cluster: &Cluster, name: &str, module: &Path, needle: &str) {
+    let out = cluster.cli_in(
+        0,
+        &["apply", "-f", "-"],
+        Some(&instance_manifest(name, "n", module, "")),
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains(needle), "{}", stderr(&out));
+}
+
 #[test]
 fn bad_modules_are_refused_and_nothing_is_stored() {
     let cluster = Cluster::start(1, &["--max-module-size", "100Ki"]);
@@ -557,21 +568,11 @@ fn bad_modules_are_refused_and_nothing_is_stored() {
     };
 
     std::fs::write(dir.path().join("bad.wasm"), b"\0asm\x01\0\0\0\x99garbage").unwrap();
-    let out = cluster.cli_in(
-        0,
-        &["apply", "-f", "-"],
-        Some(&instance_manifest(
-            "bad",
-            "n",
-            &dir.path().join("bad.wasm"),
-            "",
-        )),
-    );
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("invalid WebAssembly"),
-        "{}",
-        stderr(&out)
+    apply_refused(
+        &cluster,
+        "bad",
+        &dir.path().join("bad.wasm"),
+        "invalid WebAssembly",
     );
 
     let big: Vec<u8> = b"\0asm\x01\0\0\0"
@@ -580,21 +581,11 @@ fn bad_modules_are_refused_and_nothing_is_stored() {
         .chain(std::iter::repeat_n(0u8, 200_000))
         .collect();
     std::fs::write(dir.path().join("big.wasm"), big).unwrap();
-    let out = cluster.cli_in(
-        0,
-        &["apply", "-f", "-"],
-        Some(&instance_manifest(
-            "big",
-            "n",
-            &dir.path().join("big.wasm"),
-            "",
-        )),
-    );
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("limit is 102400 bytes"),
-        "{}",
-        stderr(&out)
+    apply_refused(
+        &cluster,
+        "big",
+        &dir.path().join("big.wasm"),
+        "limit is 102400 bytes",
     );
 
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -70,6 +70,15 @@ async fn error(send: &mut quinn::SendStream, code: ErrorCode, message: String) {
     let _ = send.finish();
 }
 
+async fn not_here(send: &mut quinn::SendStream, key: &(String, String), node: &str) {
+    error(
+        send,
+        ErrorCode::NotFound,
+        format!("instance \"{}\" does not run on node \"{node}\"", key.1),
+    )
+    .await;
+}
+
 async fn serve_stream(
     shared: Arc<Shared>,
     mut send: quinn::SendStream,
@@ -124,15 +133,7 @@ async fn serve_logs(
         running.get(&key).map(|s| s.log.clone())
     };
     let Some(log) = log else {
-        error(
-            &mut send,
-            ErrorCode::NotFound,
-            format!(
-                "instance \"{}\" does not run on node \"{}\"",
-                key.1, shared.config.name
-            ),
-        )
-        .await;
+        not_here(&mut send, &key, &shared.config.name).await;
         return;
     };
     // Subscribe before reading, so nothing written in between is lost.
@@ -193,15 +194,7 @@ async fn serve_port_forward(
     };
     let handle = match http {
         None => {
-            error(
-                &mut send,
-                ErrorCode::NotFound,
-                format!(
-                    "instance \"{}\" does not run on node \"{}\"",
-                    key.1, shared.config.name
-                ),
-            )
-            .await;
+            not_here(&mut send, &key, &shared.config.name).await;
             return;
         }
         Some(None) => {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use flotilla_api::instance::Instance;
-use flotilla_api::manifest::parse_manifests;
+use flotilla_api::manifest::{manifest_files, parse_manifests};
 use flotilla_api::object::{Kind, Object};
 use flotilla_api::wire::{ErrorCode, Propagation};
 
@@ -25,19 +25,9 @@ const POLL: Duration = Duration::from_millis(500);
 
 fn read_dir(dir: &Path, node: &str, modules: &ModuleCache) -> BTreeMap<Key, Instance> {
     let mut out = BTreeMap::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
+    let Ok(files) = manifest_files(dir) else {
         return out;
     };
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            matches!(
-                p.extension().and_then(|e| e.to_str()),
-                Some("yaml" | "yml" | "json")
-            )
-        })
-        .collect();
-    files.sort();
     for file in files {
         let Ok(text) = std::fs::read_to_string(&file) else {
             continue;
