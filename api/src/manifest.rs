@@ -183,6 +183,22 @@ fn yaml_to_json(v: serde_yaml_ng::Value, path: &str) -> Result<Value, (String, S
     })
 }
 
+/// The manifest files in a directory (`*.yaml`, `*.yml`, `*.json`), sorted by
+/// name: what `flotilla apply -f DIR` and a node's `--manifests-dir` read.
+pub fn manifest_files(dir: &std::path::Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml" | "json")
+            )
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -405,20 +421,4 @@ spec:
             let _ = parse_manifests(&prefixed);
         }
     }
-}
-
-/// The manifest files in a directory (`*.yaml`, `*.yml`, `*.json`), sorted by
-/// name: what `flotilla apply -f DIR` and a node's `--manifests-dir` read.
-pub fn manifest_files(dir: &std::path::Path) -> std::io::Result<Vec<std::path::PathBuf>> {
-    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            matches!(
-                p.extension().and_then(|e| e.to_str()),
-                Some("yaml" | "yml" | "json")
-            )
-        })
-        .collect();
-    files.sort();
-    Ok(files)
 }
