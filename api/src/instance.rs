@@ -24,6 +24,9 @@ pub const CONDITION_READY: &str = "Ready";
 /// Condition type: the instance was bound to a node (False with the reason when
 /// it fits nowhere).
 pub const CONDITION_SCHEDULED: &str = "Scheduled";
+/// Annotation on an instance that mirrors a node's static instance: read-only
+/// for everyone but that node.
+pub const MIRROR_ANNOTATION: &str = "flotilla.dev/mirror";
 /// Smallest memory limit an instance can start with: one Wasm page.
 pub const MIN_MEMORY_LIMIT: u64 = 64 * 1024;
 

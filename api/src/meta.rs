@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+/// Finalizer on an owner deleted with foreground cascade: the garbage collector
+/// removes it once every dependent is gone.
+pub const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
+
 /// Metadata every object carries (Kubernetes' `ObjectMeta`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]

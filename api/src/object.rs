@@ -149,6 +149,11 @@ impl Kind {
         }
     }
 
+    /// True for the workload kinds whose controllers own instances.
+    pub fn owns_instances(&self) -> bool {
+        matches!(self, Kind::Deployment | Kind::DaemonSet | Kind::Job)
+    }
+
     /// False for the cluster-scoped kinds Namespace, Node and Module.
     pub fn namespaced(&self) -> bool {
         !matches!(self, Kind::Namespace | Kind::Node | Kind::Module)

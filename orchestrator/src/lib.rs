@@ -5,6 +5,10 @@
 //! Must never: run workloads, or let anything but the apiserver touch the store.
 
 pub mod apiserver;
+pub mod controllers;
+pub mod events;
+pub mod informer;
+pub mod leader;
 pub mod scheduler;
 pub mod server;
 pub mod store;

@@ -23,6 +23,7 @@ use flotilla_api::token::JoinToken;
 use flotilla_api::wire::{read_frame, write_frame, RequestV1, ResponseV1};
 
 use crate::apiserver::ApiServer;
+use crate::leader::{run_elected, Election, SYSTEM_NAMESPACE};
 use crate::store::network::{PeerNet, PeerRequest, PeerResponse, MAX_PEER_FRAME};
 use crate::store::{Store, StoreConfig};
 
@@ -88,6 +89,12 @@ pub struct ServerConfig {
     pub max_module_bytes: u64,
     /// Run the scheduler in this process (as a client of this apiserver).
     pub scheduler: bool,
+    /// Run the controllers in this process (as a client of this apiserver).
+    pub controllers: bool,
+    /// Timing of the controllers.
+    pub controller_settings: crate::controllers::Settings,
+    /// Lease duration of the scheduler's and controllers' leader election.
+    pub leader_lease: Duration,
 }
 
 impl ServerConfig {
@@ -103,9 +110,17 @@ impl ServerConfig {
             write_timeout: Duration::from_secs(5),
             max_module_bytes: 64 * 1024 * 1024,
             scheduler: true,
+            controllers: true,
+            controller_settings: crate::controllers::Settings::default(),
+            leader_lease: Duration::from_secs(15),
         }
     }
 }
+
+/// Lease the schedulers elect their leader with.
+pub const SCHEDULER_LEASE: &str = "flotilla-scheduler";
+/// Lease the controller managers elect their leader with.
+pub const CONTROLLERS_LEASE: &str = "flotilla-controllers";
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
 #[serde(rename_all = "camelCase")]
@@ -317,6 +332,9 @@ impl Server {
             write_timeout,
             max_module_bytes,
             scheduler,
+            controllers,
+            controller_settings,
+            leader_lease,
         } = config;
         std::fs::create_dir_all(&data_dir).map_err(io_err(&data_dir))?;
         let paths = Paths::new(&data_dir);
@@ -401,16 +419,32 @@ impl Server {
             peer.pending_join = None;
             save_peer_file(&paths, &peer)?;
         }
-        if scheduler {
-            let cert = identity.ca.issue("component:scheduler", &[])?;
-            let config = ClientConfig {
+        let component_config = |name: &str| -> Result<ClientConfig> {
+            let identity_name = format!("component:{name}");
+            let cert = identity.ca.issue(&identity_name, &[])?;
+            Ok(ClientConfig {
                 server: address.clone(),
-                identity: "component:scheduler".into(),
+                identity: identity_name,
                 ca_cert: identity.ca.cert_pem.clone(),
                 client_cert: cert.cert_pem,
                 client_key: cert.key_pem,
-            };
-            tasks.push(tokio::spawn(crate::scheduler::run(config)));
+            })
+        };
+        if scheduler {
+            let election = Election::new(SCHEDULER_LEASE, "scheduler", leader_lease);
+            tasks.push(tokio::spawn(run_elected(
+                component_config("scheduler")?,
+                election,
+                crate::scheduler::run,
+            )));
+        }
+        if controllers {
+            let election = Election::new(CONTROLLERS_LEASE, "controllers", leader_lease);
+            tasks.push(tokio::spawn(run_elected(
+                component_config("controllers")?,
+                election,
+                move |config| crate::controllers::run(config, controller_settings.clone()),
+            )));
         }
         let ns_api = api.clone();
         tasks.push(tokio::spawn(async move {
@@ -421,7 +455,8 @@ impl Server {
                         .await?;
                     ns_api
                         .ensure_namespace(flotilla_api::lease::NODE_LEASE_NAMESPACE)
-                        .await
+                        .await?;
+                    ns_api.ensure_namespace(SYSTEM_NAMESPACE).await
                 };
                 match ensured.await {
                     Ok(()) => return,

@@ -3,7 +3,12 @@
 use std::process::ExitCode;
 
 use clap::Args;
-use flotilla_api::object::Kind;
+use flotilla_api::client::Client;
+use flotilla_api::duration::format_age;
+use flotilla_api::event::Event;
+use flotilla_api::meta::{elapsed_since, ObjectMeta};
+use flotilla_api::namespace::DEFAULT_NAMESPACE;
+use flotilla_api::object::{Kind, Object};
 
 use super::Context;
 
@@ -58,6 +63,58 @@ impl DescribeArgs {
                 }
             }
         }
+        print_events(&client, kind, meta).await?;
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// The events about the object, oldest first, as Kubernetes' describe shows them.
+async fn print_events(client: &Client, kind: Kind, meta: &ObjectMeta) -> anyhow::Result<()> {
+    let namespace = if meta.namespace.is_empty() {
+        DEFAULT_NAMESPACE
+    } else {
+        &meta.namespace
+    };
+    let (items, _) = client.list(Kind::Event, Some(namespace), "").await?;
+    let mut events: Vec<Event> = items
+        .into_iter()
+        .filter_map(|o| match o {
+            Object::Event(e)
+                if e.involved_object.uid == meta.uid && e.involved_object.kind == kind.as_str() =>
+            {
+                Some(e)
+            }
+            _ => None,
+        })
+        .collect();
+    if events.is_empty() {
+        println!("Events:            <none>");
+        return Ok(());
+    }
+    events.sort_by(|a, b| a.last_timestamp.cmp(&b.last_timestamp));
+    println!("Events:");
+    println!(
+        "  {:<8} {:<26} {:<8} {:<20} MESSAGE",
+        "TYPE", "REASON", "AGE", "FROM"
+    );
+    let now = time::OffsetDateTime::now_utc();
+    for e in events {
+        let age = elapsed_since(&e.last_timestamp, now)
+            .map(format_age)
+            .unwrap_or_else(|| "?".into());
+        let count = if e.count > 1 {
+            format!(" (x{})", e.count)
+        } else {
+            String::new()
+        };
+        println!(
+            "  {:<8} {:<26} {:<8} {:<20} {}{count}",
+            e.type_.to_string(),
+            e.reason,
+            age,
+            e.source.component,
+            e.message
+        );
+    }
+    Ok(())
 }

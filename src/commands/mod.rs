@@ -3,13 +3,16 @@
 mod apply;
 mod cluster;
 mod context;
+mod controllers;
 mod delete;
 mod describe;
+mod drain;
 mod get;
 mod logs;
 mod node;
 mod output;
 mod port_forward;
+mod rollout;
 mod server;
 mod token;
 mod up;
@@ -57,6 +60,20 @@ enum Command {
     Logs(logs::LogsArgs),
     /// Forward a local port to an http-world instance.
     PortForward(port_forward::PortForwardArgs),
+    /// Run the scheduler alone (a lease elects one active among several).
+    Scheduler(controllers::SchedulerArgs),
+    /// Run the controllers alone (a lease elects one active among several).
+    Controllers(controllers::ControllersArgs),
+    /// Follow, list, undo, pause or resume Deployment rollouts.
+    Rollout(rollout::RolloutArgs),
+    /// Change a Deployment's replicas.
+    Scale(rollout::ScaleArgs),
+    /// Mark a node unschedulable.
+    Cordon(drain::CordonArgs),
+    /// Mark a node schedulable again.
+    Uncordon(drain::CordonArgs),
+    /// Cordon a node and evict its instances, keeping Deployments available.
+    Drain(drain::DrainArgs),
     /// Run a whole cluster in one process: a store peer, the apiserver and a node.
     Up(up::UpArgs),
 }
@@ -77,6 +94,13 @@ impl Cli {
             Command::Logs(args) => args.execute(&ctx).await,
             Command::PortForward(args) => args.execute(&ctx).await,
             Command::Up(args) => args.execute().await,
+            Command::Rollout(args) => args.execute(&ctx).await,
+            Command::Scale(args) => args.execute(&ctx).await,
+            Command::Cordon(args) => args.cordon(&ctx).await,
+            Command::Uncordon(args) => args.uncordon(&ctx).await,
+            Command::Drain(args) => args.execute(&ctx).await,
+            Command::Scheduler(args) => args.execute(&ctx).await,
+            Command::Controllers(args) => args.execute(&ctx).await,
         }
     }
 }

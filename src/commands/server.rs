@@ -33,6 +33,15 @@ pub struct ServerArgs {
     /// Do not run the scheduler in this process.
     #[arg(long)]
     no_scheduler: bool,
+    /// Do not run the controllers in this process.
+    #[arg(long)]
+    no_controllers: bool,
+    #[command(flatten)]
+    controllers: super::controllers::ControllerFlags,
+    /// How long the leader among schedulers (and among controllers) keeps its
+    /// lease without renewing it.
+    #[arg(long, default_value = "15s", value_parser = super::context::parse_duration)]
+    leader_lease: Duration,
     /// Largest module `apply` may upload.
     #[arg(long, default_value = "64Mi", value_parser = super::context::parse_quantity)]
     max_module_size: flotilla_api::quantity::Quantity,
@@ -54,6 +63,9 @@ impl ServerArgs {
             write_timeout,
             max_module_size,
             no_scheduler,
+            no_controllers,
+            controllers,
+            leader_lease,
         } = self;
         let mut config = ServerConfig::new(data_dir, listen);
         config.advertise = advertise;
@@ -63,6 +75,9 @@ impl ServerArgs {
         config.write_timeout = write_timeout.as_std();
         config.max_module_bytes = max_module_size.as_bytes();
         config.scheduler = !no_scheduler;
+        config.controllers = !no_controllers;
+        config.controller_settings = controllers.settings();
+        config.leader_lease = leader_lease.as_std();
         run(config, shutdown_signal()).await?;
         Ok(ExitCode::SUCCESS)
     }

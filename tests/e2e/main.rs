@@ -8,3 +8,4 @@ mod harness;
 mod node;
 mod security;
 mod watch;
+mod workloads;

@@ -46,8 +46,7 @@ fn bound_here(i: &Instance, node: &str) -> bool {
     i.spec.node_name == node && !i.metadata.annotations.contains_key(MIRROR_ANNOTATION)
 }
 
-/// Marks the API objects that mirror static instances.
-pub const MIRROR_ANNOTATION: &str = "flotilla.dev/mirror";
+pub use flotilla_api::instance::MIRROR_ANNOTATION;
 
 /// Runs forever.
 pub async fn run(

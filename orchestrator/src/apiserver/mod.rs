@@ -16,7 +16,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use flotilla_api::labels::LabelSelector;
-use flotilla_api::meta::now_timestamp;
+use flotilla_api::meta::{now_timestamp, FOREGROUND_FINALIZER};
 use flotilla_api::object::{Kind, Object};
 use flotilla_api::tls::{self, CertificateAuthority};
 use flotilla_api::token::JoinToken;
@@ -648,7 +648,9 @@ impl ApiServer {
                 next.copy_status_from(&object);
                 next
             } else {
-                merge_update(&current, &object)
+                let mut next = merge_update(&current, &object);
+                mark_bound(&current, &mut next);
+                next
             };
             validate(&next)?;
             let key = key_for(kind, &ns, &name);
@@ -749,7 +751,7 @@ impl ApiServer {
         namespace: &str,
         name: &str,
         resource_version: &str,
-        _propagation: Propagation,
+        propagation: Propagation,
     ) -> ApiResult<(Object, bool)> {
         let expected = parse_revision(resource_version, "resourceVersion")?;
         if kind == Kind::Namespace && name == "default" {
@@ -782,12 +784,19 @@ impl ApiServer {
             if kind == Kind::Namespace {
                 return self.delete_namespace(current, stored.mod_revision).await;
             }
-            if !current.meta().finalizers.is_empty() {
+            let foreground = propagation == Propagation::Foreground && kind.owns_instances();
+            if !current.meta().finalizers.is_empty() || foreground {
                 if current.meta().is_being_deleted() {
                     return Ok((current, false));
                 }
                 let mut marked = current.clone();
                 marked.meta_mut().deletion_timestamp = now_timestamp();
+                if foreground && !marked.meta().has_finalizer(FOREGROUND_FINALIZER) {
+                    marked
+                        .meta_mut()
+                        .finalizers
+                        .push(FOREGROUND_FINALIZER.to_string());
+                }
                 let op = Op {
                     key,
                     precondition: Precondition::ModRevision(stored.mod_revision),
@@ -802,12 +811,15 @@ impl ApiServer {
                     Err(r) => return Err(rejection_error(kind, namespace, name, r)),
                 }
             }
-            let op = Op {
+            let mut ops = vec![Op {
                 key,
                 precondition: Precondition::ModRevision(stored.mod_revision),
                 action: Action::Delete,
-            };
-            match self.commit(vec![op]).await? {
+            }];
+            if propagation == Propagation::Orphan {
+                ops.extend(self.orphan_ops(namespace, &current.meta().uid)?);
+            }
+            match self.commit(ops).await? {
                 Ok(_) => return Ok((current, true)),
                 Err(_) if expected.is_none() => continue,
                 Err(r) => return Err(rejection_error(kind, namespace, name, r)),
@@ -819,6 +831,28 @@ impl ApiServer {
             name,
             "it kept changing; retries exhausted",
         ))
+    }
+
+    /// Writes that drop references to the owner with `uid` from the instances
+    /// of `namespace`, committed with the owner's delete so no collector sees
+    /// them ownerless in between.
+    fn orphan_ops(&self, namespace: &str, uid: &str) -> ApiResult<Vec<Op>> {
+        let prefix = namespace_prefix(Kind::Instance, namespace);
+        let mut ops = Vec::new();
+        for (key, stored) in self.store.reader().scan(&prefix).map_err(internal)? {
+            let mut obj = decode_object(&stored)?;
+            let refs = &mut obj.meta_mut().owner_references;
+            let before = refs.len();
+            refs.retain(|r| r.uid != uid);
+            if refs.len() != before {
+                ops.push(Op {
+                    key,
+                    precondition: Precondition::ModRevision(stored.mod_revision),
+                    action: Action::Put(encode_object(&obj)?),
+                });
+            }
+        }
+        Ok(ops)
     }
 
     /// Marks the namespace Terminating (no new objects), deletes what is in it,
@@ -1060,7 +1094,11 @@ fn check_mirror(caller: &Caller, current: &Object) -> ApiResult<()> {
     let Object::Instance(i) = current else {
         return Ok(());
     };
-    if !i.metadata.annotations.contains_key(MIRROR_ANNOTATION) {
+    if !i
+        .metadata
+        .annotations
+        .contains_key(flotilla_api::instance::MIRROR_ANNOTATION)
+    {
         return Ok(());
     }
     if caller.name() == format!("node:{}", i.spec.node_name) {
@@ -1075,11 +1113,26 @@ fn check_mirror(caller: &Caller, current: &Object) -> ApiResult<()> {
     ))
 }
 
-/// Marks instances that mirror a node's static instances.
-pub const MIRROR_ANNOTATION: &str = "flotilla.dev/mirror";
-
 /// The object an update stores: the caller's spec and user metadata over the
 /// current object's server-owned fields and status.
+/// An instance given a node by this update is marked Scheduled in the same
+/// write, as Kubernetes' binding does.
+fn mark_bound(current: &Object, next: &mut Object) {
+    if let (Object::Instance(before), Object::Instance(after)) = (current, next) {
+        if before.spec.node_name.is_empty() && !after.spec.node_name.is_empty() {
+            flotilla_api::meta::set_condition(
+                &mut after.status.conditions,
+                flotilla_api::meta::Condition::new(
+                    flotilla_api::instance::CONDITION_SCHEDULED,
+                    flotilla_api::meta::ConditionStatus::True,
+                    "Bound",
+                    &format!("bound to node {}", after.spec.node_name),
+                ),
+            );
+        }
+    }
+}
+
 fn merge_update(current: &Object, desired: &Object) -> Object {
     let mut next = current.clone();
     next.copy_spec_from(desired);

@@ -8,21 +8,34 @@
 //! `spec.nodeName` and its Scheduled condition. It is a client of the API like
 //! any outside process.
 //!
-//! Built so far: node readiness and cordon, resources (cpu, memory, instance
-//! slots against allocatable minus what is bound), nodeSelector, taints and
-//! tolerations, least-allocated scoring. Affinity, spreading, module locality,
-//! events and leader election among several schedulers come with the scheduler
-//! issue.
+//! Filters: node readiness and cordon, resources (cpu, memory, instance slots
+//! against allocatable minus what is bound), nodeSelector and required node
+//! affinity, taints and tolerations, required inter-instance affinity and
+//! anti-affinity by topology key. Scores: least allocated, spread of one
+//! controller's instances over nodes, preferred node and inter-instance
+//! affinity, module locality. Priorities and preemption are not built.
+//!
+//! It decides from a [`Cache`] of nodes and instances and binds many instances
+//! at once; leader election among several schedulers is the caller's
+//! ([`crate::leader`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
 use flotilla_api::client::{Client, ClientConfig, ClientError};
-use flotilla_api::instance::{Instance, InstancePhase, CONDITION_SCHEDULED};
+use flotilla_api::event::EventType;
+use flotilla_api::instance::{Instance, InstanceAffinityTerm, InstancePhase, CONDITION_SCHEDULED};
 use flotilla_api::meta::{set_condition, Condition, ConditionStatus};
 use flotilla_api::node::{Node, TaintEffect};
 use flotilla_api::object::{Kind, Object};
 use flotilla_api::wire::ErrorCode;
+
+use crate::events::Recorder;
+use crate::informer::{self, Cache};
 
 /// Why a node was filtered out, for the "0/N nodes are available" message.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -31,8 +44,12 @@ pub enum Unfit {
     NotReady,
     /// Cordoned.
     Unschedulable,
-    /// nodeSelector does not match.
+    /// nodeSelector or required node affinity does not match.
     Selector,
+    /// Required inter-instance affinity has no match in the node's domain.
+    Affinity,
+    /// Required inter-instance anti-affinity matches in the node's domain.
+    AntiAffinity,
     /// A taint the instance does not tolerate.
     Taint(String),
     /// Not enough cpu.
@@ -49,7 +66,13 @@ impl Unfit {
         match self {
             Unfit::NotReady => format!("{count} {nodes} not ready"),
             Unfit::Unschedulable => format!("{count} {nodes} unschedulable"),
-            Unfit::Selector => format!("{count} {nodes} didn't match the node selector"),
+            Unfit::Selector => {
+                format!("{count} {nodes} didn't match the node selector or affinity")
+            }
+            Unfit::Affinity => format!("{count} {nodes} didn't match instance affinity rules"),
+            Unfit::AntiAffinity => {
+                format!("{count} {nodes} didn't match instance anti-affinity rules")
+            }
             Unfit::Taint(t) => format!("{count} {nodes} had untolerated taint {{{t}}}"),
             Unfit::Cpu => format!("{count} insufficient cpu"),
             Unfit::Memory => format!("{count} insufficient memory"),
@@ -91,30 +114,176 @@ fn occupies(i: &Instance) -> bool {
         )
 }
 
-type Filter = fn(&Instance, &Node, &Usage) -> Result<(), Unfit>;
+/// A bound instance's namespace and labels.
+type Placed = (String, BTreeMap<String, String>);
 
-fn ready(_: &Instance, n: &Node, _: &Usage) -> Result<(), Unfit> {
-    if n.is_ready() {
+/// The cluster as one pass sees it, updated as the pass places instances.
+#[derive(Default)]
+struct World {
+    nodes: Vec<Node>,
+    usage: HashMap<String, Usage>,
+    /// Per controller uid: instances per node.
+    spread: HashMap<String, HashMap<String, u32>>,
+    /// Bound instances' namespace and labels, per node.
+    placed: HashMap<String, Vec<Placed>>,
+}
+
+impl World {
+    fn new(nodes: Vec<Node>) -> Self {
+        Self {
+            nodes,
+            ..Self::default()
+        }
+    }
+
+    fn add(&mut self, i: &Instance, node: &str) {
+        let (cpu, mem) = requests(i);
+        let u = self.usage.entry(node.to_string()).or_default();
+        u.cpu_millis += cpu;
+        u.memory += mem;
+        u.instances += 1;
+        if let Some(owner) = i.metadata.controller_ref() {
+            *self
+                .spread
+                .entry(owner.uid.clone())
+                .or_default()
+                .entry(node.to_string())
+                .or_default() += 1;
+        }
+        self.placed
+            .entry(node.to_string())
+            .or_default()
+            .push((i.metadata.namespace.clone(), i.metadata.labels.clone()));
+    }
+
+    /// Topology values (of `term.topology_key`) of nodes running an instance
+    /// that matches the term.
+    fn domains_matching(&self, i: &Instance, term: &InstanceAffinityTerm) -> HashSet<String> {
+        let namespaces: Vec<&str> = if term.namespaces.is_empty() {
+            vec![i.metadata.namespace.as_str()]
+        } else {
+            term.namespaces.iter().map(String::as_str).collect()
+        };
+        let mut out = HashSet::new();
+        for n in &self.nodes {
+            let Some(value) = n.metadata.labels.get(&term.topology_key) else {
+                continue;
+            };
+            let hit = self.placed.get(&n.metadata.name).is_some_and(|v| {
+                v.iter().any(|(ns, labels)| {
+                    namespaces.contains(&ns.as_str()) && term.label_selector.matches(labels)
+                })
+            });
+            if hit {
+                out.insert(value.clone());
+            }
+        }
+        out
+    }
+}
+
+/// Per pending instance: the domains its inter-instance terms care about.
+struct Terms {
+    required: Vec<(String, HashSet<String>)>,
+    forbidden: Vec<(String, HashSet<String>)>,
+    preferred: Vec<(String, HashSet<String>, i64)>,
+    /// The instance matches its own required affinity term (the first of a
+    /// group may go anywhere, as in Kubernetes).
+    self_affine: bool,
+}
+
+impl Terms {
+    fn new(i: &Instance, world: &World) -> Self {
+        let a = &i.spec.affinity;
+        let required = a
+            .instance_affinity
+            .required_during_scheduling_ignored_during_execution
+            .iter()
+            .map(|t| (t.topology_key.clone(), world.domains_matching(i, t)))
+            .collect::<Vec<_>>();
+        let self_affine = required.iter().all(|(_, d)| d.is_empty())
+            && a.instance_affinity
+                .required_during_scheduling_ignored_during_execution
+                .iter()
+                .all(|t| t.label_selector.matches(&i.metadata.labels));
+        let forbidden = a
+            .instance_anti_affinity
+            .required_during_scheduling_ignored_during_execution
+            .iter()
+            .map(|t| (t.topology_key.clone(), world.domains_matching(i, t)))
+            .collect();
+        let mut preferred: Vec<(String, HashSet<String>, i64)> = a
+            .instance_affinity
+            .preferred_during_scheduling_ignored_during_execution
+            .iter()
+            .map(|w| {
+                let t = &w.instance_affinity_term;
+                (
+                    t.topology_key.clone(),
+                    world.domains_matching(i, t),
+                    i64::from(w.weight),
+                )
+            })
+            .collect();
+        preferred.extend(
+            a.instance_anti_affinity
+                .preferred_during_scheduling_ignored_during_execution
+                .iter()
+                .map(|w| {
+                    let t = &w.instance_affinity_term;
+                    (
+                        t.topology_key.clone(),
+                        world.domains_matching(i, t),
+                        -i64::from(w.weight),
+                    )
+                }),
+        );
+        Self {
+            required,
+            forbidden,
+            preferred,
+            self_affine,
+        }
+    }
+}
+
+struct Candidate<'a> {
+    i: &'a Instance,
+    n: &'a Node,
+    used: Usage,
+    terms: &'a Terms,
+}
+
+type Filter = fn(&Candidate) -> Result<(), Unfit>;
+
+fn ready(c: &Candidate) -> Result<(), Unfit> {
+    if c.n.is_ready() {
         Ok(())
     } else {
         Err(Unfit::NotReady)
     }
 }
 
-fn schedulable(_: &Instance, n: &Node, _: &Usage) -> Result<(), Unfit> {
-    if n.spec.unschedulable {
+fn schedulable(c: &Candidate) -> Result<(), Unfit> {
+    if c.n.spec.unschedulable {
         Err(Unfit::Unschedulable)
     } else {
         Ok(())
     }
 }
 
-fn selector(i: &Instance, n: &Node, _: &Usage) -> Result<(), Unfit> {
-    let labels = &n.metadata.labels;
-    if i.spec
+fn selector(c: &Candidate) -> Result<(), Unfit> {
+    let labels = &c.n.metadata.labels;
+    let spec = &c.i.spec;
+    if spec
         .node_selector
         .iter()
         .all(|(k, v)| labels.get(k) == Some(v))
+        && spec
+            .affinity
+            .node_affinity
+            .required_during_scheduling_ignored_during_execution
+            .matches(labels)
     {
         Ok(())
     } else {
@@ -122,12 +291,12 @@ fn selector(i: &Instance, n: &Node, _: &Usage) -> Result<(), Unfit> {
     }
 }
 
-fn taints(i: &Instance, n: &Node, _: &Usage) -> Result<(), Unfit> {
-    for taint in &n.spec.taints {
+fn taints(c: &Candidate) -> Result<(), Unfit> {
+    for taint in &c.n.spec.taints {
         if taint.effect == TaintEffect::PreferNoSchedule {
             continue;
         }
-        if !i.spec.tolerations.iter().any(|t| t.tolerates(taint)) {
+        if !c.i.spec.tolerations.iter().any(|t| t.tolerates(taint)) {
             let text = if taint.value.is_empty() {
                 format!("{}:{}", taint.key, taint.effect)
             } else {
@@ -139,29 +308,60 @@ fn taints(i: &Instance, n: &Node, _: &Usage) -> Result<(), Unfit> {
     Ok(())
 }
 
-fn resources(i: &Instance, n: &Node, used: &Usage) -> Result<(), Unfit> {
-    let (cpu, mem) = requests(i);
-    let alloc = &n.status.allocatable;
-    if used.instances + 1 > alloc.instances {
+fn resources(c: &Candidate) -> Result<(), Unfit> {
+    let (cpu, mem) = requests(c.i);
+    let alloc = &c.n.status.allocatable;
+    if c.used.instances + 1 > alloc.instances {
         return Err(Unfit::Slots);
     }
-    if used.cpu_millis + cpu > alloc.cpu.as_millis() {
+    if c.used.cpu_millis + cpu > alloc.cpu.as_millis() {
         return Err(Unfit::Cpu);
     }
-    if used.memory + mem > alloc.memory.as_bytes() {
+    if c.used.memory + mem > alloc.memory.as_bytes() {
         return Err(Unfit::Memory);
     }
     Ok(())
 }
 
-/// The filters, in the order a node is checked (the first failure is its reason).
-const FILTERS: &[Filter] = &[ready, schedulable, selector, taints, resources];
+fn instance_affinity(c: &Candidate) -> Result<(), Unfit> {
+    let labels = &c.n.metadata.labels;
+    if !c.terms.self_affine {
+        for (key, domains) in &c.terms.required {
+            if !labels.get(key).is_some_and(|v| domains.contains(v)) {
+                return Err(Unfit::Affinity);
+            }
+        }
+    }
+    for (key, domains) in &c.terms.forbidden {
+        if labels.get(key).is_some_and(|v| domains.contains(v)) {
+            return Err(Unfit::AntiAffinity);
+        }
+    }
+    Ok(())
+}
 
-/// Least allocated: the share of cpu and memory still free after placing, higher
-/// is better.
-fn score(i: &Instance, n: &Node, used: &Usage) -> f64 {
-    let (cpu, mem) = requests(i);
-    let alloc = &n.status.allocatable;
+/// The filters, in the order a node is checked (the first failure is its reason).
+const FILTERS: &[Filter] = &[
+    ready,
+    schedulable,
+    selector,
+    taints,
+    resources,
+    instance_affinity,
+];
+
+/// Weights of the scores; spreading one workload over nodes matters most.
+const WEIGHT_LEAST_ALLOCATED: f64 = 1.0;
+const WEIGHT_SPREAD: f64 = 2.0;
+const WEIGHT_NODE_PREFERENCE: f64 = 1.0;
+const WEIGHT_INSTANCE_PREFERENCE: f64 = 1.0;
+const WEIGHT_MODULE_LOCALITY: f64 = 0.3;
+
+/// Scores a fitting node, higher is better; each part is 0..=100 before its
+/// weight.
+fn score(c: &Candidate, world: &World) -> f64 {
+    let (cpu, mem) = requests(c.i);
+    let alloc = &c.n.status.allocatable;
     let free = |total: u64, used: u64| {
         if total == 0 {
             0.0
@@ -169,8 +369,60 @@ fn score(i: &Instance, n: &Node, used: &Usage) -> f64 {
             1.0 - (used as f64 / total as f64)
         }
     };
-    free(alloc.cpu.as_millis(), used.cpu_millis + cpu)
-        + free(alloc.memory.as_bytes(), used.memory + mem)
+    let least_allocated = 50.0
+        * (free(alloc.cpu.as_millis(), c.used.cpu_millis + cpu)
+            + free(alloc.memory.as_bytes(), c.used.memory + mem));
+    let spread = match c
+        .i
+        .metadata
+        .controller_ref()
+        .and_then(|r| world.spread.get(&r.uid))
+    {
+        Some(per_node) => {
+            let max = per_node.values().copied().max().unwrap_or(0);
+            let here = per_node.get(&c.n.metadata.name).copied().unwrap_or(0);
+            if max == 0 {
+                100.0
+            } else {
+                100.0 * f64::from(max - here.min(max)) / f64::from(max)
+            }
+        }
+        None => 100.0,
+    };
+    let labels = &c.n.metadata.labels;
+    let prefs =
+        &c.i.spec
+            .affinity
+            .node_affinity
+            .preferred_during_scheduling_ignored_during_execution;
+    let total: u32 = prefs.iter().map(|p| p.weight).sum();
+    let node_preference = if total == 0 {
+        0.0
+    } else {
+        let hit: u32 = prefs
+            .iter()
+            .filter(|p| p.preference.matches(labels))
+            .map(|p| p.weight)
+            .sum();
+        100.0 * f64::from(hit) / f64::from(total)
+    };
+    let instance_preference: i64 = c
+        .terms
+        .preferred
+        .iter()
+        .filter(|(key, domains, _)| labels.get(key).is_some_and(|v| domains.contains(v)))
+        .map(|(_, _, w)| *w)
+        .sum();
+    let locality = if c.n.status.modules.contains(&c.i.spec.module) {
+        100.0
+    } else {
+        0.0
+    };
+    WEIGHT_LEAST_ALLOCATED * least_allocated
+        + WEIGHT_SPREAD * spread
+        + WEIGHT_NODE_PREFERENCE * node_preference
+        + WEIGHT_INSTANCE_PREFERENCE * instance_preference as f64
+        + WEIGHT_MODULE_LOCALITY * locality
 }
 
 /// The decision for one instance.
@@ -182,15 +434,25 @@ pub enum Placement {
     Unschedulable(String),
 }
 
-/// Runs the pipeline for one instance over a snapshot of nodes and their usage.
-fn place(i: &Instance, nodes: &[Node], usage: &BTreeMap<String, Usage>) -> Placement {
+/// Runs the pipeline for one instance over the world as it stands.
+fn place(i: &Instance, world: &World) -> Placement {
+    let terms = Terms::new(i, world);
     let mut best: Option<(f64, &str)> = None;
     let mut reasons: BTreeMap<Unfit, usize> = BTreeMap::new();
-    for n in nodes {
-        let used = usage.get(&n.metadata.name).copied().unwrap_or_default();
-        match FILTERS.iter().try_for_each(|f| f(i, n, &used)) {
+    for n in &world.nodes {
+        let c = Candidate {
+            i,
+            n,
+            used: world
+                .usage
+                .get(&n.metadata.name)
+                .copied()
+                .unwrap_or_default(),
+            terms: &terms,
+        };
+        match FILTERS.iter().try_for_each(|f| f(&c)) {
             Ok(()) => {
-                let s = score(i, n, &used);
+                let s = score(&c, world);
                 if best.is_none_or(|(b, name)| s > b || (s == b && n.metadata.name.as_str() < name))
                 {
                     best = Some((s, &n.metadata.name));
@@ -208,83 +470,131 @@ fn place(i: &Instance, nodes: &[Node], usage: &BTreeMap<String, Usage>) -> Place
             } else {
                 parts.join(", ")
             };
-            Placement::Unschedulable(format!("0/{} nodes are available: {detail}.", nodes.len()))
+            Placement::Unschedulable(format!(
+                "0/{} nodes are available: {detail}.",
+                world.nodes.len()
+            ))
         }
     }
 }
 
-/// One pass: place every unbound instance. Returns how many were bound.
-pub async fn schedule_once(client: &Client) -> Result<usize, ClientError> {
-    let (node_objs, _) = client.list(Kind::Node, None, "").await?;
-    let (inst_objs, _) = client.list(Kind::Instance, None, "").await?;
-    let nodes: Vec<Node> = node_objs
-        .into_iter()
-        .filter_map(|o| match o {
-            Object::Node(n) => Some(n),
-            _ => None,
-        })
-        .collect();
-    let mut usage: BTreeMap<String, Usage> = BTreeMap::new();
-    let mut unbound = Vec::new();
-    for o in inst_objs {
-        let Object::Instance(i) = o else { continue };
-        if occupies(&i) {
-            let (cpu, mem) = requests(&i);
-            let u = usage.entry(i.spec.node_name.clone()).or_default();
-            u.cpu_millis += cpu;
-            u.memory += mem;
-            u.instances += 1;
-        } else if i.spec.node_name.is_empty() && i.metadata.deletion_timestamp.is_empty() {
-            unbound.push(i);
-        }
-    }
-    let mut bound = 0;
-    for mut i in unbound {
-        match place(&i, &nodes, &usage) {
-            Placement::Node(name) => {
-                let (cpu, mem) = requests(&i);
-                i.spec.node_name = name.clone();
-                match client.update(Object::Instance(i)).await {
-                    Ok(_) => {
-                        let u = usage.entry(name).or_default();
-                        u.cpu_millis += cpu;
-                        u.memory += mem;
-                        u.instances += 1;
-                        bound += 1;
-                    }
-                    Err(e)
-                        if matches!(e.code(), Some(ErrorCode::Conflict | ErrorCode::NotFound)) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            Placement::Unschedulable(message) => {
-                let changed = set_condition(
-                    &mut i.status.conditions,
-                    Condition::new(
-                        CONDITION_SCHEDULED,
-                        ConditionStatus::False,
-                        "Unschedulable",
-                        &message,
-                    ),
-                );
-                if changed {
-                    let mut o = Object::Instance(i);
-                    o.meta_mut().resource_version.clear();
-                    match client.update_status(o).await {
-                        Ok(_) => {}
-                        Err(e) if e.code().is_some() => {}
-                        Err(e) => return Err(e),
-                    }
-                }
+/// Binds taking at most this many writes in flight.
+const BINDS_IN_FLIGHT: usize = 128;
+
+struct Scheduler {
+    client: Client,
+    cache: Arc<Cache>,
+    recorder: Arc<Recorder>,
+}
+
+impl Scheduler {
+    /// One pass: place every unbound instance. Returns how many were bound.
+    async fn pass(&self) -> Result<usize, ClientError> {
+        let nodes: Vec<Node> = self
+            .cache
+            .list(Kind::Node)
+            .into_iter()
+            .filter_map(|o| match o {
+                Object::Node(n) => Some(n),
+                _ => None,
+            })
+            .collect();
+        let mut world = World::new(nodes);
+        let mut unbound = Vec::new();
+        for o in self.cache.list(Kind::Instance) {
+            let Object::Instance(i) = o else { continue };
+            if occupies(&i) {
+                let node = i.spec.node_name.clone();
+                world.add(&i, &node);
+            } else if i.spec.node_name.is_empty() && !i.metadata.is_being_deleted() {
+                unbound.push(i);
             }
         }
+        unbound.sort_by(|a, b| {
+            (&a.metadata.creation_timestamp, &a.metadata.name)
+                .cmp(&(&b.metadata.creation_timestamp, &b.metadata.name))
+        });
+        let mut writes: JoinSet<Result<bool, ClientError>> = JoinSet::new();
+        let mut bound = 0;
+        for mut i in unbound {
+            while writes.len() >= BINDS_IN_FLIGHT {
+                if let Some(r) = writes.join_next().await {
+                    bound += usize::from(r.unwrap_or(Ok(false))?);
+                }
+            }
+            match place(&i, &world) {
+                Placement::Node(name) => {
+                    world.add(&i, &name);
+                    i.spec.node_name = name;
+                    let client = self.client.clone();
+                    let cache = self.cache.clone();
+                    writes.spawn(async move {
+                        match client.update(Object::Instance(i)).await {
+                            Ok(o) => {
+                                cache.wrote(o);
+                                Ok(true)
+                            }
+                            Err(e)
+                                if matches!(
+                                    e.code(),
+                                    Some(ErrorCode::Conflict | ErrorCode::NotFound)
+                                ) =>
+                            {
+                                Ok(false)
+                            }
+                            Err(e) => Err(e),
+                        }
+                    });
+                }
+                Placement::Unschedulable(message) => {
+                    let changed = set_condition(
+                        &mut i.status.conditions,
+                        Condition::new(
+                            CONDITION_SCHEDULED,
+                            ConditionStatus::False,
+                            "Unschedulable",
+                            &message,
+                        ),
+                    );
+                    if changed {
+                        let client = self.client.clone();
+                        let cache = self.cache.clone();
+                        let recorder = self.recorder.clone();
+                        writes.spawn(async move {
+                            recorder
+                                .record(
+                                    &client,
+                                    Kind::Instance,
+                                    &i.metadata,
+                                    EventType::Warning,
+                                    "FailedScheduling",
+                                    &message,
+                                )
+                                .await;
+                            let mut o = Object::Instance(i);
+                            o.meta_mut().resource_version.clear();
+                            match client.update_status(o).await {
+                                Ok(o) => cache.wrote(o),
+                                Err(e) if e.code().is_some() => {}
+                                Err(e) => return Err(e),
+                            }
+                            Ok(false)
+                        });
+                    }
+                }
+            }
+        }
+        while let Some(r) = writes.join_next().await {
+            bound += usize::from(r.unwrap_or(Ok(false))?);
+        }
+        Ok(bound)
     }
-    Ok(bound)
 }
 
 /// Runs until the task is dropped: a pass whenever nodes or instances change,
-/// and every few seconds regardless.
+/// and every few seconds regardless (which is the retry of what did not fit).
 pub async fn run(config: ClientConfig) {
+    let recorder = Arc::new(Recorder::new("scheduler"));
     loop {
         let client = match Client::connect(&config).await {
             Ok(c) => c,
@@ -294,35 +604,40 @@ pub async fn run(config: ClientConfig) {
                 continue;
             }
         };
-        if let Err(e) = pass_and_wait(&client).await {
-            tracing::debug!(error = %e, "scheduler pass failed");
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-}
-
-async fn pass_and_wait(client: &Client) -> Result<(), ClientError> {
-    loop {
-        schedule_once(client).await?;
-        let (_, revision) = client.list(Kind::Node, None, "").await?;
-        // Only nodes and instances matter: watching every kind would make each
-        // scheduler decode every write in the cluster.
-        let mut nodes = client.watch(Some(Kind::Node), None, "", revision).await?;
-        let mut instances = client
-            .watch(Some(Kind::Instance), None, "", revision)
-            .await?;
-        let resync = tokio::time::sleep(Duration::from_secs(5));
-        tokio::pin!(resync);
-        let changed = tokio::select! {
-            _ = &mut resync => true,
-            event = nodes.next() => event?.is_some(),
-            event = instances.next() => event?.is_some(),
+        let cache = Cache::new();
+        let (synced_tx, mut synced) = watch::channel(false);
+        let scheduler = Scheduler {
+            client: client.clone(),
+            cache: cache.clone(),
+            recorder: recorder.clone(),
         };
-        if !changed {
-            return Ok(());
+        let fill = informer::run(&client, &[Kind::Node, Kind::Instance], &cache, &synced_tx);
+        let work = async {
+            if synced.wait_for(|s| *s).await.is_err() {
+                return;
+            }
+            let mut changes = cache.subscribe();
+            loop {
+                match scheduler.pass().await {
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(error = %e, "scheduler pass failed");
+                        return;
+                    }
+                }
+                informer::changed_or_tick(
+                    &mut changes,
+                    Duration::from_secs(5),
+                    Duration::from_millis(5),
+                )
+                .await;
+            }
+        };
+        tokio::select! {
+            r = fill => if let Err(e) = r { tracing::debug!(error = %e, "scheduler cache lost its watch") },
+            () = work => {}
         }
-        // Let a burst of changes land before the next pass.
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -365,12 +680,12 @@ mod tests {
                 "{key: edge, value: 'true', effect: NoSchedule}",
             ),
         ];
-        let usage = BTreeMap::new();
+        let world = World::new(nodes);
         assert_eq!(
-            place(&instance("32Mi"), &nodes, &usage),
+            place(&instance("32Mi"), &world),
             Placement::Node("big".into())
         );
-        match place(&instance("2Gi"), &nodes, &usage) {
+        match place(&instance("2Gi"), &world) {
             Placement::Unschedulable(m) => assert_eq!(
                 m,
                 "0/3 nodes are available: 1 node had untolerated taint {edge=true:NoSchedule}, 2 insufficient memory."
