@@ -164,49 +164,11 @@ fn a_deployment_spreads_scales_rolls_out_and_undoes() {
 
     // A template change with a readiness probe, so every step takes a while;
     // a watcher counts ready instances all along.
-    let floor = Arc::new(AtomicUsize::new(usize::MAX));
-    let stop = Arc::new(AtomicBool::new(false));
-    let watcher = {
-        let (floor, stop) = (floor.clone(), stop.clone());
-        let config = cluster.config();
-        let addr = cluster.peers[0].addr.clone();
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::SeqCst) {
-                let out = crate::harness::run_cli(
-                    &[
-                        "--config",
-                        config.to_str().unwrap(),
-                        "--server",
-                        &addr,
-                        "get",
-                        "inst",
-                        "-l",
-                        "app=web",
-                        "-o",
-                        "json",
-                    ],
-                    None,
-                    Duration::from_secs(10),
-                );
-                if out.status.success() {
-                    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
-                    let ready = v["items"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .filter(|i| is_ready(i))
-                        .count();
-                    floor.fetch_min(ready, Ordering::SeqCst);
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        })
-    };
+    let floor = ReadyFloor::watch(&cluster, "web");
     let probe = "      readinessProbe:\n        httpGet: {path: /}\n        initialDelaySeconds: 1\n        periodSeconds: 1\n";
     apply(&cluster, &deployment("web", 3, "two", probe));
     let status = cluster.cli(0, &["rollout", "status", "deploy/web", "--timeout", "60s"]);
-    stop.store(true, Ordering::SeqCst);
-    watcher.join().unwrap();
+    let floor = floor.finish();
     let text = stdout(&status);
     assert!(
         status.status.success(),
@@ -221,7 +183,6 @@ fn a_deployment_spreads_scales_rolls_out_and_undoes() {
         text.contains("deployment \"web\" successfully rolled out"),
         "{text}"
     );
-    let floor = floor.load(Ordering::SeqCst);
     assert!(
         floor >= 2,
         "only {floor} ready instances during the rollout (3 - maxUnavailable 1 = 2)"
@@ -668,4 +629,99 @@ fn one_scheduler_and_one_controller_manager_act_and_the_standby_takes_over() {
     let out = cluster.cli(0, &["scale", "deploy/web", "--replicas", "3"]);
     assert!(out.status.success(), "{}", stderr(&out));
     wait_ready_instances(&cluster, "web", 3, Duration::from_secs(30));
+}
+
+/// Polls the ready instances of `app` in a thread; returns the lowest count seen.
+struct ReadyFloor {
+    floor: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ReadyFloor {
+    fn watch(cluster: &Cluster, app: &str) -> Self {
+        let floor = Arc::new(AtomicUsize::new(usize::MAX));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (f, s) = (floor.clone(), stop.clone());
+        let config = cluster.config();
+        let addr = cluster.peers[0].addr.clone();
+        let selector = format!("app={app}");
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                let out = crate::harness::run_cli(
+                    &[
+                        "--config",
+                        config.to_str().unwrap(),
+                        "--server",
+                        &addr,
+                        "get",
+                        "inst",
+                        "-l",
+                        &selector,
+                        "-o",
+                        "json",
+                    ],
+                    None,
+                    Duration::from_secs(10),
+                );
+                if out.status.success() {
+                    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+                    let ready = v["items"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .filter(|i| is_ready(i))
+                        .count();
+                    f.fetch_min(ready, Ordering::SeqCst);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        Self {
+            floor,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> usize {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        self.floor.load(Ordering::SeqCst)
+    }
+}
+
+#[test]
+fn drain_moves_instances_without_going_below_max_unavailable() {
+    let cluster = Cluster::start(1, &[]);
+    let _nodes = start_nodes(&cluster, &["node-1", "node-2", "node-3"], &[]);
+    wait_nodes_ready(&cluster, 3);
+    let probe = "      readinessProbe:\n        httpGet: {path: /}\n        initialDelaySeconds: 1\n        periodSeconds: 1\n";
+    apply(&cluster, &deployment("web", 6, "one", probe));
+    let per_node = wait_ready_instances(&cluster, "web", 6, Duration::from_secs(60));
+    assert_eq!(per_node.get("node-1"), Some(&2), "{per_node:?}");
+
+    let floor = ReadyFloor::watch(&cluster, "web");
+    let out = cluster.cli(0, &["drain", "node-1", "--timeout", "60s"]);
+    let floor = floor.finish();
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(
+        stdout(&out).contains("node/node-1 drained"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        floor >= 5,
+        "{floor} ready during the drain; maxUnavailable is 1 of 6"
+    );
+    let per_node = wait_ready_instances(&cluster, "web", 6, Duration::from_secs(60));
+    assert!(!per_node.contains_key("node-1"), "{per_node:?}");
+    let node = &list(&cluster, &["node", "node-1"])[0];
+    assert_eq!(node["spec"]["unschedulable"], true);
+
+    assert!(cluster.cli(0, &["uncordon", "node-1"]).status.success());
+    let node = &list(&cluster, &["node", "node-1"])[0];
+    assert!(node["spec"]["unschedulable"].is_null() || node["spec"]["unschedulable"] == false);
 }
