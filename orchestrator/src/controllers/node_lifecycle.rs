@@ -155,43 +155,44 @@ pub(super) async fn reconcile(ctx: &Ctx, snap: &Snapshot) -> Result<(), ClientEr
 /// Evicts what the node's NoExecute taints no longer allow to stay.
 async fn evict(ctx: &Ctx, node: &Node, instances: Vec<&Instance>) -> Result<(), ClientError> {
     let now = time::OffsetDateTime::now_utc();
-    for taint in node
+    let no_execute: Vec<&Taint> = node
         .spec
         .taints
         .iter()
         .filter(|t| t.effect == TaintEffect::NoExecute)
-    {
-        let age = elapsed_since(&taint.time_added, now).unwrap_or_default();
-        for i in &instances {
-            if i.metadata.is_being_deleted()
-                || i.metadata.annotations.contains_key(MIRROR_ANNOTATION)
-                || (owned_by_daemonset(i)
-                    && (taint.key == TAINT_UNREACHABLE || taint.key == TAINT_NOT_READY))
-            {
-                continue;
-            }
-            let Some(allowed) = tolerated_for(ctx, i, taint) else {
-                continue;
-            };
-            if age < allowed {
-                continue;
-            }
-            ctx.delete_instance(i).await?;
-            let message = format!(
-                "evicted from node {}: taint {{{}}} not tolerated after {}s",
-                node.metadata.name,
-                taint_text(taint),
-                allowed.as_secs()
-            );
-            ctx.event(
-                Kind::Instance,
-                &i.metadata,
-                EventType::Warning,
-                "Evicted",
-                &message,
-            )
-            .await;
+        .collect();
+    if no_execute.is_empty() {
+        return Ok(());
+    }
+    for i in instances {
+        if i.metadata.is_being_deleted() || i.metadata.annotations.contains_key(MIRROR_ANNOTATION) {
+            continue;
         }
+        let expired = no_execute.iter().find(|taint| {
+            let lifecycle = taint.key == TAINT_UNREACHABLE || taint.key == TAINT_NOT_READY;
+            if lifecycle && owned_by_daemonset(i) {
+                return false;
+            }
+            let age = elapsed_since(&taint.time_added, now).unwrap_or_default();
+            tolerated_for(ctx, i, taint).is_some_and(|allowed| age >= allowed)
+        });
+        let Some(taint) = expired else { continue };
+        ctx.delete_instance(i).await?;
+        let allowed = tolerated_for(ctx, i, taint).unwrap_or_default();
+        let message = format!(
+            "evicted from node {}: taint {{{}}} not tolerated after {}s",
+            node.metadata.name,
+            taint_text(taint),
+            allowed.as_secs()
+        );
+        ctx.event(
+            Kind::Instance,
+            &i.metadata,
+            EventType::Warning,
+            "Evicted",
+            &message,
+        )
+        .await;
     }
     Ok(())
 }

@@ -118,42 +118,57 @@ fn occupies(i: &Instance) -> bool {
 type Placed = (String, BTreeMap<String, String>);
 
 /// The cluster as one pass sees it, updated as the pass places instances.
+/// Nodes are addressed by their position in `nodes`.
 #[derive(Default)]
 struct World {
     nodes: Vec<Node>,
-    usage: HashMap<String, Usage>,
+    index: HashMap<String, usize>,
+    ready: Vec<bool>,
+    usage: Vec<Usage>,
     /// Per controller uid: instances per node.
-    spread: HashMap<String, HashMap<String, u32>>,
+    spread: HashMap<String, Vec<u32>>,
     /// Bound instances' namespace and labels, per node.
-    placed: HashMap<String, Vec<Placed>>,
+    placed: Vec<Vec<Placed>>,
+    /// Where the next placement starts looking, so that a partial scan of a
+    /// large cluster does not always favour the first nodes.
+    start: usize,
 }
 
 impl World {
     fn new(nodes: Vec<Node>) -> Self {
+        let index = nodes
+            .iter()
+            .enumerate()
+            .map(|(n, node)| (node.metadata.name.clone(), n))
+            .collect();
         Self {
+            ready: nodes.iter().map(Node::is_ready).collect(),
+            usage: vec![Usage::default(); nodes.len()],
+            placed: vec![Vec::new(); nodes.len()],
+            index,
             nodes,
             ..Self::default()
         }
     }
 
-    fn add(&mut self, i: &Instance, node: &str) {
-        let (cpu, mem) = requests(i);
-        let u = self.usage.entry(node.to_string()).or_default();
+    /// Counts a bound instance against its node (one unknown to this pass is
+    /// ignored).
+    fn add(&mut self, i: Instance, node: &str) {
+        let Some(&n) = self.index.get(node) else {
+            return;
+        };
+        let (cpu, mem) = requests(&i);
+        let u = &mut self.usage[n];
         u.cpu_millis += cpu;
         u.memory += mem;
         u.instances += 1;
         if let Some(owner) = i.metadata.controller_ref() {
-            *self
-                .spread
+            let count = self.nodes.len();
+            self.spread
                 .entry(owner.uid.clone())
-                .or_default()
-                .entry(node.to_string())
-                .or_default() += 1;
+                .or_insert_with(|| vec![0; count])[n] += 1;
         }
-        self.placed
-            .entry(node.to_string())
-            .or_default()
-            .push((i.metadata.namespace.clone(), i.metadata.labels.clone()));
+        self.placed[n].push((i.metadata.namespace, i.metadata.labels));
     }
 
     /// Topology values (of `term.topology_key`) of nodes running an instance
@@ -165,14 +180,12 @@ impl World {
             term.namespaces.iter().map(String::as_str).collect()
         };
         let mut out = HashSet::new();
-        for n in &self.nodes {
-            let Some(value) = n.metadata.labels.get(&term.topology_key) else {
+        for (n, node) in self.nodes.iter().enumerate() {
+            let Some(value) = node.metadata.labels.get(&term.topology_key) else {
                 continue;
             };
-            let hit = self.placed.get(&n.metadata.name).is_some_and(|v| {
-                v.iter().any(|(ns, labels)| {
-                    namespaces.contains(&ns.as_str()) && term.label_selector.matches(labels)
-                })
+            let hit = self.placed[n].iter().any(|(ns, labels)| {
+                namespaces.contains(&ns.as_str()) && term.label_selector.matches(labels)
             });
             if hit {
                 out.insert(value.clone());
@@ -180,6 +193,14 @@ impl World {
         }
         out
     }
+}
+
+/// How many feasible nodes are enough to pick from, Kubernetes'
+/// percentageOfNodesToScore: all of a small cluster, a shrinking share of a
+/// large one, never fewer than 100.
+fn enough_feasible(nodes: usize) -> usize {
+    let percent = 50usize.saturating_sub(nodes / 125).max(5);
+    (nodes * percent / 100).max(100)
 }
 
 /// Per pending instance: the domains its inter-instance terms care about.
@@ -250,14 +271,17 @@ impl Terms {
 struct Candidate<'a> {
     i: &'a Instance,
     n: &'a Node,
+    ready: bool,
     used: Usage,
     terms: &'a Terms,
+    /// This instance's controller's instances on this node, and the most on any.
+    spread: Option<(u32, u32)>,
 }
 
 type Filter = fn(&Candidate) -> Result<(), Unfit>;
 
 fn ready(c: &Candidate) -> Result<(), Unfit> {
-    if c.n.is_ready() {
+    if c.ready {
         Ok(())
     } else {
         Err(Unfit::NotReady)
@@ -359,7 +383,7 @@ const WEIGHT_MODULE_LOCALITY: f64 = 0.3;
 
 /// Scores a fitting node, higher is better; each part is 0..=100 before its
 /// weight.
-fn score(c: &Candidate, world: &World) -> f64 {
+fn score(c: &Candidate) -> f64 {
     let (cpu, mem) = requests(c.i);
     let alloc = &c.n.status.allocatable;
     let free = |total: u64, used: u64| {
@@ -372,22 +396,9 @@ fn score(c: &Candidate, world: &World) -> f64 {
     let least_allocated = 50.0
         * (free(alloc.cpu.as_millis(), c.used.cpu_millis + cpu)
             + free(alloc.memory.as_bytes(), c.used.memory + mem));
-    let spread = match c
-        .i
-        .metadata
-        .controller_ref()
-        .and_then(|r| world.spread.get(&r.uid))
-    {
-        Some(per_node) => {
-            let max = per_node.values().copied().max().unwrap_or(0);
-            let here = per_node.get(&c.n.metadata.name).copied().unwrap_or(0);
-            if max == 0 {
-                100.0
-            } else {
-                100.0 * f64::from(max - here.min(max)) / f64::from(max)
-            }
-        }
-        None => 100.0,
+    let spread = match c.spread {
+        Some((here, max)) if max > 0 => 100.0 * f64::from(max - here.min(max)) / f64::from(max),
+        _ => 100.0,
     };
     let labels = &c.n.metadata.labels;
     let prefs =
@@ -437,32 +448,46 @@ pub enum Placement {
 /// Runs the pipeline for one instance over the world as it stands.
 fn place(i: &Instance, world: &World) -> Placement {
     let terms = Terms::new(i, world);
-    let mut best: Option<(f64, &str)> = None;
+    let spread = i
+        .metadata
+        .controller_ref()
+        .and_then(|r| world.spread.get(&r.uid))
+        .map(|per_node| (per_node, per_node.iter().copied().max().unwrap_or(0)));
+    let count = world.nodes.len();
+    let enough = enough_feasible(count);
+    let mut feasible = 0;
+    let mut best: Option<(f64, usize)> = None;
     let mut reasons: BTreeMap<Unfit, usize> = BTreeMap::new();
-    for n in &world.nodes {
+    for k in 0..count {
+        let n = (world.start + k) % count;
+        let node = &world.nodes[n];
         let c = Candidate {
             i,
-            n,
-            used: world
-                .usage
-                .get(&n.metadata.name)
-                .copied()
-                .unwrap_or_default(),
+            n: node,
+            ready: world.ready[n],
+            used: world.usage[n],
             terms: &terms,
+            spread: spread.map(|(per_node, max)| (per_node[n], max)),
         };
         match FILTERS.iter().try_for_each(|f| f(&c)) {
             Ok(()) => {
-                let s = score(&c, world);
-                if best.is_none_or(|(b, name)| s > b || (s == b && n.metadata.name.as_str() < name))
-                {
-                    best = Some((s, &n.metadata.name));
+                let s = score(&c);
+                let better = best.is_none_or(|(b, m)| {
+                    s > b || (s == b && node.metadata.name < world.nodes[m].metadata.name)
+                });
+                if better {
+                    best = Some((s, n));
+                }
+                feasible += 1;
+                if feasible >= enough {
+                    break;
                 }
             }
             Err(why) => *reasons.entry(why).or_default() += 1,
         }
     }
     match best {
-        Some((_, name)) => Placement::Node(name.to_string()),
+        Some((_, n)) => Placement::Node(world.nodes[n].metadata.name.clone()),
         None => {
             let parts: Vec<String> = reasons.iter().map(|(r, c)| r.describe(*c)).collect();
             let detail = if parts.is_empty() {
@@ -470,10 +495,7 @@ fn place(i: &Instance, world: &World) -> Placement {
             } else {
                 parts.join(", ")
             };
-            Placement::Unschedulable(format!(
-                "0/{} nodes are available: {detail}.",
-                world.nodes.len()
-            ))
+            Placement::Unschedulable(format!("0/{count} nodes are available: {detail}."))
         }
     }
 }
@@ -505,7 +527,7 @@ impl Scheduler {
             let Object::Instance(i) = o else { continue };
             if occupies(&i) {
                 let node = i.spec.node_name.clone();
-                world.add(&i, &node);
+                world.add(i, &node);
             } else if i.spec.node_name.is_empty() && !i.metadata.is_being_deleted() {
                 unbound.push(i);
             }
@@ -524,8 +546,9 @@ impl Scheduler {
             }
             match place(&i, &world) {
                 Placement::Node(name) => {
-                    world.add(&i, &name);
-                    i.spec.node_name = name;
+                    world.start = (world.start + 1) % world.nodes.len().max(1);
+                    i.spec.node_name = name.clone();
+                    world.add(i.clone(), &name);
                     let client = self.client.clone();
                     let cache = self.cache.clone();
                     writes.spawn(async move {
@@ -692,5 +715,69 @@ mod tests {
             ),
             other => panic!("{other:?}"),
         }
+    }
+
+    fn owned(name: &str, extra_spec: &str) -> Instance {
+        let text = format!("apiVersion: flotilla.dev/v1\nkind: Instance\nmetadata:\n  name: {name}\n  labels: {{app: web}}\n  ownerReferences:\n  - {{apiVersion: flotilla.dev/v1, kind: Deployment, name: web, uid: u1, controller: true}}\nspec:\n  module: sha256:{}\n{extra_spec}", "a".repeat(64));
+        let Object::Instance(i) = parse_manifests(&text).unwrap().remove(0) else {
+            unreachable!()
+        };
+        i
+    }
+
+    fn place_all(world: &mut World, instances: Vec<Instance>) -> Vec<Placement> {
+        instances
+            .into_iter()
+            .map(|i| {
+                let p = place(&i, world);
+                if let Placement::Node(name) = &p {
+                    world.add(i, name);
+                }
+                p
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_controllers_instances_spread_evenly() {
+        let nodes = vec![
+            node("a", "1Gi", ""),
+            node("b", "1Gi", ""),
+            node("c", "1Gi", ""),
+        ];
+        let mut world = World::new(nodes);
+        let placed = place_all(
+            &mut world,
+            (0..6).map(|n| owned(&format!("w{n}"), "")).collect(),
+        );
+        let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+        for p in placed {
+            let Placement::Node(name) = p else {
+                panic!("{p:?}")
+            };
+            *per_node.entry(name).or_default() += 1;
+        }
+        assert_eq!(
+            per_node.values().copied().collect::<Vec<_>>(),
+            vec![2, 2, 2]
+        );
+    }
+
+    #[test]
+    fn required_anti_affinity_keeps_instances_apart_and_says_why() {
+        let nodes = vec![node("a", "1Gi", ""), node("b", "1Gi", "")];
+        let mut world = World::new(nodes);
+        let anti = "  affinity:\n    instanceAntiAffinity:\n      requiredDuringSchedulingIgnoredDuringExecution:\n      - labelSelector: {matchLabels: {app: web}}\n        topologyKey: zone-of-node\n";
+        // Both nodes are in zone a (label zone: a) under the key "zone".
+        let anti = anti.replace("zone-of-node", "zone");
+        let placed = place_all(&mut world, vec![owned("w0", &anti), owned("w1", &anti)]);
+        assert!(matches!(placed[0], Placement::Node(_)));
+        assert_eq!(
+            placed[1],
+            Placement::Unschedulable(
+                "0/2 nodes are available: 2 nodes didn't match instance anti-affinity rules."
+                    .into()
+            )
+        );
     }
 }
