@@ -7,6 +7,7 @@
 
 #![warn(missing_docs)]
 
+pub mod cidr;
 pub mod client;
 pub mod daemonset;
 pub mod deployment;

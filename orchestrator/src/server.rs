@@ -95,6 +95,8 @@ pub struct ServerConfig {
     pub controller_settings: crate::controllers::Settings,
     /// Lease duration of the scheduler's and controllers' leader election.
     pub leader_lease: Duration,
+    /// Node instance ranges and service cluster IPs.
+    pub ranges: crate::apiserver::NetworkRanges,
 }
 
 impl ServerConfig {
@@ -113,6 +115,7 @@ impl ServerConfig {
             controllers: true,
             controller_settings: crate::controllers::Settings::default(),
             leader_lease: Duration::from_secs(15),
+            ranges: crate::apiserver::NetworkRanges::default(),
         }
     }
 }
@@ -335,6 +338,7 @@ impl Server {
             controllers,
             controller_settings,
             leader_lease,
+            ranges,
         } = config;
         std::fs::create_dir_all(&data_dir).map_err(io_err(&data_dir))?;
         let paths = Paths::new(&data_dir);
@@ -406,6 +410,7 @@ impl Server {
             identity.peer.cluster_name.clone(),
             identity.cert.clone(),
             max_module_bytes,
+            ranges,
         ));
 
         let mut tasks = vec![tokio::spawn(accept_loop(endpoint.clone(), api.clone()))];

@@ -38,6 +38,15 @@ pub struct ServerArgs {
     no_controllers: bool,
     #[command(flatten)]
     controllers: super::controllers::ControllerFlags,
+    /// Range split into per-node instance ranges (every peer must be given the same).
+    #[arg(long, default_value = "10.244.0.0/16")]
+    cluster_cidr: flotilla_api::cidr::Cidr,
+    /// Prefix length of each node's instance range.
+    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u8).range(8..=30))]
+    node_cidr_mask_size: u8,
+    /// Range of service cluster IPs (every peer must be given the same).
+    #[arg(long, default_value = "10.96.0.0/16")]
+    service_cidr: flotilla_api::cidr::Cidr,
     /// How long the leader among schedulers (and among controllers) keeps its
     /// lease without renewing it.
     #[arg(long, default_value = "15s", value_parser = super::context::parse_duration)]
@@ -66,7 +75,15 @@ impl ServerArgs {
             no_controllers,
             controllers,
             leader_lease,
+            cluster_cidr,
+            node_cidr_mask_size,
+            service_cidr,
         } = self;
+        if node_cidr_mask_size < cluster_cidr.prefix_len() {
+            anyhow::bail!(
+                "--node-cidr-mask-size {node_cidr_mask_size} is shorter than the cluster CIDR {cluster_cidr}'s prefix: a node's range must fit inside it"
+            );
+        }
         let mut config = ServerConfig::new(data_dir, listen);
         config.advertise = advertise;
         config.join = join.zip(token);
@@ -78,6 +95,11 @@ impl ServerArgs {
         config.controllers = !no_controllers;
         config.controller_settings = controllers.settings();
         config.leader_lease = leader_lease.as_std();
+        config.ranges = flotilla_orchestrator::apiserver::NetworkRanges {
+            cluster_cidr,
+            node_prefix: node_cidr_mask_size,
+            service_cidr,
+        };
         run(config, shutdown_signal()).await?;
         Ok(ExitCode::SUCCESS)
     }

@@ -7,10 +7,13 @@
 //! Must never: write to the store except through [`Store::propose`], or accept an
 //! object that fails validation.
 
+mod ipam;
 mod keys;
 mod modules;
 mod nodes;
 mod tokens;
+
+pub use ipam::NetworkRanges;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -65,6 +68,8 @@ pub struct ApiServer {
     peer_cert: tls::IssuedCert,
     /// Largest module accepted by upload.
     max_module_bytes: u64,
+    /// Where node instance ranges and service cluster IPs come from.
+    ranges: NetworkRanges,
 }
 
 fn store_error(e: StoreError) -> ApiError {
@@ -193,6 +198,7 @@ impl ApiServer {
         cluster_name: String,
         peer_cert: tls::IssuedCert,
         max_module_bytes: u64,
+        ranges: NetworkRanges,
     ) -> Self {
         Self {
             store,
@@ -200,6 +206,7 @@ impl ApiServer {
             cluster_name,
             peer_cert,
             max_module_bytes,
+            ranges,
         }
     }
 
@@ -552,14 +559,10 @@ impl ApiServer {
 
     /// Creates an object.
     pub async fn create(&self, object: Object) -> ApiResult<Object> {
-        let object = self.prepare_new(object)?;
+        let mut object = self.prepare_new(object)?;
         let kind = object.kind();
         let (ns, name) = (object.meta().namespace.clone(), object.meta().name.clone());
-        let object_op = Op {
-            key: key_for(kind, &ns, &name),
-            precondition: Precondition::Absent,
-            action: Action::Put(encode_object(&object)?),
-        };
+        let unallocated = object.clone();
         let ns_key = key_for(Kind::Namespace, "", &ns);
         // No read barrier up front: the precondition on the object's key and the
         // guard on its namespace's revision make the write safe from any replica.
@@ -567,7 +570,15 @@ impl ApiServer {
         // date and asked again.
         let mut synced = false;
         for _ in 0..CAS_RETRIES {
-            let mut ops = Vec::with_capacity(2);
+            object = unallocated.clone();
+            let allocation = self.allocate(&mut object)?;
+            let object_op = Op {
+                key: key_for(kind, &ns, &name),
+                precondition: Precondition::Absent,
+                action: Action::Put(encode_object(&object)?),
+            };
+            let mut ops = Vec::with_capacity(3);
+            ops.extend(allocation);
             if kind.namespaced() {
                 match self.namespace_guard(&ns) {
                     Ok(rev) => ops.push(Op {
@@ -583,12 +594,24 @@ impl ApiServer {
                     }
                 }
             }
-            ops.push(object_op.clone());
+            ops.push(object_op);
             match self.commit(ops).await? {
                 Ok(rev) => {
                     let mut out = object;
                     out.meta_mut().resource_version = rev.to_string();
                     return Ok(out);
+                }
+                Err(Rejection::Exists { key }) if Self::is_allocation(&key) => {
+                    if !unallocated_is_empty(&unallocated) {
+                        return Err(ApiError::new(
+                            ErrorCode::Conflict,
+                            format!(
+                                "{} \"{name}\": its address or range is already allocated to another object",
+                                kind.as_str()
+                            ),
+                        ));
+                    }
+                    self.store.read_barrier().await.map_err(store_error)?;
                 }
                 Err(Rejection::Conflict { key, .. }) | Err(Rejection::Missing { key })
                     if key == ns_key =>
@@ -648,7 +671,9 @@ impl ApiServer {
                 next.copy_status_from(&object);
                 next
             } else {
-                let mut next = merge_update(&current, &object);
+                let mut desired = object.clone();
+                ipam::carry_allocations(&current, &mut desired)?;
+                let mut next = merge_update(&current, &desired);
                 mark_bound(&current, &mut next);
                 next
             };
@@ -656,7 +681,7 @@ impl ApiServer {
             let key = key_for(kind, &ns, &name);
             let finished =
                 !status && next.meta().is_being_deleted() && next.meta().finalizers.is_empty();
-            let op = Op {
+            let mut ops = vec![Op {
                 key,
                 precondition: Precondition::ModRevision(stored.mod_revision),
                 action: if finished {
@@ -664,8 +689,11 @@ impl ApiServer {
                 } else {
                     Action::Put(encode_object(&next)?)
                 },
-            };
-            match self.commit(vec![op]).await? {
+            }];
+            if finished {
+                ops.extend(Self::release(&next));
+            }
+            match self.commit(ops).await? {
                 Ok(rev) => {
                     let mut out = next;
                     out.meta_mut().resource_version = rev.to_string();
@@ -715,6 +743,7 @@ impl ApiServer {
                     d.spec.node_name = c.spec.node_name.clone();
                 }
             }
+            ipam::carry_allocations(&current, &mut desired)?;
             if current.same_desired_state(&desired) {
                 return Ok((current, ApplyOutcome::Unchanged));
             }
@@ -816,6 +845,7 @@ impl ApiServer {
                 precondition: Precondition::ModRevision(stored.mod_revision),
                 action: Action::Delete,
             }];
+            ops.extend(Self::release(&current));
             if propagation == Propagation::Orphan {
                 ops.extend(self.orphan_ops(namespace, &current.meta().uid)?);
             }
@@ -894,6 +924,7 @@ impl ApiServer {
                         precondition: Precondition::ModRevision(stored.mod_revision),
                         action: Action::Delete,
                     });
+                    ops.extend(Self::release(&obj));
                 } else {
                     remaining += 1;
                     if !obj.meta().is_being_deleted() {
@@ -1115,6 +1146,15 @@ fn check_mirror(caller: &Caller, current: &Object) -> ApiResult<()> {
 
 /// The object an update stores: the caller's spec and user metadata over the
 /// current object's server-owned fields and status.
+/// True when the object asked for no particular address or range.
+fn unallocated_is_empty(object: &Object) -> bool {
+    match object {
+        Object::Node(n) => n.spec.instance_cidr.is_empty(),
+        Object::Service(s) => s.spec.cluster_ip.is_empty(),
+        _ => true,
+    }
+}
+
 /// An instance given a node by this update is marked Scheduled in the same
 /// write, as Kubernetes' binding does.
 fn mark_bound(current: &Object, next: &mut Object) {

@@ -1,5 +1,5 @@
 //! The controller manager (kube-controller-manager's analogue): Deployments,
-//! DaemonSets, Jobs, node lifecycle and garbage collection. Each controller
+//! DaemonSets, Jobs, node lifecycle, Endpoints and garbage collection. Each controller
 //! compares what is asked with what is, from the shared [`Cache`], and writes
 //! the difference through the API, like any outside client.
 //!
@@ -11,6 +11,7 @@
 
 mod daemonset;
 mod deployment;
+mod endpoints;
 mod gc;
 mod job;
 mod node_lifecycle;
@@ -25,6 +26,7 @@ use tokio::sync::watch;
 use flotilla_api::client::{Client, ClientConfig, ClientError};
 use flotilla_api::daemonset::DaemonSet;
 use flotilla_api::deployment::{Deployment, LABEL_TEMPLATE_HASH};
+use flotilla_api::endpoints::Endpoints;
 use flotilla_api::event::EventType;
 use flotilla_api::instance::{Instance, InstancePhase, InstanceTemplate, CONDITION_READY};
 use flotilla_api::job::Job;
@@ -32,6 +34,7 @@ use flotilla_api::lease::{Lease, NODE_LEASE_NAMESPACE};
 use flotilla_api::meta::{elapsed_since, find_condition, ObjectMeta, OwnerReference};
 use flotilla_api::node::Node;
 use flotilla_api::object::{Kind, Object};
+use flotilla_api::service::Service;
 use flotilla_api::wire::{ErrorCode, Propagation};
 
 use crate::events::Recorder;
@@ -86,6 +89,8 @@ pub struct Snapshot {
     instances: Vec<Instance>,
     nodes: Vec<Node>,
     node_leases: HashMap<String, Lease>,
+    services: Vec<Service>,
+    endpoints: Vec<Endpoints>,
     by_owner: HashMap<String, Vec<usize>>,
 }
 
@@ -130,6 +135,18 @@ impl Snapshot {
                 _ => None,
             })
             .collect();
+        let services = typed(Kind::Service)
+            .filter_map(|o| match o {
+                Object::Service(s) => Some(s),
+                _ => None,
+            })
+            .collect();
+        let endpoints = typed(Kind::Endpoints)
+            .filter_map(|o| match o {
+                Object::Endpoints(e) => Some(e),
+                _ => None,
+            })
+            .collect();
         let mut by_owner: HashMap<String, Vec<usize>> = HashMap::new();
         for (n, i) in instances.iter().enumerate() {
             for r in &i.metadata.owner_references {
@@ -143,6 +160,8 @@ impl Snapshot {
             instances,
             nodes,
             node_leases,
+            services,
+            endpoints,
             by_owner,
         }
     }
@@ -301,6 +320,8 @@ const WATCHED: &[Kind] = &[
     Kind::Deployment,
     Kind::DaemonSet,
     Kind::Job,
+    Kind::Service,
+    Kind::Endpoints,
 ];
 
 /// Runs the controllers until the task is dropped, reconnecting after any break.
@@ -370,6 +391,7 @@ async fn pass(ctx: &Ctx) -> Result<(), ClientError> {
     for j in &snap.jobs {
         job::reconcile(ctx, &snap, j).await?;
     }
+    endpoints::reconcile(ctx, &snap).await?;
     gc::reconcile(ctx, &snap).await?;
     Ok(())
 }
