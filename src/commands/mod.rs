@@ -8,6 +8,7 @@ mod delete;
 mod describe;
 mod drain;
 mod get;
+mod hollow_nodes;
 mod logs;
 mod node;
 mod output;
@@ -56,6 +57,9 @@ enum Command {
     Delete(delete::DeleteArgs),
     /// Run a node agent: join a cluster, run the instances bound to it.
     Node(node::NodeArgs),
+    /// Run many node agents in one process whose instances only pretend to run
+    /// (kubemark's hollow nodes), to load-test a control plane.
+    HollowNodes(hollow_nodes::HollowNodesArgs),
     /// Print an instance's log.
     Logs(logs::LogsArgs),
     /// Forward a local port to an http-world instance.
@@ -91,6 +95,7 @@ impl Cli {
             Command::Describe(args) => args.execute(&ctx).await,
             Command::Delete(args) => args.execute(&ctx).await,
             Command::Node(args) => args.execute(&ctx).await,
+            Command::HollowNodes(args) => args.execute(&ctx).await,
             Command::Logs(args) => args.execute(&ctx).await,
             Command::PortForward(args) => args.execute(&ctx).await,
             Command::Up(args) => args.execute().await,

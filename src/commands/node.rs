@@ -1,4 +1,5 @@
-//! `flotilla node`: a node agent.
+//! `flotilla node`: a node agent. Also the flags every node verb shares
+//! ([`AgentArgs`], used by `flotilla hollow-nodes` too).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -9,31 +10,49 @@ use clap::Args;
 use flotilla_api::duration::Duration;
 use flotilla_api::node::Taint;
 use flotilla_api::quantity::Quantity;
-use flotilla_node::agent::{Agent, AgentConfig, Backoff};
+use flotilla_node::agent::{Agent, AgentConfig, Backoff, RuntimeKind};
 
 use super::context::{parse_duration, parse_quantity};
 use super::Context;
 
 #[derive(Args, Debug)]
 pub struct NodeArgs {
-    /// Join token from `flotilla token create` (first start only).
-    #[arg(long)]
-    token: Option<String>,
     /// Node name (default: the host name).
     #[arg(long)]
     name: Option<String>,
     /// Where the node keeps its identity, modules, compiled code and logs.
     #[arg(long, default_value = "flotilla-node")]
     data_dir: PathBuf,
+    /// Directory of static Instance manifests to run with or without a control plane.
+    #[arg(long)]
+    manifests_dir: Option<PathBuf>,
+    /// Address of the node's listener (apiservers reach logs and port-forwards here).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: String,
+    /// A guest busy this long without returning to the host is stopped.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    busy_timeout: Duration,
+    /// Run no Wasm: instances only pretend to run (http ones answer 200
+    /// "hollow"), for load-testing a control plane.
+    #[arg(long)]
+    hollow: bool,
+    #[command(flatten)]
+    agent: AgentArgs,
+}
+
+/// The flags of every node verb: how a node joins, what it offers, how it
+/// restarts instances.
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    /// Join token from `flotilla token create` (first start only).
+    #[arg(long)]
+    token: Option<String>,
     /// Node labels, k=v,k2=v2.
     #[arg(long, default_value = "")]
     labels: String,
     /// Node taints, k=v:NoSchedule,...
     #[arg(long, default_value = "")]
     taints: String,
-    /// Directory of static Instance manifests to run with or without a control plane.
-    #[arg(long)]
-    manifests_dir: Option<PathBuf>,
     /// CPU the node offers.
     #[arg(long, default_value = "2000m", value_parser = parse_quantity)]
     capacity_cpu: Quantity,
@@ -43,9 +62,6 @@ pub struct NodeArgs {
     /// Instance slots.
     #[arg(long, default_value_t = 1000)]
     capacity_instances: u32,
-    /// Address of the node's listener (apiservers reach logs and port-forwards here).
-    #[arg(long, default_value = "127.0.0.1:0")]
-    listen: String,
     /// How often the node renews its lease.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     lease_interval: Duration,
@@ -58,9 +74,50 @@ pub struct NodeArgs {
     /// A run this long resets the restart delay.
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     restart_backoff_reset: Duration,
-    /// A guest busy this long without returning to the host is stopped.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    busy_timeout: Duration,
+}
+
+impl AgentArgs {
+    /// The configuration of node `name` kept in `data_dir`, joining through
+    /// the global `--server`.
+    pub fn config(
+        &self,
+        ctx: &Context,
+        name: String,
+        data_dir: PathBuf,
+    ) -> anyhow::Result<AgentConfig> {
+        let Self {
+            token,
+            labels,
+            taints,
+            capacity_cpu,
+            capacity_memory,
+            capacity_instances,
+            lease_interval,
+            restart_backoff,
+            restart_backoff_max,
+            restart_backoff_reset,
+        } = self;
+        let mut config = AgentConfig::new(name, data_dir);
+        config.server = ctx.server().map(str::to_string);
+        config.token = token.clone();
+        config.labels = parse_labels(labels)?;
+        config.taints = taints
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(|t| Taint::parse(t).map_err(|e| anyhow!("--taints: {e}")))
+            .collect::<anyhow::Result<_>>()?;
+        config.capacity_cpu = capacity_cpu.clone();
+        config.capacity_memory = capacity_memory.clone();
+        config.capacity_instances = *capacity_instances;
+        config.lease_interval = lease_interval.as_std();
+        config.backoff = Backoff {
+            initial: restart_backoff.as_std(),
+            max: restart_backoff_max.as_std(),
+            reset_after: restart_backoff_reset.as_std(),
+        };
+        Ok(config)
+    }
 }
 
 fn parse_labels(s: &str) -> anyhow::Result<BTreeMap<String, String>> {
@@ -85,29 +142,15 @@ pub fn default_node_name() -> String {
 impl NodeArgs {
     pub async fn execute(self, ctx: &Context) -> anyhow::Result<ExitCode> {
         let name = self.name.unwrap_or_else(default_node_name);
-        let mut config = AgentConfig::new(name.clone(), self.data_dir);
-        config.server = ctx.server().map(str::to_string);
-        config.token = self.token;
-        config.labels = parse_labels(&self.labels)?;
-        config.taints = self
-            .taints
-            .split(',')
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .map(|t| Taint::parse(t).map_err(|e| anyhow!("--taints: {e}")))
-            .collect::<anyhow::Result<_>>()?;
+        let mut config = self.agent.config(ctx, name.clone(), self.data_dir)?;
         config.manifests_dir = self.manifests_dir;
-        config.capacity_cpu = self.capacity_cpu;
-        config.capacity_memory = self.capacity_memory;
-        config.capacity_instances = self.capacity_instances;
         config.listen = self.listen;
-        config.lease_interval = self.lease_interval.as_std();
-        config.backoff = Backoff {
-            initial: self.restart_backoff.as_std(),
-            max: self.restart_backoff_max.as_std(),
-            reset_after: self.restart_backoff_reset.as_std(),
-        };
         config.busy_timeout = self.busy_timeout.as_std();
+        config.runtime = if self.hollow {
+            RuntimeKind::Hollow
+        } else {
+            RuntimeKind::Wasmtime
+        };
         let agent = Agent::start(config).await?;
         println!("flotilla node: {name} listening on {}", agent.listen_addr);
         super::server::shutdown_signal().await;

@@ -727,3 +727,118 @@ fn a_static_instance_appears_as_a_read_only_mirror() {
         || phase(&cluster, "static-ticker").is_none().then_some(()),
     );
 }
+
+/// A `flotilla hollow-nodes` process, killed if a test ends without stopping it.
+struct HollowNodes(Child);
+
+impl HollowNodes {
+    /// Starts `count` hollow nodes and waits for them all to have joined.
+    fn start(cluster: &Cluster, count: usize) -> Self {
+        let token = cluster.token("1h");
+        let data_dir = cluster.dir.path().join("hollow");
+        let mut child = Command::new(BIN)
+            .args([
+                "--server",
+                &cluster.peers[0].addr,
+                "hollow-nodes",
+                "--count",
+            ])
+            .arg(count.to_string())
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--token", &token, "--lease-interval", "1s"])
+            .env_remove("FLOTILLA_CONFIG")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn flotilla hollow-nodes");
+        let err = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if line.contains("hollow nodes running") || line.starts_with("error:") {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("hollow nodes report they run");
+        assert_eq!(line, format!("{count} hollow nodes running"));
+        Self(child)
+    }
+
+    /// SIGTERM, then waits (bounded) for the exit status.
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.0.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success(), "kill -TERM {pid}");
+        wait_for("hollow-nodes to exit", Duration::from_secs(20), || {
+            self.0.try_wait().unwrap()
+        })
+    }
+}
+
+impl Drop for HollowNodes {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn hollow_nodes_join_run_a_deployment_and_stop_on_sigterm() {
+    use crate::workloads::{deployment, wait_nodes_ready, wait_ready_instances};
+
+    let cluster = Cluster::start(1, &[]);
+    let hollow = HollowNodes::start(&cluster, 5);
+    wait_nodes_ready(&cluster, 5);
+    let nodes = get_json(&cluster, &["nodes"]).unwrap();
+    let nodes = nodes["items"].as_array().unwrap();
+    assert_eq!(nodes.len(), 5);
+    for n in nodes {
+        assert_eq!(n["status"]["nodeInfo"]["wasmtimeVersion"], "hollow", "{n}");
+    }
+
+    let out = cluster.cli_in(
+        0,
+        &["apply", "-f", "-"],
+        Some(&deployment("web", 10, "unused", "")),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let per_node = wait_ready_instances(&cluster, "web", 10, Duration::from_secs(60));
+    let expected: Vec<String> = (1..=5).map(|i| format!("hollow-{i}")).collect();
+    assert_eq!(
+        per_node.keys().cloned().collect::<Vec<_>>(),
+        expected,
+        "{per_node:?}"
+    );
+    assert_eq!(per_node.values().sum::<usize>(), 10, "{per_node:?}");
+    let instances = get_json(&cluster, &["inst", "-l", "app=web"]).unwrap();
+    let instances = instances["items"].as_array().unwrap();
+    for i in instances {
+        assert_eq!(i["status"]["phase"], "Running", "{i}");
+        assert_eq!(i["status"]["world"], "http", "{i}");
+    }
+
+    // The hollow runtime answers for the guest.
+    let name = instances[0]["metadata"]["name"].as_str().unwrap();
+    let (mut pf, addr) = port_forward(
+        &cluster.config(),
+        &cluster.peers[0].addr,
+        &format!("instance/{name}"),
+    );
+    let reply = http_get(&addr, "/");
+    let _ = pf.kill();
+    let _ = pf.wait();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.ends_with("hollow\n"), "{reply}");
+
+    let status = hollow.terminate();
+    assert!(
+        status.success(),
+        "hollow-nodes exits cleanly on SIGTERM: {status}"
+    );
+}

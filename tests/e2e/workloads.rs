@@ -37,7 +37,7 @@ fn start_node(cluster: &Cluster, token: &str, name: &str, extra: &[&str]) -> Nod
     )
 }
 
-fn wait_nodes_ready(cluster: &Cluster, n: usize) {
+pub(crate) fn wait_nodes_ready(cluster: &Cluster, n: usize) {
     wait_for("nodes Ready", Duration::from_secs(30), || {
         let items = list(cluster, &["nodes"]);
         let ready = items
@@ -94,7 +94,7 @@ fn hello() -> String {
     examples().join("hello.wasm").display().to_string()
 }
 
-fn deployment(name: &str, replicas: u32, message: &str, extra_spec: &str) -> String {
+pub(crate) fn deployment(name: &str, replicas: u32, message: &str, extra_spec: &str) -> String {
     format!(
         "apiVersion: flotilla.dev/v1
 kind: Deployment
@@ -122,7 +122,7 @@ spec:
 }
 
 /// Waits for `n` ready instances of `app` (and no others); returns them per node.
-fn wait_ready_instances(
+pub(crate) fn wait_ready_instances(
     cluster: &Cluster,
     app: &str,
     n: usize,

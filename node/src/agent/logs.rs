@@ -14,11 +14,18 @@ use crate::runtime::{LogSink, LogStream};
 /// Largest current log file before it rotates.
 const MAX_LOG_BYTES: u64 = 4 * 1024 * 1024;
 
+/// Chunks a live follower may fall behind before it skips ahead.
+const FOLLOW_BUFFER: usize = 1024;
+
+type Live = broadcast::Sender<Arc<Vec<u8>>>;
+
 /// One instance's log.
 pub struct InstanceLog {
     dir: PathBuf,
     file: Mutex<Option<(File, u64)>>,
-    live: broadcast::Sender<Arc<Vec<u8>>>,
+    /// Made by the first `follow`: a channel allocates its whole buffer up
+    /// front (about 40 KiB), and most instances are never followed.
+    live: Mutex<Option<Live>>,
 }
 
 impl InstanceLog {
@@ -28,7 +35,7 @@ impl InstanceLog {
         Ok(Arc::new(Self {
             dir,
             file: Mutex::new(None),
-            live: broadcast::channel(1024).0,
+            live: Mutex::new(None),
         }))
     }
 
@@ -73,7 +80,9 @@ impl InstanceLog {
             }
         }
         drop(guard);
-        let _ = self.live.send(Arc::new(bytes.to_vec()));
+        if let Some(live) = &*self.live.lock().unwrap_or_else(|p| p.into_inner()) {
+            let _ = live.send(Arc::new(bytes.to_vec()));
+        }
     }
 
     /// A sink for the runtime.
@@ -107,7 +116,11 @@ impl InstanceLog {
 
     /// Output appended from now on.
     pub fn follow(&self) -> broadcast::Receiver<Arc<Vec<u8>>> {
-        self.live.subscribe()
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(|| broadcast::channel(FOLLOW_BUFFER).0)
+            .subscribe()
     }
 
     /// Removes the log (the instance is gone).

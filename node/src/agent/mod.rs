@@ -3,6 +3,10 @@
 //! and port-forwards to the apiserver; runs static instances from a manifests
 //! directory with or without a control plane.
 //!
+//! It runs instances through the [`Runtime`] trait: wasmtime, or the hollow
+//! runtime whose instances only pretend to run (many hollow agents in one
+//! process load a control plane like a large cluster would).
+//!
 //! The agent keeps running what it has when the apiserver is unreachable: the
 //! desired state is the last one it saw (kept on disk), status reports wait in
 //! memory, and nothing is restarted when the link comes back unless its spec
@@ -34,7 +38,7 @@ use flotilla_api::instance::Instance;
 use flotilla_api::node::Taint;
 use flotilla_api::quantity::Quantity;
 
-use crate::runtime::{RuntimeConfig, WasmtimeRuntime};
+use crate::runtime::{HollowRuntime, Runtime, RuntimeConfig, WasmtimeRuntime};
 
 pub use supervisor::Backoff;
 use supervisor::{Context, Key, Supervisor};
@@ -63,6 +67,16 @@ pub enum AgentError {
 }
 
 type Result<T, E = AgentError> = std::result::Result<T, E>;
+
+/// Which runtime runs a node's instances.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RuntimeKind {
+    /// [`WasmtimeRuntime`]: instances really run.
+    #[default]
+    Wasmtime,
+    /// [`HollowRuntime`]: instances only pretend to run, at almost no cost.
+    Hollow,
+}
 
 /// How a node runs.
 #[derive(Clone, Debug)]
@@ -95,6 +109,8 @@ pub struct AgentConfig {
     pub backoff: Backoff,
     /// Kill a guest busy this long without returning to the host.
     pub busy_timeout: Duration,
+    /// What runs the instances.
+    pub runtime: RuntimeKind,
 }
 
 impl AgentConfig {
@@ -115,6 +131,7 @@ impl AgentConfig {
             lease_interval: Duration::from_secs(10),
             backoff: Backoff::default(),
             busy_timeout: Duration::from_secs(10),
+            runtime: RuntimeKind::default(),
         }
     }
 }
@@ -173,13 +190,18 @@ impl Agent {
             Arc::new(link::ApiLink::new(id.client.clone(), max_delay))
         });
 
-        warn_if_map_count_too_low(config.capacity_instances);
-        let runtime = Arc::new(WasmtimeRuntime::new(RuntimeConfig {
-            cache_dir: data_dir.join("compiled"),
-            max_instances: config.capacity_instances,
-            busy_timeout: config.busy_timeout,
-            ..RuntimeConfig::default()
-        })?);
+        let runtime: Arc<dyn Runtime> = match config.runtime {
+            RuntimeKind::Wasmtime => {
+                warn_if_map_count_too_low(config.capacity_instances);
+                Arc::new(WasmtimeRuntime::new(RuntimeConfig {
+                    cache_dir: data_dir.join("compiled"),
+                    max_instances: config.capacity_instances,
+                    busy_timeout: config.busy_timeout,
+                    ..RuntimeConfig::default()
+                })?)
+            }
+            RuntimeKind::Hollow => Arc::new(HollowRuntime),
+        };
         let modules = Arc::new(
             modules::ModuleCache::new(data_dir.join("modules"), link.clone())
                 .map_err(|e| AgentError::Io(e.to_string()))?,

@@ -13,7 +13,6 @@ use flotilla_api::wire::ErrorCode;
 
 use super::link::ApiLink;
 use super::Shared;
-use crate::runtime::WasmtimeRuntime;
 
 /// Longest a heartbeat may take before the link counts as broken.
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -106,7 +105,7 @@ async fn heartbeat(
         ];
         n.status.daemon_endpoints.tunnel = listen_addr.to_string();
         n.status.node_info.flotilla_version = env!("CARGO_PKG_VERSION").to_string();
-        n.status.node_info.wasmtime_version = WasmtimeRuntime::wasmtime_version().to_string();
+        n.status.node_info.wasmtime_version = shared.ctx.runtime.version().to_string();
         n.status.node_info.operating_system = std::env::consts::OS.to_string();
         n.status.node_info.architecture = std::env::consts::ARCH.to_string();
         set_condition(

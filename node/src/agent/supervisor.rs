@@ -26,7 +26,7 @@ use flotilla_api::meta::{now_timestamp, set_condition, Condition, ConditionStatu
 use super::logs::InstanceLog;
 use super::modules::ModuleCache;
 use super::probes::{self, ProbeEvent};
-use crate::runtime::{Exit, HttpHandle, Launch, Runtime, WasmtimeRuntime, World};
+use crate::runtime::{Exit, HttpHandle, Launch, Runtime, World};
 
 /// Restart backoff settings (Kubernetes' CrashLoopBackOff numbers by default).
 #[derive(Clone, Copy, Debug)]
@@ -85,8 +85,8 @@ pub struct StatusReport {
 
 /// What a supervisor needs.
 pub struct Context {
-    /// Runtime.
-    pub runtime: Arc<WasmtimeRuntime>,
+    /// Runtime (wasmtime or hollow).
+    pub runtime: Arc<dyn Runtime>,
     /// Module cache.
     pub modules: Arc<ModuleCache>,
     /// Where status changes go.

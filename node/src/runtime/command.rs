@@ -65,10 +65,11 @@ where
 
 /// Links once per prepared component; later starts reuse it.
 fn command_pre(rt: &RuntimeInner, prepared: &Prepared, name: &str) -> Result<CommandPre<Host<P2>>> {
-    if let Some(pre) = prepared.inner.command_pre.get() {
+    let compiled = prepared.wasmtime()?;
+    if let Some(pre) = compiled.command_pre.get() {
         return Ok(pre.clone());
     }
-    let Compiled::Component { component, .. } = &prepared.inner.compiled else {
+    let Compiled::Component { component, .. } = &compiled.compiled else {
         return Err(RuntimeError::WorldMismatch {
             stated: World::Command,
             detail: "is not a component".into(),
@@ -83,7 +84,7 @@ fn command_pre(rt: &RuntimeInner, prepared: &Prepared, name: &str) -> Result<Com
         .instantiate_pre(component)
         .map_err(instantiate)?;
     let pre = CommandPre::new(pre).map_err(instantiate)?;
-    Ok(prepared.inner.command_pre.get_or_init(|| pre).clone())
+    Ok(compiled.command_pre.get_or_init(|| pre).clone())
 }
 
 #[cfg(test)]

@@ -17,8 +17,8 @@ use wasmtime_wasi_http::WasiHttpView;
 
 use super::host::{Host, StoreParams, P2};
 use super::{
-    stopped, Compiled, Exit, InstanceHandle, Launch, Prepared, Result, RuntimeError, RuntimeInner,
-    World,
+    stopped, Compiled, Exit, HttpBackend, InstanceHandle, Launch, Prepared, Result, RuntimeError,
+    RuntimeInner, World,
 };
 
 /// Largest response body buffered from a guest. Stops a guest from making the
@@ -54,7 +54,7 @@ pub(crate) fn start(
         stop: Arc::new(stop_tx),
         task: None,
         exit: None,
-        http: Some(Arc::new(server)),
+        http: Some(HttpBackend::Wasmtime(Arc::new(server))),
     })
 }
 
@@ -157,10 +157,11 @@ async fn handle(
 
 /// Links once per prepared component; later starts reuse it.
 fn proxy_pre(rt: &RuntimeInner, prepared: &Prepared, name: &str) -> Result<ProxyPre<Host<P2>>> {
-    if let Some(pre) = prepared.inner.proxy_pre.get() {
+    let compiled = prepared.wasmtime()?;
+    if let Some(pre) = compiled.proxy_pre.get() {
         return Ok(pre.clone());
     }
-    let Compiled::Component { component, .. } = &prepared.inner.compiled else {
+    let Compiled::Component { component, .. } = &compiled.compiled else {
         return Err(RuntimeError::NotHttp);
     };
     let instantiate = |e: wasmtime::Error| RuntimeError::Instantiate {
@@ -172,7 +173,7 @@ fn proxy_pre(rt: &RuntimeInner, prepared: &Prepared, name: &str) -> Result<Proxy
         .instantiate_pre(component)
         .map_err(instantiate)?;
     let pre = ProxyPre::new(pre).map_err(instantiate)?;
-    Ok(prepared.inner.proxy_pre.get_or_init(|| pre).clone())
+    Ok(compiled.proxy_pre.get_or_init(|| pre).clone())
 }
 
 #[cfg(test)]

@@ -4,6 +4,9 @@
 //! (`wasi:http/incoming-handler`, pre-instantiated once, a fresh instance per
 //! request); WASI preview1 core modules run `_start`.
 //!
+//! [`HollowRuntime`] implements the same [`Runtime`] trait without wasmtime: its
+//! instances only pretend to run (for load-testing the control plane).
+//!
 //! Every instance is sandboxed deny-by-default: no preopened directories, no
 //! inherited environment or arguments, no sockets, no outgoing HTTP. Each store
 //! caps its memories and tables (`limits::MemoryLimiter`) and its CPU time
@@ -16,6 +19,7 @@ mod cache;
 mod command;
 mod engine;
 mod exit;
+mod hollow;
 mod host;
 mod http;
 mod limits;
@@ -33,6 +37,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use self::exit::Exit;
+pub use self::hollow::HollowRuntime;
 pub use self::logs::{LogSink, LogStream};
 
 use self::host::{Host, P2};
@@ -145,6 +150,10 @@ pub enum RuntimeError {
     /// The engine could not be created.
     #[error("creating the wasmtime engine failed: {0}")]
     Engine(String),
+    /// A module prepared by another runtime (a hollow one) was given to
+    /// [`WasmtimeRuntime::start`]; prepare it with the runtime that starts it.
+    #[error("the module was not prepared by this runtime")]
+    ForeignModule,
     /// Reading or writing the compile cache.
     #[error("compile cache i/o: {0}")]
     Io(#[from] std::io::Error),
@@ -185,7 +194,8 @@ impl fmt::Debug for Launch {
 }
 
 /// A validated, compiled module, ready to start any number of instances. Cheap
-/// to clone. Only usable with the [`WasmtimeRuntime`] that prepared it.
+/// to clone. Only usable with the runtime that prepared it (a
+/// [`HollowRuntime`] accepts any, since it runs nothing).
 #[derive(Clone)]
 pub struct Prepared {
     /// The digest it was prepared under.
@@ -194,13 +204,20 @@ pub struct Prepared {
     pub kind: ModuleKind,
     /// The world detected from its exports (http wins if it exports both).
     pub world: World,
-    inner: Arc<PreparedInner>,
+    /// What wasmtime compiled; `None` when a [`HollowRuntime`] prepared it.
+    inner: Option<Arc<PreparedInner>>,
 }
 
 impl Prepared {
     /// Whether the compiled artifact came from the on-disk cache.
     pub fn from_cache(&self) -> bool {
-        self.inner.from_cache
+        self.inner.as_ref().is_some_and(|i| i.from_cache)
+    }
+
+    /// The wasmtime side, or [`RuntimeError::ForeignModule`] if a hollow
+    /// runtime prepared it.
+    fn wasmtime(&self) -> Result<&PreparedInner> {
+        self.inner.as_deref().ok_or(RuntimeError::ForeignModule)
     }
 }
 
@@ -210,7 +227,7 @@ impl fmt::Debug for Prepared {
             .field("digest", &self.digest)
             .field("kind", &self.kind)
             .field("world", &self.world)
-            .field("from_cache", &self.inner.from_cache)
+            .field("from_cache", &self.from_cache())
             .finish_non_exhaustive()
     }
 }
@@ -251,6 +268,10 @@ pub trait Runtime: Send + Sync + 'static {
     /// world: requests are served through [`InstanceHandle::serve_http`], a new
     /// store and instance per request, at most `http_concurrency` at once.
     fn start(&self, prepared: &Prepared, launch: Launch) -> Result<InstanceHandle>;
+
+    /// What the node reports as its runtime version (the Node's
+    /// `nodeInfo.wasmtimeVersion`).
+    fn version(&self) -> &'static str;
 }
 
 /// The wasmtime implementation of [`Runtime`]: one `Engine` per node.
@@ -320,7 +341,7 @@ impl Runtime for WasmtimeRuntime {
 
     fn start(&self, prepared: &Prepared, launch: Launch) -> Result<InstanceHandle> {
         let world = resolve_world(prepared, launch.world)?;
-        match (&prepared.inner.compiled, world) {
+        match (&prepared.wasmtime()?.compiled, world) {
             (Compiled::Core(_), World::Command) => preview1::start(&self.inner, prepared, launch),
             (Compiled::Core(_), World::Http) => Err(RuntimeError::WorldMismatch {
                 stated: World::Http,
@@ -331,6 +352,10 @@ impl Runtime for WasmtimeRuntime {
             }
             (Compiled::Component { .. }, World::Http) => http::start(&self.inner, prepared, launch),
         }
+    }
+
+    fn version(&self) -> &'static str {
+        Self::wasmtime_version()
     }
 }
 
@@ -374,13 +399,13 @@ impl RuntimeInner {
             digest,
             kind,
             world,
-            inner: Arc::new(PreparedInner {
+            inner: Some(Arc::new(PreparedInner {
                 compiled,
                 from_cache,
                 command_pre: OnceLock::new(),
                 proxy_pre: OnceLock::new(),
                 core_pre: OnceLock::new(),
-            }),
+            })),
         })
     }
 }
@@ -391,7 +416,7 @@ fn resolve_world(prepared: &Prepared, stated: Option<World>) -> Result<World> {
     let Some(stated) = stated else {
         return Ok(prepared.world);
     };
-    let implements = match &prepared.inner.compiled {
+    let implements = match &prepared.wasmtime()?.compiled {
         Compiled::Core(_) => stated == World::Command,
         Compiled::Component {
             exports_http,
@@ -416,10 +441,31 @@ fn resolve_world(prepared: &Prepared, stated: Option<World>) -> Result<World> {
     })
 }
 
+/// What answers the requests of one http-world instance.
+#[derive(Clone)]
+enum HttpBackend {
+    /// The guest, a fresh store and instance per request.
+    Wasmtime(Arc<http::HttpServer>),
+    /// A canned answer (see [`HollowRuntime`]).
+    Hollow(hollow::HollowHttp),
+}
+
+impl HttpBackend {
+    async fn serve(
+        &self,
+        req: ::http::Request<bytes::Bytes>,
+    ) -> Result<::http::Response<bytes::Bytes>> {
+        match self {
+            HttpBackend::Wasmtime(server) => server.serve(req).await,
+            HttpBackend::Hollow(server) => server.serve(req),
+        }
+    }
+}
+
 /// Serves requests of one http-world instance; cloneable.
 #[derive(Clone)]
 pub struct HttpHandle {
-    server: Arc<http::HttpServer>,
+    server: HttpBackend,
 }
 
 impl HttpHandle {
@@ -438,7 +484,7 @@ pub struct InstanceHandle {
     stop: Arc<watch::Sender<bool>>,
     task: Option<JoinHandle<Exit>>,
     exit: Option<Exit>,
-    http: Option<Arc<http::HttpServer>>,
+    http: Option<HttpBackend>,
 }
 
 impl fmt::Debug for InstanceHandle {

@@ -44,10 +44,11 @@ fn instance_pre(
     prepared: &Prepared,
     name: &str,
 ) -> Result<InstancePre<Host<WasiP1Ctx>>> {
-    if let Some(pre) = prepared.inner.core_pre.get() {
+    let compiled = prepared.wasmtime()?;
+    if let Some(pre) = compiled.core_pre.get() {
         return Ok(pre.clone());
     }
-    let Compiled::Core(module) = &prepared.inner.compiled else {
+    let Compiled::Core(module) = &compiled.compiled else {
         return Err(RuntimeError::WorldMismatch {
             stated: super::World::Command,
             detail: "is not a core module".into(),
@@ -60,7 +61,7 @@ fn instance_pre(
             name: name.to_string(),
             message: format!("{e:#}"),
         })?;
-    Ok(prepared.inner.core_pre.get_or_init(|| pre).clone())
+    Ok(compiled.core_pre.get_or_init(|| pre).clone())
 }
 
 #[cfg(test)]
