@@ -321,12 +321,26 @@ impl Client {
         label_selector: &str,
         consistency: Consistency,
     ) -> Result<(Vec<Object>, u64)> {
+        self.list_selected(kind, namespace, label_selector, "", consistency)
+            .await
+    }
+
+    /// Lists objects matching a label and a field selector.
+    pub async fn list_selected(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        label_selector: &str,
+        field_selector: &str,
+        consistency: Consistency,
+    ) -> Result<(Vec<Object>, u64)> {
         match self
             .call(RequestV1::List {
                 kind,
                 namespace: namespace.map(str::to_string),
                 label_selector: label_selector.into(),
                 consistency,
+                field_selector: field_selector.into(),
             })
             .await?
         {
@@ -470,12 +484,26 @@ impl Client {
         label_selector: &str,
         from_revision: u64,
     ) -> Result<WatchStream> {
+        self.watch_selected(kind, namespace, label_selector, "", from_revision)
+            .await
+    }
+
+    /// Starts a watch of the objects matching a label and a field selector.
+    pub async fn watch_selected(
+        &self,
+        kind: Option<Kind>,
+        namespace: Option<&str>,
+        label_selector: &str,
+        field_selector: &str,
+        from_revision: u64,
+    ) -> Result<WatchStream> {
         let (send, recv) = self
             .open(RequestV1::Watch {
                 kind,
                 namespace: namespace.map(str::to_string),
                 label_selector: label_selector.into(),
                 from_revision,
+                field_selector: field_selector.into(),
             })
             .await?;
         Ok(WatchStream {

@@ -14,6 +14,7 @@ pub mod deployment;
 pub mod duration;
 pub mod endpoints;
 pub mod event;
+pub mod fields;
 pub mod instance;
 pub mod job;
 pub mod labels;

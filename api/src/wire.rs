@@ -170,6 +170,8 @@ pub enum RequestV1 {
         label_selector: String,
         /// Read freshness.
         consistency: Consistency,
+        /// Field selector text (`spec.nodeName=edge-1`), empty for all.
+        field_selector: String,
     },
     /// Create an object; fails if it exists.
     Create {
@@ -215,6 +217,8 @@ pub enum RequestV1 {
         label_selector: String,
         /// Deliver changes committed after this revision.
         from_revision: u64,
+        /// Field selector text (`spec.nodeName=edge-1`), empty for all.
+        field_selector: String,
     },
     /// Make a join token.
     CreateToken {

@@ -26,6 +26,9 @@ pub struct GetArgs {
     /// Label selector, e.g. app=web,tier!=db.
     #[arg(short = 'l', long, default_value = "")]
     selector: String,
+    /// Field selector, e.g. spec.nodeName=edge-1,status.phase!=Running.
+    #[arg(long, default_value = "")]
+    field_selector: String,
     /// Output: wide, yaml or json.
     #[arg(short, long)]
     output: Option<String>,
@@ -59,7 +62,15 @@ impl GetArgs {
                 }
             }
         } else {
-            let (items, rev) = client.list(kind, ns_filter, &self.selector).await?;
+            let (items, rev) = client
+                .list_selected(
+                    kind,
+                    ns_filter,
+                    &self.selector,
+                    &self.field_selector,
+                    flotilla_api::wire::Consistency::Linearizable,
+                )
+                .await?;
             revision = rev;
             match format {
                 Format::Json | Format::Yaml => print_value(&list_value(&items), format)?,
@@ -103,7 +114,13 @@ impl GetArgs {
                 }
             };
             let mut stream = client
-                .watch(Some(kind), ns_filter, &self.selector, revision)
+                .watch_selected(
+                    Some(kind),
+                    ns_filter,
+                    &self.selector,
+                    &self.field_selector,
+                    revision,
+                )
                 .await?;
             loop {
                 match stream.next().await {

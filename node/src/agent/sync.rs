@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use flotilla_api::instance::Instance;
 use flotilla_api::object::{Kind, Object};
-use flotilla_api::wire::EventType;
+use flotilla_api::wire::{Consistency, EventType};
 
 use super::link::ApiLink;
 use super::supervisor::Key;
@@ -61,7 +61,19 @@ pub async fn run(
             tokio::time::sleep(Duration::from_millis(300)).await;
             continue;
         };
-        let (items, revision) = match client.list(Kind::Instance, None, "").await {
+        // Only this node's instances travel: every node watching every
+        // instance would cost the apiserver nodes × changes sends.
+        let on_this_node = format!("spec.nodeName={node}");
+        let (items, revision) = match client
+            .list_selected(
+                Kind::Instance,
+                None,
+                "",
+                &on_this_node,
+                Consistency::Linearizable,
+            )
+            .await
+        {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!(error = %e, "listing instances failed");
@@ -79,7 +91,10 @@ pub async fn run(
             .map(|i| (key_of(&i), i))
             .collect();
         publish(&tx, &dir, &desired);
-        let mut stream = match client.watch(Some(Kind::Instance), None, "", revision).await {
+        let mut stream = match client
+            .watch_selected(Some(Kind::Instance), None, "", &on_this_node, revision)
+            .await
+        {
             Ok(s) => s,
             Err(_) => {
                 link.reset().await;

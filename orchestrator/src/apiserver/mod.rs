@@ -18,6 +18,7 @@ pub use ipam::NetworkRanges;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use flotilla_api::fields::FieldSelector;
 use flotilla_api::labels::LabelSelector;
 use flotilla_api::meta::{now_timestamp, FOREGROUND_FINALIZER};
 use flotilla_api::object::{Kind, Object};
@@ -256,6 +257,7 @@ impl ApiServer {
             namespace,
             label_selector,
             from_revision,
+            field_selector,
         } = req
         {
             if let Err(e) = self.authorize(&caller, "watch") {
@@ -263,7 +265,15 @@ impl ApiServer {
                 let _ = send.finish();
                 return;
             }
-            self.serve_watch(send, kind, namespace, label_selector, from_revision)
+            let selectors = match parse_selectors(&label_selector, &field_selector) {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = write_frame(&mut send, &Response::V1(ResponseV1::Error(e))).await;
+                    let _ = send.finish();
+                    return;
+                }
+            };
+            self.serve_watch(send, kind, namespace, selectors, from_revision)
                 .await;
             return;
         }
@@ -363,9 +373,12 @@ impl ApiServer {
                 namespace,
                 label_selector,
                 consistency,
+                field_selector,
             } => {
+                let selectors = parse_selectors(&label_selector, &field_selector)?;
                 self.barrier(consistency).await?;
-                let (items, revision) = self.list(kind, namespace.as_deref(), &label_selector)?;
+                let (items, revision) =
+                    self.list_selected(kind, namespace.as_deref(), &selectors)?;
                 Ok(ResponseV1::List { items, revision })
             }
             RequestV1::Create { object } => self.create(object).await.map(ResponseV1::Object),
@@ -486,8 +499,16 @@ impl ApiServer {
         namespace: Option<&str>,
         label_selector: &str,
     ) -> ApiResult<(Vec<Object>, u64)> {
-        let selector = LabelSelector::parse(label_selector)
-            .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("label selector: {e}")))?;
+        let selectors = parse_selectors(label_selector, "")?;
+        self.list_selected(kind, namespace, &selectors)
+    }
+
+    fn list_selected(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        (labels, fields): &(LabelSelector, FieldSelector),
+    ) -> ApiResult<(Vec<Object>, u64)> {
         // Read the revision first: a change applied during the scan is then
         // replayed by a watch from this revision rather than missed.
         let revision = self.store.reader().revision();
@@ -498,7 +519,7 @@ impl ApiServer {
         let mut items = Vec::new();
         for (_, stored) in self.store.reader().scan(&prefix).map_err(internal)? {
             let obj = decode_object(&stored)?;
-            if selector.matches(&obj.meta().labels) {
+            if labels.matches(&obj.meta().labels) && fields.matches(&obj) {
                 items.push(obj);
             }
         }
@@ -1020,18 +1041,9 @@ impl ApiServer {
         mut send: quinn::SendStream,
         kind: Option<Kind>,
         namespace: Option<String>,
-        label_selector: String,
+        (labels, fields): (LabelSelector, FieldSelector),
         from_revision: u64,
     ) {
-        let selector = match LabelSelector::parse(&label_selector) {
-            Ok(s) => s,
-            Err(e) => {
-                let err = ApiError::new(ErrorCode::BadRequest, format!("label selector: {e}"));
-                let _ = write_frame(&mut send, &Response::V1(ResponseV1::Error(err))).await;
-                let _ = send.finish();
-                return;
-            }
-        };
         let prefix = match (kind, namespace.as_deref()) {
             (Some(k), Some(ns)) if k.namespaced() => namespace_prefix(k, ns),
             (Some(k), _) => kind_prefix(k),
@@ -1084,7 +1096,7 @@ impl ApiServer {
                     continue;
                 }
             }
-            if !selector.matches(&object.meta().labels) {
+            if !labels.matches(&object.meta().labels) || !fields.matches(&object) {
                 continue;
             }
             let event_type = if change.deleted {
@@ -1146,6 +1158,14 @@ fn check_mirror(caller: &Caller, current: &Object) -> ApiResult<()> {
 
 /// The object an update stores: the caller's spec and user metadata over the
 /// current object's server-owned fields and status.
+fn parse_selectors(labels: &str, fields: &str) -> ApiResult<(LabelSelector, FieldSelector)> {
+    let labels = LabelSelector::parse(labels)
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("label selector: {e}")))?;
+    let fields = FieldSelector::parse(fields)
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("field selector: {e}")))?;
+    Ok((labels, fields))
+}
+
 /// True when the object asked for no particular address or range.
 fn unallocated_is_empty(object: &Object) -> bool {
     match object {

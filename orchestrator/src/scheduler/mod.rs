@@ -445,8 +445,10 @@ pub enum Placement {
     Unschedulable(String),
 }
 
-/// Runs the pipeline for one instance over the world as it stands.
-fn place(i: &Instance, world: &World) -> Placement {
+/// Runs the pipeline for one instance over the world as it stands; also
+/// returns how many nodes were examined (the next placement starts after them,
+/// as Kubernetes does, so partial scans take turns).
+fn place_scanning(i: &Instance, world: &World) -> (Placement, usize) {
     let terms = Terms::new(i, world);
     let spread = i
         .metadata
@@ -458,7 +460,9 @@ fn place(i: &Instance, world: &World) -> Placement {
     let mut feasible = 0;
     let mut best: Option<(f64, usize)> = None;
     let mut reasons: BTreeMap<Unfit, usize> = BTreeMap::new();
+    let mut examined = 0;
     for k in 0..count {
+        examined = k + 1;
         let n = (world.start + k) % count;
         let node = &world.nodes[n];
         let c = Candidate {
@@ -486,7 +490,7 @@ fn place(i: &Instance, world: &World) -> Placement {
             Err(why) => *reasons.entry(why).or_default() += 1,
         }
     }
-    match best {
+    let placement = match best {
         Some((_, n)) => Placement::Node(world.nodes[n].metadata.name.clone()),
         None => {
             let parts: Vec<String> = reasons.iter().map(|(r, c)| r.describe(*c)).collect();
@@ -497,7 +501,8 @@ fn place(i: &Instance, world: &World) -> Placement {
             };
             Placement::Unschedulable(format!("0/{count} nodes are available: {detail}."))
         }
-    }
+    };
+    (placement, examined)
 }
 
 /// Binds taking at most this many writes in flight.
@@ -544,9 +549,10 @@ impl Scheduler {
                     bound += usize::from(r.unwrap_or(Ok(false))?);
                 }
             }
-            match place(&i, &world) {
+            let (placement, examined) = place_scanning(&i, &world);
+            match placement {
                 Placement::Node(name) => {
-                    world.start = (world.start + 1) % world.nodes.len().max(1);
+                    world.start = (world.start + examined) % world.nodes.len().max(1);
                     i.spec.node_name = name.clone();
                     world.add(i.clone(), &name);
                     let client = self.client.clone();
@@ -668,6 +674,10 @@ pub async fn run(config: ClientConfig) {
 mod tests {
     use super::*;
     use flotilla_api::manifest::parse_manifests;
+
+    fn place(i: &Instance, world: &World) -> Placement {
+        place_scanning(i, world).0
+    }
 
     fn node(name: &str, mem: &str, taints: &str) -> Node {
         let text = format!("apiVersion: flotilla.dev/v1\nkind: Node\nmetadata:\n  name: {name}\n  labels: {{zone: a}}\nspec:\n  taints: [{taints}]\n");
