@@ -894,6 +894,56 @@ fn check_probe(probe: &Probe, errs: &mut ValidationErrors, f: &str) {
     }
 }
 
+/// True when the `allowedOutboundHosts` entry `pattern` lets a request to
+/// `scheme://host:port` through. No scheme in the pattern allows both http and
+/// https; no port allows the scheme's default port (80 or 443); `*.example.com`
+/// matches the subdomains of example.com, `*` any host.
+pub fn outbound_host_allows(pattern: &str, scheme: &str, host: &str, port: u16) -> bool {
+    let (want_scheme, rest) = if let Some(r) = pattern.strip_prefix("https://") {
+        (Some("https"), r)
+    } else if let Some(r) = pattern.strip_prefix("http://") {
+        (Some("http"), r)
+    } else {
+        (None, pattern)
+    };
+    if want_scheme.is_some_and(|w| !w.eq_ignore_ascii_case(scheme)) {
+        return false;
+    }
+    let (pat_host, pat_port) = if let Some(v6) = rest.strip_prefix('[') {
+        match v6.split_once(']') {
+            Some((addr, after)) => (addr, after.strip_prefix(':')),
+            None => return false,
+        }
+    } else {
+        match rest.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (rest, None),
+        }
+    };
+    let default_port = if scheme.eq_ignore_ascii_case("https") {
+        443
+    } else {
+        80
+    };
+    let port_ok = match pat_port {
+        None => port == default_port,
+        Some("*") => true,
+        Some(p) => p.parse::<u16>().is_ok_and(|p| p == port),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let host_ok = if pat_host == "*" {
+        true
+    } else if let Some(domain) = pat_host.strip_prefix("*.") {
+        host.len() > domain.len() + 1
+            && host
+                .to_ascii_lowercase()
+                .ends_with(&format!(".{}", domain.to_ascii_lowercase()))
+    } else {
+        pat_host.eq_ignore_ascii_case(host)
+    };
+    port_ok && host_ok
+}
+
 /// `[http[s]://]HOST[:PORT|:*]` where HOST is a DNS name, `*.` + a DNS name,
 /// `*`, an IPv4 address or a bracketed IPv6 address.
 fn is_outbound_host(s: &str) -> bool {
@@ -1013,6 +1063,65 @@ pub(crate) fn short_module(module: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn outbound_host_patterns() {
+        assert!(outbound_host_allows(
+            "example.com",
+            "http",
+            "example.com",
+            80
+        ));
+        assert!(outbound_host_allows(
+            "example.com",
+            "https",
+            "EXAMPLE.com",
+            443
+        ));
+        assert!(!outbound_host_allows(
+            "example.com",
+            "http",
+            "example.com",
+            8080
+        ));
+        assert!(outbound_host_allows(
+            "*.example.com",
+            "http",
+            "api.example.com",
+            80
+        ));
+        assert!(!outbound_host_allows(
+            "*.example.com",
+            "http",
+            "example.com",
+            80
+        ));
+        assert!(outbound_host_allows(
+            "https://api.example.com:8443",
+            "https",
+            "api.example.com",
+            8443
+        ));
+        assert!(!outbound_host_allows(
+            "https://api.example.com:8443",
+            "http",
+            "api.example.com",
+            8443
+        ));
+        assert!(outbound_host_allows(
+            "127.0.0.1:*",
+            "http",
+            "127.0.0.1",
+            41234
+        ));
+        assert!(!outbound_host_allows(
+            "127.0.0.1:9000",
+            "http",
+            "127.0.0.2",
+            9000
+        ));
+    }
+
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {

@@ -6,4 +6,5 @@
 //! has not verified against its digest.
 
 pub mod agent;
+pub mod net;
 pub mod runtime;

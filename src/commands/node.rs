@@ -32,6 +32,10 @@ pub struct NodeArgs {
     /// A guest busy this long without returning to the host is stopped.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     busy_timeout: Duration,
+    /// Serve HTTP/1.1 ingress here: services with spec.ingress.host are
+    /// reachable through it by Host header, wherever their instances run.
+    #[arg(long)]
+    ingress_addr: Option<String>,
     /// Run no Wasm: instances only pretend to run (http ones answer 200
     /// "hollow"), for load-testing a control plane.
     #[arg(long)]
@@ -146,6 +150,7 @@ impl NodeArgs {
         config.manifests_dir = self.manifests_dir;
         config.listen = self.listen;
         config.busy_timeout = self.busy_timeout.as_std();
+        config.ingress = self.ingress_addr;
         config.runtime = if self.hollow {
             RuntimeKind::Hollow
         } else {
@@ -153,6 +158,9 @@ impl NodeArgs {
         };
         let agent = Agent::start(config).await?;
         println!("flotilla node: {name} listening on {}", agent.listen_addr);
+        if let Some(addr) = &agent.ingress_addr {
+            println!("flotilla node: {name} ingress on http://{addr}");
+        }
         super::server::shutdown_signal().await;
         agent.shutdown().await;
         Ok(ExitCode::SUCCESS)

@@ -1,13 +1,15 @@
-//! The node's own listener (ALPN `flotilla-node/1`): apiservers, and only
+//! The node's own listener. ALPN `flotilla-node/1`: apiservers, and only
 //! apiservers (`peer:` certificates of the cluster CA), reach it to stream an
-//! instance's log or carry a port-forward connection to it.
+//! instance's log or carry a port-forward connection to it. ALPN
+//! `flotilla-tunnel/1`: other nodes (`node:` certificates), and only they,
+//! carry requests for this node's instance addresses.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 
-use flotilla_api::tls::{self, IssuedCert, ALPN_NODE};
+use flotilla_api::tls::{self, IssuedCert, ALPN_NODE, ALPN_TUNNEL};
 use flotilla_api::wire::{
     read_frame, write_frame, ApiError, ErrorCode, Request, RequestV1, Response, ResponseV1,
     MAX_FRAME,
@@ -25,7 +27,7 @@ pub async fn start(
         cert_pem: identity.client.client_cert.clone(),
         key_pem: identity.client.client_key.clone(),
     };
-    let server_tls = tls::server_config(&identity.client.ca_cert, &cert, &[ALPN_NODE])
+    let server_tls = tls::server_config(&identity.client.ca_cert, &cert, &[ALPN_NODE, ALPN_TUNNEL])
         .map_err(|e| AgentError::Config(format!("node listener tls: {e}")))?;
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)
         .map_err(|e| AgentError::Config(format!("node listener tls: {e}")))?;
@@ -48,6 +50,19 @@ pub async fn start(
             tokio::spawn(async move {
                 let Ok(conn) = incoming.await else { return };
                 let caller = tls::connection_identity(&conn).unwrap_or_default();
+                let alpn = conn
+                    .handshake_data()
+                    .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+                    .and_then(|d| d.protocol);
+                if alpn.as_deref() == Some(ALPN_TUNNEL) {
+                    match (&shared.ctx.network, caller.starts_with("node:")) {
+                        (Some(net), true) => {
+                            crate::net::tunnel::serve_connection(net.clone(), conn).await
+                        }
+                        _ => conn.close(3u32.into(), b"only cluster nodes may use the tunnel"),
+                    }
+                    return;
+                }
                 if !caller.starts_with("peer:") {
                     conn.close(3u32.into(), b"only apiservers may call a node");
                     return;

@@ -20,6 +20,7 @@ mod link;
 mod listener;
 mod logs;
 mod modules;
+mod netsync;
 mod probes;
 mod registration;
 mod reporter;
@@ -111,6 +112,8 @@ pub struct AgentConfig {
     pub busy_timeout: Duration,
     /// What runs the instances.
     pub runtime: RuntimeKind,
+    /// Address of the HTTP ingress; `None` serves none.
+    pub ingress: Option<String>,
 }
 
 impl AgentConfig {
@@ -132,6 +135,7 @@ impl AgentConfig {
             backoff: Backoff::default(),
             busy_timeout: Duration::from_secs(10),
             runtime: RuntimeKind::default(),
+            ingress: None,
         }
     }
 }
@@ -155,6 +159,8 @@ impl Shared {
 pub struct Agent {
     /// The address of its listener.
     pub listen_addr: String,
+    /// The address of its HTTP ingress, when it serves one.
+    pub ingress_addr: Option<String>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     shared: Arc<Shared>,
 }
@@ -206,6 +212,23 @@ impl Agent {
             modules::ModuleCache::new(data_dir.join("modules"), link.clone())
                 .map_err(|e| AgentError::Io(e.to_string()))?,
         );
+        let network = identity.as_ref().map(|id| {
+            let tunnel = crate::net::tunnel::TunnelClient::new(
+                &id.client.ca_cert,
+                flotilla_api::tls::IssuedCert {
+                    cert_pem: id.client.client_cert.clone(),
+                    key_pem: id.client.client_key.clone(),
+                },
+            );
+            let denials: Option<crate::net::DenialSink> = link.clone().map(|link| {
+                let sink: crate::net::DenialSink =
+                    Arc::new(move |ns: &str, name: &str, message: &str| {
+                        netsync::record_denial(link.clone(), ns, name, message);
+                    });
+                sink
+            });
+            crate::net::Network::new(&config.name, &data_dir.join("net"), tunnel, denials)
+        });
         let (reports_tx, reports_rx) = mpsc::unbounded_channel();
         let ctx = Arc::new(Context {
             runtime,
@@ -213,6 +236,7 @@ impl Agent {
             reports: reports_tx,
             backoff: config.backoff,
             node_name: config.name.clone(),
+            network: network.clone(),
         });
         let shared = Arc::new(Shared {
             config: config.clone(),
@@ -231,6 +255,18 @@ impl Agent {
             None => (String::new(), None),
         };
         tasks.extend(listener_task);
+
+        let mut ingress_addr = None;
+        if let (Some(net), Some(addr)) = (&network, &config.ingress) {
+            let (bound, task) = crate::net::ingress::start(net.clone(), addr)
+                .await
+                .map_err(|e| AgentError::Config(format!("--ingress-addr {addr}: {e}")))?;
+            ingress_addr = Some(bound.to_string());
+            tasks.push(task);
+        }
+        if let (Some(net), Some(link)) = (&network, &link) {
+            tasks.push(tokio::spawn(netsync::run(net.clone(), link.clone())));
+        }
 
         let (api_tx, api_rx) = watch::channel(sync::load_desired(&data_dir));
         let (static_tx, static_rx) = watch::channel(BTreeMap::new());
@@ -263,6 +299,7 @@ impl Agent {
         tasks.push(tokio::spawn(reconcile(shared.clone(), api_rx, static_rx)));
         Ok(Self {
             listen_addr,
+            ingress_addr,
             tasks,
             shared,
         })
@@ -346,6 +383,11 @@ async fn apply_desired(shared: &Arc<Shared>, desired: BTreeMap<Key, Instance>) {
     for key in stale {
         if let Some(s) = running.remove(&key) {
             let gone = !desired.contains_key(&key);
+            if gone {
+                if let Some(net) = &shared.ctx.network {
+                    net.release(&key);
+                }
+            }
             let dir = shared.log_dir(&key);
             stopping.push(async move {
                 s.stop().await;

@@ -95,6 +95,8 @@ pub struct Context {
     pub backoff: Backoff,
     /// This node's name.
     pub node_name: String,
+    /// The node's network (addresses, outgoing HTTP); `None` without a cluster.
+    pub network: Option<Arc<crate::net::Network>>,
 }
 
 /// A running supervisor.
@@ -114,6 +116,13 @@ impl Supervisor {
         let (stop, stop_rx) = watch::channel(false);
         let http = Arc::new(Mutex::new(None));
         let spec = instance.spec.clone();
+        if let Some(net) = &ctx.network {
+            let key = (
+                instance.metadata.namespace.clone(),
+                instance.metadata.name.clone(),
+            );
+            net.register(&key, http.clone());
+        }
         let task = tokio::spawn(run(ctx, instance, log.clone(), stop_rx, http.clone()));
         Self {
             spec,
@@ -167,7 +176,8 @@ async fn sleep_or_stop(d: Duration, rx: &mut watch::Receiver<bool>) -> bool {
     }
 }
 
-fn launch_for(instance: &Instance, node: &str, log: &Arc<InstanceLog>) -> Launch {
+fn launch_for(ctx: &Context, instance: &Instance, log: &Arc<InstanceLog>) -> Launch {
+    let node = ctx.node_name.as_str();
     let spec = &instance.spec;
     let mut env: Vec<(String, String)> = vec![
         (
@@ -203,6 +213,13 @@ fn launch_for(instance: &Instance, node: &str, log: &Arc<InstanceLog>) -> Launch
             .as_ref()
             .map_or(0, |q| q.as_millis()),
         log: log.sink(),
+        outbound: ctx.network.as_ref().map(|net| {
+            net.outbound_for(
+                &instance.metadata.namespace,
+                &instance.metadata.name,
+                spec.allowed_outbound_hosts.clone(),
+            )
+        }),
     }
 }
 
@@ -255,7 +272,7 @@ async fn run(
     loop {
         // 3. start
         log.new_run();
-        let launch = launch_for(&instance, &ctx.node_name, &log);
+        let launch = launch_for(&ctx, &instance, &log);
         let mut handle = match ctx.runtime.start(&prepared, launch) {
             Ok(h) => h,
             Err(e) => {
@@ -279,6 +296,9 @@ async fn run(
         let started = Instant::now();
         let started_at = now_timestamp();
         instance.status.phase = InstancePhase::Running;
+        if let Some(ip) = ctx.network.as_ref().and_then(|n| n.address_of(&key)) {
+            instance.status.instance_ip = ip.to_string();
+        }
         instance.status.start_time = started_at.clone();
         instance.status.reason.clear();
         instance.status.message.clear();

@@ -15,7 +15,8 @@ use wasmtime_wasi_http::{
 
 use super::limits::{CpuMeter, MemoryLimiter, Throttle};
 use super::logs::{LogPipe, LogSink, LogStream};
-use super::{Launch, RuntimeError, RuntimeInner};
+use super::{Launch, Outbound, OutboundError, RuntimeError, RuntimeInner};
+use http_body_util::BodyExt;
 
 /// The `T` of every `Store<T>`: one per instance (command world) or per request
 /// (http world). `W` is the WASI state: [`P2`] for components, [`WasiP1Ctx`]
@@ -31,7 +32,7 @@ pub(crate) struct P2 {
     ctx: WasiCtx,
     table: ResourceTable,
     http: WasiHttpCtx,
-    egress: DenyEgress,
+    egress: Egress,
 }
 
 impl WasiView for Host<P2> {
@@ -55,40 +56,92 @@ impl WasiHttpView for Host<P2> {
     }
 }
 
-/// Outgoing HTTP from guests: denied for now (egress is deny-by-default; the
-/// node will later resolve service names and allow listed hosts here). Stops a
-/// guest from reaching anything on the node's network.
-struct DenyEgress {
+/// Outgoing HTTP from guests goes to the node's [`Outbound`] (cluster names
+/// and addresses, allowed outside hosts); without one, or when it says no,
+/// the guest gets `HTTP-request-denied` and the log says why. Nothing here
+/// touches the node's own network directly.
+struct Egress {
     name: String,
     log: LogSink,
+    outbound: Option<Arc<dyn Outbound>>,
 }
 
-impl WasiHttpHooks for DenyEgress {
+/// Largest request body a guest may send out, in bytes.
+const MAX_OUTGOING_BODY: usize = 16 * 1024 * 1024;
+
+type SendFuture = Box<
+    dyn Future<
+            Output = wasmtime_wasi_http::Result<(
+                http::Response<WasiBody>,
+                Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+            )>,
+        > + Send,
+>;
+
+fn to_wasi_error(e: &OutboundError) -> wasmtime_wasi_http::Error {
+    use wasmtime_wasi_http::Error as E;
+    match e {
+        OutboundError::Denied(_) => E::HttpRequestDenied,
+        OutboundError::NotFound(_) => E::DestinationNotFound,
+        OutboundError::Unavailable(_) => E::DestinationUnavailable,
+        OutboundError::Refused(_) => E::ConnectionRefused,
+        OutboundError::Timeout(_) => E::ConnectionTimeout,
+        OutboundError::Invalid(_) => E::HttpRequestUriInvalid,
+    }
+}
+
+impl WasiHttpHooks for Egress {
     fn send_request(
         &mut self,
         request: http::Request<WasiBody>,
         _options: Option<RequestOptions>,
         _fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
-    ) -> Box<
-        dyn Future<
-                Output = wasmtime_wasi_http::Result<(
-                    http::Response<WasiBody>,
-                    Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
-                )>,
-            > + Send,
-    > {
-        let host = request
-            .uri()
-            .authority()
-            .map(|a| a.to_string())
-            .unwrap_or_else(|| "<no host>".into());
-        let message = format!("outgoing HTTP to {host} is denied (egress is deny-by-default)");
-        tracing::info!(instance = %self.name, "{message}");
-        (self.log)(
-            LogStream::Stderr,
-            format!("[flotilla] {message}\n").as_bytes(),
-        );
-        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+    ) -> SendFuture {
+        let log = self.log.clone();
+        let name = self.name.clone();
+        let report = move |message: &str| {
+            tracing::info!(instance = %name, "{message}");
+            log(
+                LogStream::Stderr,
+                format!("[flotilla] {message}\n").as_bytes(),
+            );
+        };
+        let Some(outbound) = self.outbound.clone() else {
+            let host = request
+                .uri()
+                .authority()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "<no host>".into());
+            report(&format!(
+                "outgoing HTTP to {host} is denied (egress is deny-by-default)"
+            ));
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        };
+        Box::new(async move {
+            let (parts, body) = request.into_parts();
+            let body = http_body_util::Limited::new(body, MAX_OUTGOING_BODY)
+                .collect()
+                .await
+                .map_err(|_| {
+                    wasmtime_wasi_http::Error::HttpRequestBodySize(Some(MAX_OUTGOING_BODY as u64))
+                })?
+                .to_bytes();
+            match outbound.send(http::Request::from_parts(parts, body)).await {
+                Ok(response) => {
+                    let (parts, body) = response.into_parts();
+                    let body: WasiBody = http_body_util::Full::new(body)
+                        .map_err(|never| match never {})
+                        .boxed_unsync();
+                    let done: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send> =
+                        Box::new(async { Ok(()) });
+                    Ok((http::Response::from_parts(parts, body), done))
+                }
+                Err(e) => {
+                    report(e.message());
+                    Err(to_wasi_error(&e))
+                }
+            }
+        })
     }
 }
 
@@ -122,6 +175,7 @@ pub(crate) struct StoreParams {
     memory_limit: u64,
     busy_timeout: Duration,
     throttle: Option<Arc<Throttle>>,
+    outbound: Option<Arc<dyn Outbound>>,
 }
 
 impl StoreParams {
@@ -134,6 +188,7 @@ impl StoreParams {
             memory_limit_bytes,
             cpu_limit_millis,
             log,
+            outbound,
         } = launch;
         let max = rt.config.max_memory_per_instance;
         let memory_limit = match memory_limit_bytes {
@@ -151,6 +206,7 @@ impl StoreParams {
             memory_limit,
             busy_timeout: rt.config.busy_timeout,
             throttle: Throttle::new(cpu_limit_millis),
+            outbound,
         }
     }
 
@@ -173,9 +229,10 @@ impl StoreParams {
             ctx: self.wasi_builder().build(),
             table: ResourceTable::new(),
             http: WasiHttpCtx::new(),
-            egress: DenyEgress {
+            egress: Egress {
                 name: self.name.clone(),
                 log: self.log.clone(),
+                outbound: self.outbound.clone(),
             },
         }
     }

@@ -178,6 +178,52 @@ pub struct Launch {
     pub cpu_limit_millis: u64,
     /// Receives the guest's stdout and stderr.
     pub log: LogSink,
+    /// Where the guest's outgoing HTTP goes; `None` denies all of it.
+    pub outbound: Option<Arc<dyn Outbound>>,
+}
+
+/// Why an outgoing request got no response, in the terms wasi:http gives the
+/// guest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OutboundError {
+    /// Egress policy: the host is not allowed.
+    Denied(String),
+    /// No such service, or no address for the name.
+    NotFound(String),
+    /// The destination exists but nothing answers (no ready endpoint, the
+    /// peer node is unreachable).
+    Unavailable(String),
+    /// The destination refused or dropped the connection.
+    Refused(String),
+    /// No answer in time.
+    Timeout(String),
+    /// The request could not be sent as given.
+    Invalid(String),
+}
+
+impl OutboundError {
+    /// The message, for logs.
+    pub fn message(&self) -> &str {
+        match self {
+            Self::Denied(m)
+            | Self::NotFound(m)
+            | Self::Unavailable(m)
+            | Self::Refused(m)
+            | Self::Timeout(m)
+            | Self::Invalid(m) => m,
+        }
+    }
+}
+
+/// A guest's outgoing HTTP, decided by the node: cluster names and addresses
+/// are routed inside the cluster, listed outside hosts are called, anything
+/// else is denied. Bodies are buffered.
+pub trait Outbound: Send + Sync + 'static {
+    /// Sends one request.
+    fn send(
+        &self,
+        req: ::http::Request<bytes::Bytes>,
+    ) -> BoxFuture<'static, std::result::Result<::http::Response<bytes::Bytes>, OutboundError>>;
 }
 
 impl fmt::Debug for Launch {
@@ -188,6 +234,7 @@ impl fmt::Debug for Launch {
             .field("args", &self.args)
             .field("env", &self.env)
             .field("memory_limit_bytes", &self.memory_limit_bytes)
+            .field("outbound", &self.outbound.is_some())
             .field("cpu_limit_millis", &self.cpu_limit_millis)
             .finish_non_exhaustive()
     }
@@ -620,6 +667,7 @@ pub(crate) mod test_support {
             memory_limit_bytes: 0,
             cpu_limit_millis: 0,
             log,
+            outbound: None,
         }
     }
 }
