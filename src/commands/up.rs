@@ -20,6 +20,9 @@ pub struct UpArgs {
     /// Address of the apiserver (UDP, QUIC).
     #[arg(long, default_value = "127.0.0.1:7443")]
     api_addr: String,
+    /// Address of the node's HTTP ingress (services with spec.ingress.host).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    ingress_addr: String,
 }
 
 impl UpArgs {
@@ -52,7 +55,10 @@ impl UpArgs {
             agent_config.token = Some(token);
         }
         agent_config.server = Some(server.address.clone());
-        let agent = Agent::start(agent_config).await?;
+        agent_config.ingress = Some(self.ingress_addr.clone());
+        let agent = Agent::start(agent_config)
+            .await
+            .context("starting the node (another --ingress-addr, or 127.0.0.1:0 for any free port, avoids a port in use)")?;
 
         let mut written = None;
         if let Some(path) = ClientConfig::default_path() {
@@ -71,12 +77,17 @@ impl UpArgs {
             Some(p) => println!("client configuration written to {}", p.display()),
             None => println!("client configuration: {}", server.admin_config.display()),
         }
+        if let Some(addr) = &agent.ingress_addr {
+            println!("ingress: http://{addr} (a service with spec.ingress.host is reached by that Host header)");
+        }
         println!();
         println!("Next:");
         println!("  cd examples && cargo build --release && cd ..");
         println!("  flotilla apply -f examples/hello/");
         println!("  flotilla get instances");
-        println!("  flotilla port-forward instance/hello 8080   # then: curl 127.0.0.1:8080");
+        println!("  flotilla port-forward instance/hello 8081   # then: curl 127.0.0.1:8081");
+        println!("  flotilla apply -f examples/backend/ -f examples/frontend/");
+        println!("  curl -H 'Host: frontend.local' http://127.0.0.1:8080/   # frontend -> backend");
         println!();
         println!("Ctrl-C stops the cluster; `flotilla up` again resumes it.");
         super::server::shutdown_signal().await;

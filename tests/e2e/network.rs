@@ -371,7 +371,7 @@ fn services_route_across_nodes_through_ingress_names_and_addresses() {
         scaled.elapsed()
     );
     assert!(
-        scaled.elapsed() < Duration::from_secs(4),
+        scaled.elapsed() < Duration::from_secs(2),
         "took {:?}",
         scaled.elapsed()
     );

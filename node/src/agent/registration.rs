@@ -83,6 +83,7 @@ async fn heartbeat(
         }
         Err(e) => return Err(e),
     };
+    let before = node.clone();
     let mut node = node;
     if let Object::Node(n) = &mut node {
         let resources = NodeResources {
@@ -118,8 +119,13 @@ async fn heartbeat(
             ),
         );
     }
-    node.meta_mut().resource_version.clear();
-    client.update_status(node).await?;
+    // The lease says the node is alive; the Node object is written only when
+    // its status changed, so that every node's heartbeat is not a change that
+    // every watcher of Nodes (the other nodes among them) receives.
+    if node != before {
+        node.meta_mut().resource_version.clear();
+        client.update_status(node).await?;
+    }
     renew_lease(client, name, config.lease_interval).await
 }
 

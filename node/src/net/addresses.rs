@@ -16,6 +16,7 @@ type Key = (String, String);
 pub struct Addresses {
     range: Option<Cidr>,
     by_key: BTreeMap<Key, Ipv4Addr>,
+    by_ip: std::collections::HashMap<Ipv4Addr, Key>,
     path: PathBuf,
 }
 
@@ -24,7 +25,7 @@ impl Addresses {
     /// unreadable).
     pub fn load(dir: &Path) -> Self {
         let path = dir.join(FILE);
-        let by_key = std::fs::read(&path)
+        let by_key: BTreeMap<Key, Ipv4Addr> = std::fs::read(&path)
             .ok()
             .and_then(|b| postcard::from_bytes::<Vec<(Key, [u8; 4])>>(&b).ok())
             .map(|v| {
@@ -33,9 +34,11 @@ impl Addresses {
                     .collect()
             })
             .unwrap_or_default();
+        let by_ip = by_key.iter().map(|(k, ip)| (*ip, k.clone())).collect();
         Self {
             range: None,
             by_key,
+            by_ip,
             path,
         }
     }
@@ -62,6 +65,7 @@ impl Addresses {
         self.range = Some(range);
         let before = self.by_key.len();
         self.by_key.retain(|_, ip| range.contains(*ip));
+        self.by_ip.retain(|ip, _| range.contains(*ip));
         if self.by_key.len() != before {
             self.save();
         }
@@ -73,25 +77,23 @@ impl Addresses {
             return Some(*ip);
         }
         let range = self.range?;
-        let used: std::collections::HashSet<Ipv4Addr> = self.by_key.values().copied().collect();
-        let ip = range.hosts().find(|ip| !used.contains(ip))?;
+        let ip = range.hosts().find(|ip| !self.by_ip.contains_key(ip))?;
         self.by_key.insert(key.clone(), ip);
+        self.by_ip.insert(ip, key.clone());
         self.save();
         Some(ip)
     }
 
     /// Frees the key's address.
     pub fn release(&mut self, key: &Key) {
-        if self.by_key.remove(key).is_some() {
+        if let Some(ip) = self.by_key.remove(key) {
+            self.by_ip.remove(&ip);
             self.save();
         }
     }
 
     /// The key holding `ip`.
     pub fn key_of(&self, ip: Ipv4Addr) -> Option<Key> {
-        self.by_key
-            .iter()
-            .find(|(_, a)| **a == ip)
-            .map(|(k, _)| k.clone())
+        self.by_ip.get(&ip).cloned()
     }
 }

@@ -667,12 +667,26 @@ impl ApiServer {
         object.meta_mut().namespace = ns.clone();
         let name = object.meta().name.clone();
         let expected = parse_revision(&object.meta().resource_version, "metadata.resourceVersion")?;
-        self.store.read_barrier().await.map_err(store_error)?;
+        // No read barrier up front: the write's precondition on the stored
+        // revision makes it safe from any replica. Only when this replica's
+        // view says no (it may lag) is it brought up to date and asked again.
+        let mut synced = false;
         for _ in 0..CAS_RETRIES {
-            let stored = self
-                .read_stored(kind, &ns, &name)?
-                .ok_or_else(|| not_found(kind, &ns, &name))?;
+            let stored = match self.read_stored(kind, &ns, &name)? {
+                Some(s) => s,
+                None if !synced => {
+                    self.store.read_barrier().await.map_err(store_error)?;
+                    synced = true;
+                    continue;
+                }
+                None => return Err(not_found(kind, &ns, &name)),
+            };
             if let Some(expected) = expected {
+                if expected > stored.mod_revision && !synced {
+                    self.store.read_barrier().await.map_err(store_error)?;
+                    synced = true;
+                    continue;
+                }
                 if expected != stored.mod_revision {
                     return Err(conflict(
                         kind,
@@ -720,7 +734,16 @@ impl ApiServer {
                     out.meta_mut().resource_version = rev.to_string();
                     return Ok(out);
                 }
-                Err(Rejection::Conflict { .. }) if expected.is_none() => continue,
+                Err(Rejection::Conflict { .. }) if expected.is_none() => {
+                    self.store.read_barrier().await.map_err(store_error)?;
+                    synced = true;
+                }
+                Err(Rejection::Conflict { .. }) if !synced => {
+                    // Read from a lagging replica: the given version may
+                    // still be the newest.
+                    self.store.read_barrier().await.map_err(store_error)?;
+                    synced = true;
+                }
                 Err(r) => return Err(rejection_error(kind, &ns, &name, r)),
             }
         }
@@ -1084,21 +1107,25 @@ impl ApiServer {
             if !change.key.starts_with(&prefix) || keys::is_internal(&change.key) {
                 continue;
             }
-            let object = match decode_object(&change.value) {
-                Ok(o) => o,
+            let decoded = change.memo.get_or_init(|| match decode_object(&change.value) {
+                Ok(o) => Some(o),
                 Err(e) => {
                     tracing::warn!(key = %change.key, error = %e, "skipping an undecodable object in a watch");
-                    continue;
+                    None
                 }
+            });
+            let Some(Some(shared)) = decoded else {
+                continue;
             };
             if let Some(ns) = namespace.as_deref() {
-                if object.kind().namespaced() && object.meta().namespace != ns {
+                if shared.kind().namespaced() && shared.meta().namespace != ns {
                     continue;
                 }
             }
-            if !labels.matches(&object.meta().labels) || !fields.matches(&object) {
+            if !labels.matches(&shared.meta().labels) || !fields.matches(shared) {
                 continue;
             }
+            let object = shared.clone();
             let event_type = if change.deleted {
                 EventType::Deleted
             } else if change.value.create_revision == change.value.mod_revision {

@@ -33,6 +33,32 @@ pub struct Change {
     pub value: StoredValue,
     /// Whether the key was deleted.
     pub deleted: bool,
+    /// What a reader made of `value`, kept so that the many watchers that
+    /// look at one change decode it once (the store itself never reads it).
+    pub memo: Memo,
+}
+
+/// A slot for a reader's decoding of a change.
+#[derive(Clone, Default)]
+pub struct Memo(Arc<std::sync::OnceLock<Arc<dyn std::any::Any + Send + Sync>>>);
+
+impl Memo {
+    /// The value `init` makes, made once for all readers.
+    pub fn get_or_init<T: Send + Sync + 'static>(&self, init: impl FnOnce() -> T) -> Option<&T> {
+        self.0
+            .get_or_init(|| Arc::new(init()) as Arc<dyn std::any::Any + Send + Sync>)
+            .downcast_ref::<T>()
+    }
+}
+
+impl std::fmt::Debug for Memo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "Memo(set)"
+        } else {
+            "Memo(empty)"
+        })
+    }
 }
 
 /// A watch asked for changes the history window no longer holds.
@@ -353,6 +379,7 @@ fn apply_command(
                     key: op.key.clone(),
                     value,
                     deleted: false,
+                    memo: Memo::default(),
                 });
             }
             Action::Delete => {
@@ -366,6 +393,7 @@ fn apply_command(
                             ..prev.clone()
                         },
                         deleted: true,
+                        memo: Memo::default(),
                     });
                 }
             }
