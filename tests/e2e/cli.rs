@@ -74,6 +74,11 @@ fn get_describe_delete_selectors_namespaces_and_watch() {
             let _ = tx.send(line);
         }
     });
+    // The watch lists what exists first; apply only once that is printed, so
+    // the new service comes as a change and not in the listing.
+    wait_for("the watch's listing", Duration::from_secs(10), || {
+        rx.recv_timeout(Duration::from_millis(200)).ok()
+    });
     let out = cluster.cli_in(0, &["apply", "-f", "-"], Some(&service_manifest("late")));
     assert!(out.status.success());
     let seen = wait_for(
