@@ -51,6 +51,14 @@ impl FieldSelector {
         Ok(Self { requirements })
     }
 
+    /// The node a `spec.nodeName=NODE` requirement asks for, if there is one.
+    pub fn node_name(&self) -> Option<&str> {
+        self.requirements
+            .iter()
+            .find(|(f, equal, _)| f == "spec.nodeName" && *equal)
+            .map(|(_, _, v)| v.as_str())
+    }
+
     /// True when there are no requirements.
     pub fn is_empty(&self) -> bool {
         self.requirements.is_empty()

@@ -36,6 +36,10 @@ pub struct NodeArgs {
     /// reachable through it by Host header, wherever their instances run.
     #[arg(long)]
     ingress_addr: Option<String>,
+    /// Do not resolve service names and cluster IPs (the service layer);
+    /// instance IPs still route.
+    #[arg(long)]
+    no_service_forwarder: bool,
     /// Run no Wasm: instances only pretend to run (http ones answer 200
     /// "hollow"), for load-testing a control plane.
     #[arg(long)]
@@ -151,6 +155,7 @@ impl NodeArgs {
         config.listen = self.listen;
         config.busy_timeout = self.busy_timeout.as_std();
         config.ingress = self.ingress_addr;
+        config.service_forwarder = !self.no_service_forwarder;
         config.runtime = if self.hollow {
             RuntimeKind::Hollow
         } else {

@@ -114,6 +114,9 @@ pub struct AgentConfig {
     pub runtime: RuntimeKind,
     /// Address of the HTTP ingress; `None` serves none.
     pub ingress: Option<String>,
+    /// Run the service layer (names and cluster IPs); instance IPs route
+    /// without it.
+    pub service_forwarder: bool,
 }
 
 impl AgentConfig {
@@ -136,6 +139,7 @@ impl AgentConfig {
             busy_timeout: Duration::from_secs(10),
             runtime: RuntimeKind::default(),
             ingress: None,
+            service_forwarder: true,
         }
     }
 }
@@ -227,7 +231,10 @@ impl Agent {
                     });
                 sink
             });
-            crate::net::Network::new(&config.name, &data_dir.join("net"), tunnel, denials)
+            let net =
+                crate::net::Network::new(&config.name, &data_dir.join("net"), tunnel, denials);
+            net.set_services(config.service_forwarder);
+            net
         });
         let (reports_tx, reports_rx) = mpsc::unbounded_channel();
         let ctx = Arc::new(Context {

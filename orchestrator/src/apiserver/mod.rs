@@ -12,6 +12,7 @@ mod keys;
 mod modules;
 mod nodes;
 mod tokens;
+mod watchhub;
 
 pub use ipam::NetworkRanges;
 
@@ -71,6 +72,8 @@ pub struct ApiServer {
     max_module_bytes: u64,
     /// Where node instance ranges and service cluster IPs come from.
     ranges: NetworkRanges,
+    /// Hands Instance changes to the watchers of their node only.
+    watch_hub: Arc<watchhub::WatchHub>,
 }
 
 fn store_error(e: StoreError) -> ApiError {
@@ -201,6 +204,7 @@ impl ApiServer {
         max_module_bytes: u64,
         ranges: NetworkRanges,
     ) -> Self {
+        let watch_hub = watchhub::WatchHub::start(store.reader().clone());
         Self {
             store,
             ca,
@@ -208,6 +212,7 @@ impl ApiServer {
             peer_cert,
             max_module_bytes,
             ranges,
+            watch_hub,
         }
     }
 
@@ -1072,6 +1077,21 @@ impl ApiServer {
             (Some(k), _) => kind_prefix(k),
             (None, _) => "/".to_string(),
         };
+        // A node's watch of its instances is fed by the hub; register before
+        // reading the window so nothing falls in between.
+        let hub = match (kind, fields.node_name()) {
+            (Some(Kind::Instance), Some(node)) => {
+                let (id, rx) = self.watch_hub.subscribe(node);
+                Some(HubFeed {
+                    hub: self.watch_hub.clone(),
+                    node: node.to_string(),
+                    id,
+                    rx,
+                    skip_through: from_revision,
+                })
+            }
+            _ => None,
+        };
         let mut stream = match self.store.reader().watch(from_revision) {
             Ok(s) => s,
             Err(too_old) => {
@@ -1081,9 +1101,10 @@ impl ApiServer {
                 return;
             }
         };
+        let mut hub = hub;
         loop {
             let next = tokio::select! {
-                next = stream.next() => next,
+                next = next_change(&mut stream, hub.as_mut()) => next,
                 _ = send.stopped() => return,
             };
             let change = match next {
@@ -1185,6 +1206,44 @@ fn check_mirror(caller: &Caller, current: &Object) -> ApiResult<()> {
 
 /// The object an update stores: the caller's spec and user metadata over the
 /// current object's server-owned fields and status.
+/// A watcher's queue from the hub, and the revision through which the
+/// store's window already delivered.
+struct HubFeed {
+    hub: Arc<watchhub::WatchHub>,
+    node: String,
+    id: u64,
+    rx: tokio::sync::mpsc::Receiver<Arc<crate::store::state_machine::Change>>,
+    skip_through: u64,
+}
+
+impl Drop for HubFeed {
+    fn drop(&mut self) {
+        self.hub.unsubscribe(&self.node, self.id);
+    }
+}
+
+/// The next change for a watch: from the store's stream, or, for a hub-fed
+/// watch, the window's backlog and then the hub's queue.
+async fn next_change(
+    stream: &mut crate::store::state_machine::ChangeStream,
+    hub: Option<&mut HubFeed>,
+) -> Result<Option<Arc<crate::store::state_machine::Change>>, crate::store::state_machine::TooOld> {
+    let Some(feed) = hub else {
+        return stream.next().await;
+    };
+    if let Some(c) = stream.next_buffered() {
+        feed.skip_through = feed.skip_through.max(c.revision);
+        return Ok(Some(c));
+    }
+    loop {
+        match feed.rx.recv().await {
+            Some(c) if c.revision <= feed.skip_through => continue,
+            Some(c) => return Ok(Some(c)),
+            None => return Ok(None),
+        }
+    }
+}
+
 fn parse_selectors(labels: &str, fields: &str) -> ApiResult<(LabelSelector, FieldSelector)> {
     let labels = LabelSelector::parse(labels)
         .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("label selector: {e}")))?;

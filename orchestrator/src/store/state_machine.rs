@@ -106,6 +106,14 @@ pub struct ChangeStream {
 }
 
 impl ChangeStream {
+    /// The next change of the backlog (what the window held when the stream
+    /// was made), without waiting for live ones.
+    pub fn next_buffered(&mut self) -> Option<Arc<Change>> {
+        let c = self.backlog.pop_front()?;
+        self.last = c.revision;
+        Some(c)
+    }
+
     /// The next change; `Err(TooOld)` if this watcher fell behind the window.
     pub async fn next(&mut self) -> Result<Option<Arc<Change>>, TooOld> {
         if let Some(c) = self.backlog.pop_front() {
