@@ -382,8 +382,17 @@ impl ApiServer {
             } => {
                 let selectors = parse_selectors(&label_selector, &field_selector)?;
                 self.barrier(consistency).await?;
-                let (items, revision) =
-                    self.list_selected(kind, namespace.as_deref(), &selectors)?;
+                let indexed = match (kind, selectors.1.node_name()) {
+                    (Kind::Instance, Some(node)) => {
+                        self.list_node_instances(node, namespace.as_deref(), &selectors)
+                            .await?
+                    }
+                    _ => None,
+                };
+                let (items, revision) = match indexed {
+                    Some(r) => r,
+                    None => self.list_selected(kind, namespace.as_deref(), &selectors)?,
+                };
                 Ok(ResponseV1::List { items, revision })
             }
             RequestV1::Create { object } => self.create(object).await.map(ResponseV1::Object),
@@ -529,6 +538,38 @@ impl ApiServer {
             }
         }
         Ok((items, revision))
+    }
+
+    /// A node's instances through the hub's index: only its keys are read.
+    /// `None` when the index is not current (the caller scans instead).
+    async fn list_node_instances(
+        &self,
+        node: &str,
+        namespace: Option<&str>,
+        (labels, fields): &(LabelSelector, FieldSelector),
+    ) -> ApiResult<Option<(Vec<Object>, u64)>> {
+        let revision = self.store.reader().revision();
+        let Some(keys) = self.watch_hub.keys_of(node, revision).await else {
+            return Ok(None);
+        };
+        let prefix = namespace.map(|ns| namespace_prefix(Kind::Instance, ns));
+        let mut items = Vec::new();
+        for key in keys {
+            if prefix
+                .as_ref()
+                .is_some_and(|p| !key.starts_with(p.as_str()))
+            {
+                continue;
+            }
+            let Some(stored) = self.store.reader().get(&key).map_err(internal)? else {
+                continue;
+            };
+            let obj = decode_object(&stored)?;
+            if labels.matches(&obj.meta().labels) && fields.matches(&obj) {
+                items.push(obj);
+            }
+        }
+        Ok(Some((items, revision)))
     }
 
     async fn commit(&self, ops: Vec<Op>) -> ApiResult<Result<u64, Rejection>> {
