@@ -586,6 +586,19 @@ impl InstanceTemplate {
 // === impl InstanceSpec ===
 
 impl InstanceSpec {
+    /// True when a node with these labels satisfies the spec's nodeSelector and
+    /// required node affinity (what the scheduler and DaemonSets both ask).
+    pub fn selects_node(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.node_selector
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+            && self
+                .affinity
+                .node_affinity
+                .required_during_scheduling_ignored_during_execution
+                .matches(labels)
+    }
+
     /// CPU the scheduler reserves, in millicores (request, else limit, else 0).
     pub fn cpu_request_millis(&self) -> u64 {
         self.resources

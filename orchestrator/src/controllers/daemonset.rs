@@ -22,17 +22,7 @@ use super::{is_available, is_terminal, Ctx, Snapshot};
 /// True when a DaemonSet with this template belongs on `node`.
 fn wants(ds: &DaemonSet, node: &Node) -> bool {
     let spec = &ds.spec.template.spec;
-    let labels = &node.metadata.labels;
-    let selected = spec
-        .node_selector
-        .iter()
-        .all(|(k, v)| labels.get(k) == Some(v))
-        && spec
-            .affinity
-            .node_affinity
-            .required_during_scheduling_ignored_during_execution
-            .matches(labels);
-    selected
+    spec.selects_node(&node.metadata.labels)
         && node.spec.taints.iter().all(|taint| {
             taint.effect == TaintEffect::PreferNoSchedule
                 || [TAINT_UNREACHABLE, TAINT_NOT_READY, TAINT_UNSCHEDULABLE]

@@ -90,20 +90,7 @@ struct Usage {
 }
 
 fn requests(i: &Instance) -> (u64, u64) {
-    let r = &i.spec.resources;
-    let cpu = r
-        .requests
-        .cpu
-        .as_ref()
-        .or(r.limits.cpu.as_ref())
-        .map_or(0, |q| q.as_millis());
-    let mem = r
-        .requests
-        .memory
-        .as_ref()
-        .or(r.limits.memory.as_ref())
-        .map_or(0, |q| q.as_bytes());
-    (cpu, mem)
+    (i.spec.cpu_request_millis(), i.spec.memory_request_bytes())
 }
 
 fn occupies(i: &Instance) -> bool {
@@ -297,18 +284,7 @@ fn schedulable(c: &Candidate) -> Result<(), Unfit> {
 }
 
 fn selector(c: &Candidate) -> Result<(), Unfit> {
-    let labels = &c.n.metadata.labels;
-    let spec = &c.i.spec;
-    if spec
-        .node_selector
-        .iter()
-        .all(|(k, v)| labels.get(k) == Some(v))
-        && spec
-            .affinity
-            .node_affinity
-            .required_during_scheduling_ignored_during_execution
-            .matches(labels)
-    {
+    if c.i.spec.selects_node(&c.n.metadata.labels) {
         Ok(())
     } else {
         Err(Unfit::Selector)
