@@ -5,55 +5,43 @@
 //! Run: `cargo bench --bench api_writes` (FLOTILLA_BENCH_SECS sets the seconds
 //! per measurement, default 10).
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use flotilla_api::client::{Client, ClientConfig};
 use flotilla_api::manifest::parse_manifests;
 
-const BIN: &str = env!("CARGO_BIN_EXE_flotilla");
+mod support;
 
-struct Peer(Child, String);
+use support::{flotilla, spawn_listening, Proc};
 
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// A server process and the address it listens on.
+struct Peer {
+    _proc: Proc,
+    addr: String,
 }
 
 fn start(dir: &Path, extra: &[&str], threads: Option<usize>) -> Peer {
-    let mut child = Command::new(BIN)
-        .args(["server", "--data-dir"])
+    // The store and the API alone: controllers would answer every Service
+    // created with an Endpoints object of their own, a second write.
+    let mut cmd = flotilla(&[
+        "server",
+        "--listen",
+        "127.0.0.1:0",
+        "--no-scheduler",
+        "--no-controllers",
+    ]);
+    cmd.arg("--data-dir")
         .arg(dir)
-        .args(["--listen", "127.0.0.1:0"])
         .args(
             std::env::var("FLOTILLA_BENCH_SERVER_ARGS")
                 .map(|a| a.split_whitespace().map(String::from).collect::<Vec<_>>())
                 .unwrap_or_default(),
         )
         .args(extra)
-        .envs(threads.map(|t| ("TOKIO_WORKER_THREADS".to_string(), t.to_string())))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn server");
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split(" listening on ").nth(1) {
-                let _ = tx.send(rest.split_whitespace().next().unwrap().to_string());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("server address");
-    Peer(child, addr)
+        .envs(threads.map(|t| ("TOKIO_WORKER_THREADS".to_string(), t.to_string())));
+    let (proc, addr) = spawn_listening(cmd);
+    Peer { _proc: proc, addr }
 }
 
 async fn cluster(dir: &Path, n: usize, threads: Option<usize>) -> (Vec<Peer>, ClientConfig) {
@@ -79,7 +67,7 @@ async fn cluster(dir: &Path, n: usize, threads: Option<usize>) -> (Vec<Peer>, Cl
             flotilla_api::wire::ResponseV1::Token(t) => t,
             other => panic!("{other:?}"),
         };
-        let addr = peers[0].1.clone();
+        let addr = peers[0].addr.clone();
         peers.push(start(
             &dir.join(format!("p{}", i + 1)),
             &["--join", &addr, "--token", &token],

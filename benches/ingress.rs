@@ -12,48 +12,20 @@
 //! `cargo bench --bench ingress` (FLOTILLA_BENCH_SECS sets the seconds per
 //! measurement, default 10; WASMTIME sets the wasmtime binary).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 
-const BIN: &str = env!("CARGO_BIN_EXE_flotilla");
+mod support;
 
-struct Proc(Child);
+use support::{flotilla, spawn_listening, Proc, BIN};
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_reporting(args: &[&str], needle: &str) -> (Proc, String) {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn flotilla");
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    let needle = needle.to_string();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split(needle.as_str()).nth(1) {
-                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
-            }
-        }
-    });
-    let found = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("process reported its address");
-    (Proc(child), found)
+fn spawn_reporting(args: &[&str]) -> (Proc, String) {
+    spawn_listening(flotilla(args))
 }
 
 fn free_addr() -> String {
@@ -220,38 +192,32 @@ async fn main() {
     );
     let dir = tempfile::tempdir().unwrap();
     let server_dir = dir.path().join("server");
-    let (_server, addr) = spawn_reporting(
-        &[
-            "server",
-            "--data-dir",
-            server_dir.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        " listening on ",
-    );
+    let (_server, addr) = spawn_reporting(&[
+        "server",
+        "--data-dir",
+        server_dir.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
     let config = server_dir.join("admin.config");
     let token = cli(&config, &addr, &["token", "create"], None)
         .trim()
         .to_string();
     let ingress = free_addr();
     let node_dir = dir.path().join("node");
-    let (_node, _) = spawn_reporting(
-        &[
-            "--server",
-            &addr,
-            "node",
-            "--name",
-            "bench",
-            "--data-dir",
-            node_dir.to_str().unwrap(),
-            "--token",
-            &token,
-            "--ingress-addr",
-            &ingress,
-        ],
-        " listening on ",
-    );
+    let (_node, _) = spawn_reporting(&[
+        "--server",
+        &addr,
+        "node",
+        "--name",
+        "bench",
+        "--data-dir",
+        node_dir.to_str().unwrap(),
+        "--token",
+        &token,
+        "--ingress-addr",
+        &ingress,
+    ]);
     let manifest = format!(
         "apiVersion: flotilla.dev/v1\nkind: Deployment\nmetadata:\n  name: hello\nspec:\n  replicas: 1\n  selector:\n    matchLabels: {{app: hello}}\n  template:\n    metadata:\n      labels: {{app: hello}}\n    spec:\n      module: {}\n      world: http\n---\napiVersion: flotilla.dev/v1\nkind: Service\nmetadata:\n  name: hello\nspec:\n  selector: {{app: hello}}\n  ports:\n  - port: 80\n  ingress: {{host: hello.local}}\n",
         hello.display()

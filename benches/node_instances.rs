@@ -7,10 +7,7 @@
 //! idle instance count, default 10000; FLOTILLA_BENCH_RUNS the start runs,
 //! default 100).
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use flotilla_api::client::{Client, ClientConfig};
@@ -19,7 +16,9 @@ use flotilla_api::manifest::parse_manifests;
 use flotilla_api::object::{Kind, Object};
 use flotilla_api::wire::{EventType, Propagation, RequestV1, ResponseV1};
 
-const BIN: &str = env!("CARGO_BIN_EXE_flotilla");
+mod support;
+
+use support::{flotilla, spawn_listening, Proc};
 
 /// A guest that sleeps an hour at a time in poll_oneoff, forever.
 const SLEEPER: &str = r#"(module
@@ -32,33 +31,9 @@ const SLEEPER: &str = r#"(module
       (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))
       (br $l))))"#;
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn spawn(args: &[String]) -> (Proc, String) {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split(" listening on ").nth(1) {
-                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
-            }
-        }
-    });
-    let addr = rx.recv_timeout(Duration::from_secs(60)).expect("listening");
-    (Proc(child), addr)
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    spawn_listening(flotilla(&args))
 }
 
 fn rss_kib(pid: u32) -> u64 {

@@ -11,10 +11,8 @@
 //! FLOTILLA_BENCH_INSTANCES override 1000 and 10000).
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use flotilla_api::client::{Client, ClientConfig};
@@ -24,7 +22,9 @@ use flotilla_api::object::{Kind, Object};
 use flotilla_api::quantity::Quantity;
 use flotilla_api::wire::{EventType, RequestV1, ResponseV1};
 
-const BIN: &str = env!("CARGO_BIN_EXE_flotilla");
+mod support;
+
+use support::{flotilla, spawn_listening, Proc, BIN};
 
 /// `(module (func (export "_start")))`: the hollow runtime never runs it.
 const MODULE: &[u8] = &[
@@ -32,15 +32,6 @@ const MODULE: &[u8] = &[
     0x01, 0x00, 0x07, 0x0a, 0x01, 0x06, b'_', b's', b't', b'a', b'r', b't', 0x00, 0x00, 0x0a, 0x04,
     0x01, 0x02, 0x00, 0x0b,
 ];
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -50,35 +41,18 @@ fn env_usize(name: &str, default: usize) -> usize {
 }
 
 fn start_server(dir: &Path) -> (Proc, String) {
-    let mut child = Command::new(BIN)
-        .args(["server", "--data-dir"])
-        .arg(dir)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--no-scheduler",
-            "--no-controllers",
-            // 1,000 nodes need more than the default /16's 256 node ranges.
-            "--cluster-cidr",
-            "10.0.0.0/8",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn server");
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split(" listening on ").nth(1) {
-                let _ = tx.send(rest.split_whitespace().next().unwrap().to_string());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("server address");
-    (Proc(child), addr)
+    let mut cmd = flotilla(&[
+        "server",
+        "--listen",
+        "127.0.0.1:0",
+        "--no-scheduler",
+        "--no-controllers",
+        // 1,000 nodes need more than the default /16's 256 node ranges.
+        "--cluster-cidr",
+        "10.0.0.0/8",
+    ]);
+    cmd.arg("--data-dir").arg(dir);
+    spawn_listening(cmd)
 }
 
 fn client_args(config: &Path, addr: &str) -> Vec<String> {

@@ -349,20 +349,14 @@ fn services_route_across_nodes_through_ingress_names_and_addresses() {
     });
 
     // Scaled to 0: a fast 503-class answer; back to 2: traffic again.
-    assert!(cluster
-        .cli(0, &["scale", "deploy/backend", "--replicas", "0"])
-        .status
-        .success());
+    crate::workloads::scale(&cluster, "backend", 0);
     let (_, body, took) = wait_for("503 from frontend", Duration::from_secs(20), || {
         let r = get(&ingress[0], "frontend.local", "/");
         (r.0 == 503).then_some(r)
     });
     assert!(took < Duration::from_secs(1), "took {took:?}: {body}");
     let scaled = Instant::now();
-    assert!(cluster
-        .cli(0, &["scale", "deploy/backend", "--replicas", "2"])
-        .status
-        .success());
+    crate::workloads::scale(&cluster, "backend", 2);
     wait_for("traffic again", Duration::from_secs(30), || {
         (get(&ingress[0], "frontend.local", "/").0 == 200).then_some(())
     });

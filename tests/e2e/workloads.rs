@@ -85,6 +85,14 @@ fn ready_per_node(items: &[Value]) -> BTreeMap<String, usize> {
     out
 }
 
+/// `flotilla scale deploy/NAME --replicas N`, which must succeed.
+pub(crate) fn scale(cluster: &Cluster, deployment: &str, replicas: u32) {
+    let target = format!("deploy/{deployment}");
+    let replicas = replicas.to_string();
+    let out = cluster.cli(0, &["scale", &target, "--replicas", &replicas]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
 fn apply(cluster: &Cluster, manifest: &str) {
     let out = cluster.cli_in(0, &["apply", "-f", "-"], Some(manifest));
     assert!(out.status.success(), "apply failed: {}", stderr(&out));
@@ -150,16 +158,14 @@ fn a_deployment_spreads_scales_rolls_out_and_undoes() {
         "{per_node:?}"
     );
 
-    let out = cluster.cli(0, &["scale", "deploy/web", "--replicas", "9"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    scale(&cluster, "web", 9);
     let per_node = wait_ready_instances(&cluster, "web", 9, Duration::from_secs(60));
     assert_eq!(
         per_node.values().copied().collect::<Vec<_>>(),
         vec![3, 3, 3],
         "{per_node:?}"
     );
-    let out = cluster.cli(0, &["scale", "deploy/web", "--replicas", "3"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    scale(&cluster, "web", 3);
     wait_ready_instances(&cluster, "web", 3, Duration::from_secs(60));
 
     // A template change with a readiness probe, so every step takes a while;
@@ -283,8 +289,7 @@ fn a_lost_node_is_tainted_and_its_instances_replaced_and_it_rejoins() {
             (condition(n, "Ready").as_deref() == Some("True") && !tainted).then_some(())
         },
     );
-    let out = cluster.cli(0, &["scale", "deploy/web", "--replicas", "9"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    scale(&cluster, "web", 9);
     let per_node = wait_ready_instances(&cluster, "web", 9, Duration::from_secs(60));
     assert_eq!(
         per_node.get("node-3"),
@@ -626,8 +631,7 @@ fn one_scheduler_and_one_controller_manager_act_and_the_standby_takes_over() {
         );
     }
     // Both survivors act: a scale is carried out and placed.
-    let out = cluster.cli(0, &["scale", "deploy/web", "--replicas", "3"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    scale(&cluster, "web", 3);
     wait_ready_instances(&cluster, "web", 3, Duration::from_secs(30));
 }
 

@@ -4,6 +4,8 @@
 //! entry as the object with an "absent" precondition, so two creates racing for
 //! one range cannot both win; deleting the object releases it.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use flotilla_api::cidr::Cidr;
 use flotilla_api::object::Object;
 use flotilla_api::wire::ErrorCode;
@@ -13,6 +15,13 @@ use crate::store::{Action, Op, Precondition};
 
 const NODE_RANGES: &str = "/_ipam/node-ranges/";
 const SERVICE_IPS: &str = "/_ipam/service-ips/";
+
+/// Where the next search for a free range or address starts.
+#[derive(Default)]
+pub(super) struct Hints {
+    node: AtomicU64,
+    service: AtomicU64,
+}
 
 /// The address ranges of the cluster.
 #[derive(Clone, Debug)]
@@ -44,20 +53,43 @@ fn invalid(field: &str, message: String) -> ApiError {
 }
 
 impl ApiServer {
-    fn allocated(&self, prefix: &str) -> ApiResult<std::collections::HashSet<String>> {
-        Ok(self
-            .store
-            .reader()
-            .scan(prefix)
-            .map_err(internal)?
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect())
+    /// The first free candidate (one whose key is absent), by point reads:
+    /// from the hint, or after a lost race from a random place; the hint
+    /// moves past what is found.
+    fn first_free<T>(
+        &self,
+        hint: &AtomicU64,
+        count: u64,
+        retry: bool,
+        candidate: impl Fn(u64) -> Option<(String, T)>,
+    ) -> ApiResult<Option<T>> {
+        if count == 0 {
+            return Ok(None);
+        }
+        // Each create takes its own starting point, so creates running at once
+        // look at different addresses instead of racing for the same one.
+        let start = if retry {
+            rand::random::<u64>() % count
+        } else {
+            hint.fetch_add(1, Ordering::Relaxed) % count
+        };
+        for k in (start..count).chain(0..start) {
+            let Some((key, value)) = candidate(k) else {
+                continue;
+            };
+            if self.store.reader().get(&key).map_err(internal)?.is_none() {
+                hint.fetch_max(k + 1, Ordering::Relaxed);
+                return Ok(Some(value));
+            }
+        }
+        Ok(None)
     }
 
     /// Fills in a new Node's instance range or a new Service's cluster IP and
-    /// returns the write that claims it.
-    pub(super) fn allocate(&self, object: &mut Object) -> ApiResult<Option<Op>> {
+    /// returns the write that claims it. The lowest free one first; after a
+    /// lost race (`retry`) a free one from a random place, so that many
+    /// creates at once do not all fight over the same next address again.
+    pub(super) fn allocate(&self, object: &mut Object, retry: bool) -> ApiResult<Option<Op>> {
         let ranges = &self.ranges;
         let owner = format!(
             "{}/{}/{}",
@@ -68,11 +100,13 @@ impl ApiServer {
         let key = match object {
             Object::Node(n) => {
                 let cidr = if n.spec.instance_cidr.is_empty() {
-                    let used = self.allocated(NODE_RANGES)?;
                     let count = ranges.cluster_cidr.subnets(ranges.node_prefix);
-                    let free = (0..count)
-                        .filter_map(|k| ranges.cluster_cidr.subnet(ranges.node_prefix, k))
-                        .find(|c| !used.contains(&range_key(c)));
+                    let free = self.first_free(&self.ipam_hints.node, count, retry, |k| {
+                        ranges
+                            .cluster_cidr
+                            .subnet(ranges.node_prefix, k)
+                            .map(|c| (range_key(&c), c))
+                    })?;
                     let Some(cidr) = free else {
                         return Err(ApiError::new(
                             ErrorCode::Unavailable,
@@ -102,11 +136,17 @@ impl ApiServer {
             }
             Object::Service(s) if s.spec.cluster_ip != "None" => {
                 let ip = if s.spec.cluster_ip.is_empty() {
-                    let used = self.allocated(SERVICE_IPS)?;
-                    let free = ranges
-                        .service_cidr
-                        .hosts()
-                        .find(|ip| !used.contains(&format!("{SERVICE_IPS}{ip}")));
+                    let cidr = ranges.service_cidr;
+                    // Hosts: all but the network and broadcast addresses.
+                    let (first, hosts) = if cidr.prefix_len() >= 31 {
+                        (0, cidr.size())
+                    } else {
+                        (1, cidr.size() - 2)
+                    };
+                    let free = self.first_free(&self.ipam_hints.service, hosts, retry, |k| {
+                        cidr.nth(first + k)
+                            .map(|ip| (format!("{SERVICE_IPS}{ip}"), ip))
+                    })?;
                     let Some(ip) = free else {
                         return Err(ApiError::new(
                             ErrorCode::Unavailable,

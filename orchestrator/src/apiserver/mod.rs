@@ -72,6 +72,8 @@ pub struct ApiServer {
     max_module_bytes: u64,
     /// Where node instance ranges and service cluster IPs come from.
     ranges: NetworkRanges,
+    /// Where the next free range or address is looked for.
+    ipam_hints: ipam::Hints,
     /// Hands Instance changes to the watchers of their node only.
     watch_hub: Arc<watchhub::WatchHub>,
 }
@@ -212,6 +214,7 @@ impl ApiServer {
             peer_cert,
             max_module_bytes,
             ranges,
+            ipam_hints: ipam::Hints::default(),
             watch_hub,
         }
     }
@@ -636,9 +639,10 @@ impl ApiServer {
         // Only when this replica's view says no (it may lag) is it brought up to
         // date and asked again.
         let mut synced = false;
+        let mut lost_allocation = false;
         for _ in 0..CAS_RETRIES {
             object = unallocated.clone();
-            let allocation = self.allocate(&mut object)?;
+            let allocation = self.allocate(&mut object, lost_allocation)?;
             let object_op = Op {
                 key: key_for(kind, &ns, &name),
                 precondition: Precondition::Absent,
@@ -678,6 +682,7 @@ impl ApiServer {
                             ),
                         ));
                     }
+                    lost_allocation = true;
                     self.store.read_barrier().await.map_err(store_error)?;
                 }
                 Err(Rejection::Conflict { key, .. }) | Err(Rejection::Missing { key })

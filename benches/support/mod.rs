@@ -1,0 +1,49 @@
+//! What the bench binaries share: a child process that is killed when dropped,
+//! and starting a `flotilla` process that reports where it listens.
+
+#![allow(dead_code)] // each bench binary uses its own part of it
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// The `flotilla` binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_flotilla");
+
+/// A child process, killed and reaped when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `cmd` with stdout piped and waits (60 s at most) for a line
+/// containing `" listening on "`; returns the process and the address after it.
+pub fn spawn_listening(mut cmd: Command) -> (Proc, String) {
+    let mut child = cmd.stdout(Stdio::piped()).spawn().expect("spawn flotilla");
+    let out = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split(" listening on ").nth(1) {
+                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
+            }
+        }
+    });
+    let proc = Proc(child);
+    let addr = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the process did not say where it listens within 60 s");
+    (proc, addr)
+}
+
+/// `flotilla ARGS` with stderr discarded, ready for [`spawn_listening`].
+pub fn flotilla(args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).stderr(Stdio::null());
+    cmd
+}
