@@ -1,60 +1,56 @@
-//! `backend`: an http-world component (`wasi:http/proxy`) for load-balancing
-//! demos behind a Service.
+//! `backend`: an http-world component (`wasi:http/proxy`) on the
+//! `flotilla-guest` SDK, for load-balancing demos behind a Service.
 //!
-//! It exports `wasi:http/incoming-handler` and answers every request, whatever
-//! its method or path, with `200 OK`, `content-type: text/plain` and the body
-//! `backend <NAME>\n`, where NAME is the `FLOTILLA_INSTANCE_NAME` environment
-//! variable (set by the Flotilla node to the instance's name), or `unknown`
-//! when it is unset. Run several replicas and the answers show which one was
-//! picked.
-//!
-//! The host creates a fresh instance for every request, so there is no state
-//! kept between requests.
+//! - `GET /items`: a JSON list of items, each naming the instance that served
+//!   it;
+//! - `GET /items/ID`: one item, or `404` naming the ID;
+//! - anything else, whatever the method: `backend <NAME>\n`, NAME being the
+//!   instance's name (`FLOTILLA_INSTANCE_NAME`) or `unknown`. Run several
+//!   replicas and the answers show which one was picked.
 
-use wasi::http::types::{
-    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
-};
+use flotilla_guest::http::{Error, Params, Request, Response, Router};
+use flotilla_guest::serde::Serialize;
 
-/// The environment variable naming the instance.
-const NAME_VAR: &str = "FLOTILLA_INSTANCE_NAME";
+flotilla_guest::http_handler!(handle);
 
-struct Backend;
-
-wasi::http::proxy::export!(Backend);
-
-impl wasi::exports::http::incoming_handler::Guest for Backend {
-    fn handle(_request: IncomingRequest, response_out: ResponseOutparam) {
-        let body_text = format!("backend {}\n", instance_name());
-
-        let headers = Fields::from_list(&[
-            ("content-type".to_owned(), b"text/plain".to_vec()),
-            (
-                "content-length".to_owned(),
-                body_text.len().to_string().into_bytes(),
-            ),
-        ])
-        .expect("valid headers");
-        let response = OutgoingResponse::new(headers);
-        response.set_status_code(200).expect("valid status");
-        let body = response.body().expect("body taken once");
-        ResponseOutparam::set(response_out, Ok(response));
-
-        let stream = body.write().expect("stream taken once");
-        // One blocking write takes at most 4096 bytes; Flotilla names are far
-        // shorter, but `wasmtime serve --env` accepts anything.
-        for chunk in body_text.as_bytes().chunks(4096) {
-            stream.blocking_write_and_flush(chunk).expect("write body");
-        }
-        drop(stream);
-        OutgoingBody::finish(body, None).expect("finish body");
-    }
+/// One thing the backend knows about.
+#[derive(Serialize)]
+#[serde(crate = "flotilla_guest::serde")]
+struct Item {
+    id: u32,
+    name: &'static str,
+    served_by: String,
 }
 
-/// `FLOTILLA_INSTANCE_NAME` when it is set and not empty, else `unknown`.
-fn instance_name() -> String {
-    wasi::cli::environment::get_environment()
+const ITEMS: [(u32, &str); 3] = [(1, "anchor"), (2, "buoy"), (3, "compass")];
+
+fn handle(req: Request) -> Response {
+    Router::new()
+        .get("/items", |_, _| Response::json(&items()))
+        .get("/items/:id", item)
+        .route_any("/*rest", |_, _| format!("backend {}\n", name()))
+        .handle(req)
+}
+
+fn items() -> Vec<Item> {
+    ITEMS
+        .iter()
+        .map(|&(id, name)| Item { id, name, served_by: self::name() })
+        .collect()
+}
+
+fn item(_req: Request, params: Params) -> Result<Response, Error> {
+    let id = params.get("id").unwrap_or_default();
+    items()
         .into_iter()
-        .find(|(k, v)| k == NAME_VAR && !v.is_empty())
-        .map(|(_, v)| v)
-        .unwrap_or_else(|| "unknown".to_owned())
+        .find(|item| item.id.to_string() == id)
+        .map(|item| Response::json(&item))
+        .ok_or_else(|| Error::not_found(format!("no item with id {id:?}")))
+}
+
+fn name() -> String {
+    flotilla_guest::context()
+        .instance_name()
+        .unwrap_or("unknown")
+        .to_owned()
 }

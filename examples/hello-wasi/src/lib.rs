@@ -1,4 +1,4 @@
-//! `hello`: an http-world component (`wasi:http/proxy`).
+//! `hello-wasi`: the hand-written baseline of `hello` (no SDK), an http-world component (`wasi:http/proxy`).
 //!
 //! It exports `wasi:http/incoming-handler` and answers every request with
 //! `200 OK`, `content-type: text/plain` and the body `hello from <NAME>\n`,

@@ -19,9 +19,9 @@ pub(crate) fn start(
     launch: Launch,
 ) -> Result<InstanceHandle> {
     let pre = command_pre(rt, prepared, &launch.name)?;
-    let params = StoreParams::new(rt, launch);
+    let (params, stop_signal) = StoreParams::new(rt, launch).with_stop_signal();
     let engine = rt.engine.clone();
-    Ok(spawn_command(move |stop| async move {
+    Ok(spawn_command(stop_signal, move |stop| async move {
         let mut store = params.store(&engine, params.p2());
         let result = tokio::select! {
             biased;
@@ -46,8 +46,9 @@ async fn run(
 }
 
 /// Spawns the task of a command-world instance. `body` gets a future that
-/// resolves when the instance is stopped.
-pub(crate) fn spawn_command<F, Fut>(body: F) -> InstanceHandle
+/// resolves when the instance is stopped; dropping `stop_signal` asks it to
+/// stop on its own.
+pub(crate) fn spawn_command<F, Fut>(stop_signal: tokio::io::DuplexStream, body: F) -> InstanceHandle
 where
     F: FnOnce(std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> Fut,
     Fut: Future<Output = Exit> + Send + 'static,
@@ -60,6 +61,7 @@ where
         task: Some(task),
         exit: None,
         http: None,
+        stop_signal: std::sync::Mutex::new(Some(stop_signal)),
     }
 }
 

@@ -69,6 +69,8 @@ impl Runtime for HollowRuntime {
             task: None,
             exit: None,
             http: (world == World::Http).then(|| HttpBackend::Hollow(HollowHttp { stop: stop_rx })),
+            // Nothing runs to ask: a hollow instance is stopped at once.
+            stop_signal: std::sync::Mutex::new(None),
         })
     }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use wasmtime::component::{Linker as ComponentLinker, ResourceTable};
 use wasmtime::{Engine, Linker, Store};
+use wasmtime_wasi::cli::AsyncStdinStream;
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{
@@ -94,7 +95,7 @@ impl WasiHttpHooks for Egress {
     fn send_request(
         &mut self,
         request: http::Request<WasiBody>,
-        _options: Option<RequestOptions>,
+        options: Option<RequestOptions>,
         _fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
     ) -> SendFuture {
         let log = self.log.clone();
@@ -126,7 +127,22 @@ impl WasiHttpHooks for Egress {
                     wasmtime_wasi_http::Error::HttpRequestBodySize(Some(MAX_OUTGOING_BODY as u64))
                 })?
                 .to_bytes();
-            match outbound.send(http::Request::from_parts(parts, body)).await {
+            let send = outbound.send(http::Request::from_parts(parts, body));
+            // The whole body is buffered, so the head and the body arrive
+            // together: the connect and first-byte timeouts bound the wait.
+            let answer = match response_deadline(options) {
+                Some(deadline) => match tokio::time::timeout(deadline, send).await {
+                    Ok(answer) => answer,
+                    Err(_) => {
+                        report(&format!(
+                            "outgoing HTTP timed out after {deadline:?} (the guest's timeout)"
+                        ));
+                        return Err(wasmtime_wasi_http::Error::HttpResponseTimeout);
+                    }
+                },
+                None => send.await,
+            };
+            match answer {
                 Ok(response) => {
                     let (parts, body) = response.into_parts();
                     let body: WasiBody = http_body_util::Full::new(body)
@@ -142,6 +158,18 @@ impl WasiHttpHooks for Egress {
                 }
             }
         })
+    }
+}
+
+/// How long the guest is willing to wait for a response: its connect and
+/// first-byte timeouts together, or `None` when it set neither.
+fn response_deadline(options: Option<RequestOptions>) -> Option<Duration> {
+    let options = options?;
+    match (options.connect_timeout, options.first_byte_timeout) {
+        (None, None) => None,
+        (connect, first_byte) => {
+            Some(connect.unwrap_or_default().saturating_add(first_byte.unwrap_or_default()))
+        }
     }
 }
 
@@ -176,7 +204,13 @@ pub(crate) struct StoreParams {
     busy_timeout: Duration,
     throttle: Option<Arc<Throttle>>,
     outbound: Option<Arc<dyn Outbound>>,
+    /// The read end of the stop signal (command world): the guest's stdin.
+    stdin: Arc<std::sync::Mutex<Option<AsyncStdinStream>>>,
 }
+
+/// The environment variable telling a command-world guest how it is asked to
+/// stop, and its value: its stdin is closed.
+pub(crate) const STOP_SIGNAL_ENV: (&str, &str) = ("FLOTILLA_STOP_SIGNAL", "stdin");
 
 impl StoreParams {
     pub(crate) fn new(rt: &RuntimeInner, launch: Launch) -> Self {
@@ -207,13 +241,37 @@ impl StoreParams {
             busy_timeout: rt.config.busy_timeout,
             throttle: Throttle::new(cpu_limit_millis),
             outbound,
+            stdin: Arc::default(),
         }
     }
 
+    /// Writes a `[flotilla] ...` line into the instance's log (stderr).
+    pub(crate) fn node_line(&self, message: &str) {
+        (self.log)(
+            LogStream::Stderr,
+            format!("[flotilla] {message}\n").as_bytes(),
+        );
+    }
+
+    /// Gives the guest a stdin that stays open until the returned writer is
+    /// dropped, and tells it so through [`STOP_SIGNAL_ENV`]: dropping the
+    /// writer is how the node asks a command-world instance to stop.
+    pub(crate) fn with_stop_signal(mut self) -> (Self, tokio::io::DuplexStream) {
+        let (writer, reader) = tokio::io::duplex(64);
+        self.env
+            .push((STOP_SIGNAL_ENV.0.to_string(), STOP_SIGNAL_ENV.1.to_string()));
+        self.stdin = Arc::new(std::sync::Mutex::new(Some(AsyncStdinStream::new(reader))));
+        (self, writer)
+    }
+
     /// Deny by default: only the given args and env, stdio into the log, no
-    /// stdin, no preopened directories, no sockets or name lookups.
+    /// stdin but the stop signal, no preopened directories, no sockets or name
+    /// lookups.
     fn wasi_builder(&self) -> WasiCtxBuilder {
         let mut b = WasiCtxBuilder::new();
+        if let Some(stdin) = self.stdin.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            b.stdin(stdin);
+        }
         b.args(&self.argv)
             .envs(&self.env)
             .stdout(LogPipe::new(self.log.clone(), LogStream::Stdout))

@@ -55,6 +55,7 @@ pub(crate) fn start(
         task: None,
         exit: None,
         http: Some(HttpBackend::Wasmtime(Arc::new(server))),
+        stop_signal: std::sync::Mutex::new(None),
     })
 }
 
@@ -89,6 +90,7 @@ impl HttpServer {
                 .map_err(|never: Infallible| -> wasmtime_wasi_http::Error { match never {} })
         });
 
+        let path = req.uri().path().to_string();
         let handler = |e: wasmtime::Error| RuntimeError::Handler(format!("{e:#}"));
         let mut store = self.params.store(&self.engine, self.params.p2());
         let (tx, rx) = oneshot::channel();
@@ -133,11 +135,18 @@ impl HttpServer {
             ))),
             // The response outparam was dropped unset: the guest ended (or
             // failed) without answering.
-            Err(_) => Err(RuntimeError::Handler(match task.await {
-                Ok(Ok(())) => "guest returned without setting a response".to_string(),
-                Ok(Err(exit)) => format!("{}: {}", exit.reason(), exit.message()),
-                Err(e) => format!("request task failed: {e}"),
-            })),
+            Err(_) => {
+                let message = match task.await {
+                    Ok(Ok(())) => "guest returned without setting a response".to_string(),
+                    Ok(Err(exit)) => format!("{}: {}", exit.reason(), exit.message()),
+                    Err(e) => format!("request task failed: {e}"),
+                };
+                // The caller sees it in the answer; the instance's log keeps it
+                // for whoever asks later why requests fail.
+                self.params
+                    .node_line(&format!("request to {path} failed: {message}"));
+                Err(RuntimeError::Handler(message))
+            }
         }
     }
 }

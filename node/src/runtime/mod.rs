@@ -532,6 +532,8 @@ pub struct InstanceHandle {
     task: Option<JoinHandle<Exit>>,
     exit: Option<Exit>,
     http: Option<HttpBackend>,
+    /// Dropped to ask a command-world guest to stop (its stdin closes).
+    stop_signal: std::sync::Mutex<Option<tokio::io::DuplexStream>>,
 }
 
 impl fmt::Debug for InstanceHandle {
@@ -578,6 +580,18 @@ impl InstanceHandle {
         };
         self.exit = Some(exit.clone());
         exit
+    }
+
+    /// Asks the guest to stop on its own: a command-world guest's stdin is
+    /// closed (it was told so by `FLOTILLA_STOP_SIGNAL=stdin`). False when the
+    /// instance has no such signal (the http world, whose requests are short,
+    /// and hollow instances): then only [`stop`](Self::stop) ends it.
+    pub fn request_stop(&self) -> bool {
+        self.stop_signal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .is_some()
     }
 
     /// Ends the instance promptly: a guest running Wasm is interrupted at its

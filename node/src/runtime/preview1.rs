@@ -13,9 +13,9 @@ pub(crate) fn start(
     launch: Launch,
 ) -> Result<InstanceHandle> {
     let pre = instance_pre(rt, prepared, &launch.name)?;
-    let params = StoreParams::new(rt, launch);
+    let (params, stop_signal) = StoreParams::new(rt, launch).with_stop_signal();
     let engine = rt.engine.clone();
-    Ok(spawn_command(move |stop| async move {
+    Ok(spawn_command(stop_signal, move |stop| async move {
         let mut store = params.store(&engine, params.p1());
         let result = tokio::select! {
             biased;
@@ -84,6 +84,8 @@ mod tests {
             (func $environ_get (param i32 i32) (result i32)))
         (import "wasi_snapshot_preview1" "poll_oneoff"
             (func $poll_oneoff (param i32 i32 i32 i32) (result i32)))
+        (import "wasi_snapshot_preview1" "fd_read"
+            (func $fd_read (param i32 i32 i32 i32) (result i32)))
         (memory (export "memory") 1)
         ;; write(1, ptr, len) through one iovec at 0
         (func $write (param $ptr i32) (param $len i32)
@@ -248,8 +250,12 @@ mod tests {
         })
         .await;
         assert_eq!(exit, Exit::Code(0));
-        // Nothing of the node's own environment leaks in.
-        assert_eq!(log.stdout(), "test\0--port\080\0GREETING=hi\0");
+        // Nothing of the node's own environment leaks in; the stop signal is
+        // announced.
+        assert_eq!(
+            log.stdout(),
+            "test\0--port\080\0GREETING=hi\0FLOTILLA_STOP_SIGNAL=stdin\0"
+        );
     }
 
     #[tokio::test]
@@ -306,6 +312,65 @@ mod tests {
             .start(&p, launch("default/sleep", Captured::default().sink()))
             .unwrap();
         // Sleeping in the host is not busy: it outlives the 500 ms busy timeout.
+        assert!(tokio::time::timeout(Duration::from_millis(800), h.wait())
+            .await
+            .is_err());
+        h.stop();
+        let exit = tokio::time::timeout(Duration::from_millis(500), h.wait())
+            .await
+            .expect("stop was not prompt");
+        assert_eq!(exit, Exit::Stopped);
+    }
+
+    #[tokio::test]
+    async fn asking_to_stop_closes_the_guests_stdin() {
+        // Blocks in fd_read(0); exits 0 at end of input, 3 if it read bytes.
+        let body = r#"
+            (func (export "_start")
+                (i32.store (i32.const 0) (i32.const 1024))
+                (i32.store (i32.const 4) (i32.const 64))
+                (drop (call $fd_read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 16)))
+                (call $proc_exit (select (i32.const 0) (i32.const 3)
+                    (i32.eqz (i32.load (i32.const 16))))))"#;
+        let dir = tempfile::tempdir().unwrap();
+        let rt = WasmtimeRuntime::new(config(dir.path())).unwrap();
+        let p = rt.prepare("sha256:stdin", module(body)).await.unwrap();
+        let mut h = rt
+            .start(&p, launch("default/stdin", Captured::default().sink()))
+            .unwrap();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(800), h.wait())
+                .await
+                .is_err(),
+            "stdin stays open until the node asks"
+        );
+        assert!(h.request_stop(), "a command guest can be asked");
+        let exit = tokio::time::timeout(Duration::from_secs(5), h.wait())
+            .await
+            .expect("the guest saw the end of stdin");
+        assert_eq!(exit, Exit::Code(0));
+        assert!(!h.request_stop(), "asked once");
+    }
+
+    #[tokio::test]
+    async fn a_guest_that_ignores_the_request_runs_until_stopped() {
+        let body = r#"
+            (func (export "_start")
+                (i64.store (i32.const 256) (i64.const 0))
+                (i32.store8 (i32.const 264) (i32.const 0))
+                (i32.store (i32.const 272) (i32.const 1))
+                (i64.store (i32.const 280) (i64.const 60000000000))
+                (i64.store (i32.const 288) (i64.const 0))
+                (i32.store16 (i32.const 296) (i32.const 0))
+                (drop (call $poll_oneoff (i32.const 256) (i32.const 512) (i32.const 1) (i32.const 600)))
+                (call $proc_exit (i32.const 7)))"#;
+        let dir = tempfile::tempdir().unwrap();
+        let rt = WasmtimeRuntime::new(config(dir.path())).unwrap();
+        let p = rt.prepare("sha256:deaf", module(body)).await.unwrap();
+        let mut h = rt
+            .start(&p, launch("default/deaf", Captured::default().sink()))
+            .unwrap();
+        assert!(h.request_stop());
         assert!(tokio::time::timeout(Duration::from_millis(800), h.wait())
             .await
             .is_err());
