@@ -99,7 +99,10 @@ impl Sample {
     }
 }
 
-struct Sampled(Box<dyn Fn(&mut Vec<Sample>) + Send + Sync>);
+/// Pushes the samples of one scrape.
+type SampleFn = Box<dyn Fn(&mut Vec<Sample>) + Send + Sync>;
+
+struct Sampled(SampleFn);
 
 impl fmt::Debug for Sampled {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
