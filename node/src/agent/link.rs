@@ -38,6 +38,11 @@ impl ApiLink {
         }
     }
 
+    /// The apiserver's address.
+    pub fn server(&self) -> &str {
+        &self.config.server
+    }
+
     /// A connected client, or `None` while the apiserver is unreachable (attempts
     /// are spaced by a growing delay, so callers may ask as often as they like).
     pub async fn client(&self) -> Option<Client> {

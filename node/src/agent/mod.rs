@@ -12,6 +12,9 @@
 //! memory, and nothing is restarted when the link comes back unless its spec
 //! changed.
 //!
+//! Ready (for `/readyz`) once its last heartbeat (Node status and Lease)
+//! reached the apiserver; a node without a control plane is always ready.
+//!
 //! Must never: write anything but its own Node, Lease, and its instances' status
 //! (and mirror objects of its static instances).
 
@@ -19,6 +22,7 @@ mod identity;
 mod link;
 mod listener;
 mod logs;
+mod metrics;
 mod modules;
 mod netsync;
 mod probes;
@@ -38,6 +42,7 @@ use tokio::sync::{mpsc, watch, Mutex};
 use flotilla_api::instance::Instance;
 use flotilla_api::node::Taint;
 use flotilla_api::quantity::Quantity;
+use flotilla_telemetry::{Readiness, Telemetry};
 
 use crate::runtime::{HollowRuntime, Runtime, RuntimeConfig, WasmtimeRuntime};
 
@@ -117,6 +122,9 @@ pub struct AgentConfig {
     /// Run the service layer (names and cluster IPs); instance IPs route
     /// without it.
     pub service_forwarder: bool,
+    /// Where the node's metrics and readiness checks go (served by the
+    /// caller, if at all).
+    pub telemetry: Telemetry,
 }
 
 impl AgentConfig {
@@ -140,6 +148,7 @@ impl AgentConfig {
             runtime: RuntimeKind::default(),
             ingress: None,
             service_forwarder: true,
+            telemetry: Telemetry::default(),
         }
     }
 }
@@ -231,8 +240,13 @@ impl Agent {
                     });
                 sink
             });
-            let net =
-                crate::net::Network::new(&config.name, &data_dir.join("net"), tunnel, denials);
+            let net = crate::net::Network::new(
+                &config.name,
+                &data_dir.join("net"),
+                tunnel,
+                denials,
+                crate::net::ForwarderMetrics::register(&config.telemetry.registry),
+            );
             net.set_services(config.service_forwarder);
             net
         });
@@ -244,6 +258,7 @@ impl Agent {
             backoff: config.backoff,
             node_name: config.name.clone(),
             network: network.clone(),
+            metrics: metrics::AgentMetrics::register(&config.telemetry.registry),
         });
         let shared = Arc::new(Shared {
             config: config.clone(),
@@ -277,11 +292,17 @@ impl Agent {
 
         let (api_tx, api_rx) = watch::channel(sync::load_desired(&data_dir));
         let (static_tx, static_rx) = watch::channel(BTreeMap::new());
-        if let Some(link) = &link {
+        if let (Some(link), Some(id)) = (&link, &identity) {
+            let registered = Readiness::not_ready(format!(
+                "not yet registered with the apiserver at {}",
+                id.client.server
+            ));
+            config.telemetry.health.add("node", &registered);
             tasks.push(tokio::spawn(registration::run(
                 shared.clone(),
                 link.clone(),
                 listen_addr.clone(),
+                registered,
             )));
             tasks.push(tokio::spawn(sync::run(
                 shared.clone(),
@@ -396,8 +417,10 @@ async fn apply_desired(shared: &Arc<Shared>, desired: BTreeMap<Key, Instance>) {
                 }
             }
             let dir = shared.log_dir(&key);
+            let metrics = shared.ctx.metrics.clone();
             stopping.push(async move {
                 s.stop().await;
+                metrics.forget(&key);
                 if gone {
                     logs::InstanceLog::remove(&dir);
                 }

@@ -10,6 +10,7 @@ use flotilla_api::meta::{now_timestamp, set_condition, Condition, ConditionStatu
 use flotilla_api::node::{NodeAddress, NodeResources, CONDITION_READY, LABEL_HOSTNAME};
 use flotilla_api::object::{Kind, Object};
 use flotilla_api::wire::ErrorCode;
+use flotilla_telemetry::Readiness;
 
 use super::link::ApiLink;
 use super::Shared;
@@ -17,8 +18,14 @@ use super::Shared;
 /// Longest a heartbeat may take before the link counts as broken.
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Runs forever.
-pub async fn run(shared: Arc<Shared>, link: Arc<ApiLink>, listen_addr: String) {
+/// Runs forever; `registered` says whether the last heartbeat went through.
+pub async fn run(
+    shared: Arc<Shared>,
+    link: Arc<ApiLink>,
+    listen_addr: String,
+    registered: Readiness,
+) {
+    let metrics = shared.ctx.metrics.clone();
     loop {
         let interval = shared.config.lease_interval;
         let ok = match link.client().await {
@@ -30,19 +37,33 @@ pub async fn run(shared: Arc<Shared>, link: Arc<ApiLink>, listen_addr: String) {
             )
             .await
             {
-                Ok(Ok(())) => true,
+                Ok(Ok(())) => {
+                    metrics.heartbeat("ok");
+                    registered.set_ready();
+                    true
+                }
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, "node heartbeat failed");
+                    metrics.heartbeat("error");
+                    registered.set_not_ready(format!("the last heartbeat failed: {e}"));
                     link.reset().await;
                     false
                 }
                 Err(_) => {
                     tracing::debug!("node heartbeat timed out");
+                    metrics.heartbeat("timeout");
+                    registered.set_not_ready(format!(
+                        "the last heartbeat got no answer within {HEARTBEAT_TIMEOUT:?}"
+                    ));
                     link.reset().await;
                     false
                 }
             },
-            None => false,
+            None => {
+                registered
+                    .set_not_ready(format!("the apiserver at {} is unreachable", link.server()));
+                false
+            }
         };
         // While the link is down, try again soon so the node reports within a
         // fraction of the lease interval once the apiserver is back.

@@ -24,6 +24,7 @@ use flotilla_api::instance::{
 use flotilla_api::meta::{now_timestamp, set_condition, Condition, ConditionStatus};
 
 use super::logs::InstanceLog;
+use super::metrics::AgentMetrics;
 use super::modules::ModuleCache;
 use super::probes::{self, ProbeEvent};
 use crate::runtime::{Exit, HttpHandle, Launch, Runtime, World};
@@ -97,6 +98,8 @@ pub struct Context {
     pub node_name: String,
     /// The node's network (addresses, outgoing HTTP); `None` without a cluster.
     pub network: Option<Arc<crate::net::Network>>,
+    /// Instances by phase, restarts.
+    pub metrics: Arc<AgentMetrics>,
 }
 
 /// A running supervisor.
@@ -116,11 +119,13 @@ impl Supervisor {
         let (stop, stop_rx) = watch::channel(false);
         let http = Arc::new(Mutex::new(None));
         let spec = instance.spec.clone();
+        let key = (
+            instance.metadata.namespace.clone(),
+            instance.metadata.name.clone(),
+        );
+        // Until the supervisor reports, the instance is waiting to start.
+        ctx.metrics.set_phase(&key, InstancePhase::Pending);
         if let Some(net) = &ctx.network {
-            let key = (
-                instance.metadata.namespace.clone(),
-                instance.metadata.name.clone(),
-            );
             net.register(&key, http.clone());
         }
         let task = tokio::spawn(run(ctx, instance, log.clone(), stop_rx, http.clone()));
@@ -146,6 +151,7 @@ impl Supervisor {
 }
 
 fn report(ctx: &Context, key: &Key, instance: &Instance) {
+    ctx.metrics.set_phase(key, instance.status.phase);
     let _ = ctx.reports.send(StatusReport {
         key: key.clone(),
         instance: instance.clone(),
@@ -383,6 +389,7 @@ async fn run(
             delay = ctx.backoff.initial;
         }
         instance.status.restart_count += 1;
+        ctx.metrics.restarted();
         instance.status.message =
             format!("{}; restarting in {:?} (back-off)", outcome.message, delay);
         report(&ctx, &key, &instance);

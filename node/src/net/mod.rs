@@ -12,6 +12,7 @@
 
 mod addresses;
 pub mod ingress;
+mod metrics;
 mod tables;
 pub mod tunnel;
 
@@ -20,7 +21,7 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -30,6 +31,7 @@ use flotilla_api::instance::outbound_host_allows;
 use crate::runtime::{BoxFuture, HttpHandle, Outbound, OutboundError};
 
 pub use addresses::Addresses;
+pub use metrics::ForwarderMetrics;
 pub use tables::{ServiceKey, Tables};
 
 /// How long a request to an instance (local or through the tunnel) may take.
@@ -53,6 +55,7 @@ pub struct Network {
     outstanding: Mutex<HashMap<Ipv4Addr, usize>>,
     turn: AtomicUsize,
     denials: Option<DenialSink>,
+    metrics: ForwarderMetrics,
 }
 
 /// Where a request goes.
@@ -87,12 +90,14 @@ pub fn plain(status: u16, body: String) -> http::Response<Bytes> {
 }
 
 impl Network {
-    /// A network for `node`, keeping its address assignments in `dir`.
+    /// A network for `node`, keeping its address assignments in `dir`,
+    /// counting requests to services in `metrics`.
     pub fn new(
         node: &str,
         dir: &Path,
         tunnel: tunnel::TunnelClient,
         denials: Option<DenialSink>,
+        metrics: ForwarderMetrics,
     ) -> Arc<Self> {
         Arc::new(Self {
             node: node.to_string(),
@@ -104,6 +109,7 @@ impl Network {
             outstanding: Mutex::new(HashMap::new()),
             turn: AtomicUsize::new(0),
             denials,
+            metrics,
         })
     }
 
@@ -250,10 +256,26 @@ impl Network {
         svc: &ServiceKey,
         req: http::Request<Bytes>,
     ) -> Result<http::Response<Bytes>, OutboundError> {
+        let started = Instant::now();
         let candidates = self.pick(svc);
         if candidates.is_empty() {
+            self.metrics.observe(svc, "no_endpoint", started);
             return Ok(no_endpoint_response(svc));
         }
+        let result = self.to_endpoints(svc, candidates, req).await;
+        self.metrics
+            .observe(svc, metrics::result_of(&result), started);
+        result
+    }
+
+    /// Tries `candidates` in order (more than one only for idempotent
+    /// methods, after a connect failure).
+    async fn to_endpoints(
+        &self,
+        svc: &ServiceKey,
+        candidates: Vec<Ipv4Addr>,
+        req: http::Request<Bytes>,
+    ) -> Result<http::Response<Bytes>, OutboundError> {
         let idempotent = matches!(
             *req.method(),
             http::Method::GET
@@ -522,7 +544,13 @@ mod tests {
 
     fn net() -> Arc<Network> {
         let dir = tempfile::tempdir().unwrap();
-        let n = Network::new("a", dir.path(), tunnel::TunnelClient::disabled(), None);
+        let n = Network::new(
+            "a",
+            dir.path(),
+            tunnel::TunnelClient::disabled(),
+            None,
+            ForwarderMetrics::default(),
+        );
         n.update_tables(|t| {
             t.set_node("a", "10.244.0.0/24".parse().unwrap(), "");
             t.set_node("b", "10.244.1.0/24".parse().unwrap(), "127.0.0.1:1");
@@ -533,6 +561,40 @@ mod tests {
             );
         });
         n
+    }
+
+    #[tokio::test]
+    async fn requests_to_a_service_are_counted_by_service_and_result() {
+        let registry = flotilla_telemetry::Registry::new();
+        let dir = tempfile::tempdir().unwrap();
+        let n = Network::new(
+            "a",
+            dir.path(),
+            tunnel::TunnelClient::disabled(),
+            None,
+            ForwarderMetrics::register(&registry),
+        );
+        n.update_tables(|t| {
+            t.set_node("a", "10.244.0.0/24".parse().unwrap(), "");
+            t.set_service(("default".into(), "backend".into()), None, None);
+        });
+        let svc = ("default".to_string(), "backend".to_string());
+        for _ in 0..2 {
+            let r = n
+                .to_service(&svc, http::Request::new(Bytes::new()))
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 503);
+        }
+        let text = registry.render();
+        assert!(
+            text.contains("flotilla_forwarder_requests_total{namespace=\"default\",service=\"backend\",result=\"no_endpoint\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("flotilla_forwarder_request_duration_seconds_count{namespace=\"default\",service=\"backend\"} 2"),
+            "{text}"
+        );
     }
 
     #[test]
