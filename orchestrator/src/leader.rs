@@ -15,6 +15,7 @@ use flotilla_api::lease::Lease;
 use flotilla_api::meta::now_timestamp;
 use flotilla_api::object::{Kind, Object};
 use flotilla_api::wire::ErrorCode;
+use flotilla_telemetry::{Family, Gauge, Readiness, Registry};
 
 /// Namespace of the leader-election leases.
 pub const SYSTEM_NAMESPACE: &str = "flotilla-system";
@@ -28,6 +29,10 @@ pub struct Election {
     pub identity: String,
     /// How long a silent leader keeps the lease.
     pub duration: Duration,
+    /// Whether the candidate reaches the apiserver (its readiness).
+    pub connected: Readiness,
+    /// 1 while this candidate leads.
+    leading: Gauge,
 }
 
 impl Election {
@@ -39,7 +44,36 @@ impl Election {
             lease: lease.to_string(),
             identity: format!("{component}-{}-{suffix:08x}", std::process::id()),
             duration,
+            connected: Readiness::not_ready("not connected to the apiserver yet"),
+            leading: Gauge::default(),
         }
+    }
+
+    /// Shows whether this candidate leads in `metrics`.
+    pub fn with_metrics(mut self, metrics: &LeaderMetrics) -> Self {
+        self.leading = metrics
+            .leading
+            .get_or_create_owned(&[("lease", self.lease.clone())]);
+        self
+    }
+}
+
+/// Leader-election metrics of a process (one family for all its elections).
+#[derive(Clone, Debug)]
+pub struct LeaderMetrics {
+    leading: Family<[(&'static str, String); 1], Gauge>,
+}
+
+impl LeaderMetrics {
+    /// Registers the family in `registry`.
+    pub fn register(registry: &Registry) -> Self {
+        let leading = Family::default();
+        registry.register(
+            "flotilla_leader_election_leading",
+            "1 while this process holds the lease (flotilla-scheduler, flotilla-controllers) and acts",
+            leading.clone(),
+        );
+        Self { leading }
     }
 }
 
@@ -140,10 +174,24 @@ async fn keep_renewing(config: &ClientConfig, client: Client, election: &Electio
         })
         .await;
         match attempt {
-            Ok(Ok(Attempt::Acquired)) => renewed = Instant::now(),
+            Ok(Ok(Attempt::Acquired)) => {
+                renewed = Instant::now();
+                election.connected.set_ready();
+            }
             Ok(Ok(Attempt::HeldByOther)) => return "another candidate holds the lease".into(),
-            Ok(Err(e)) => tracing::debug!(error = %e, lease = %election.lease, "renewal failed"),
-            Err(_) => tracing::debug!(lease = %election.lease, "renewal timed out"),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, lease = %election.lease, "renewal failed");
+                election
+                    .connected
+                    .set_not_ready(format!("renewing the lease failed: {e}"));
+            }
+            Err(_) => {
+                tracing::debug!(lease = %election.lease, "renewal timed out");
+                election.connected.set_not_ready(format!(
+                    "the apiserver at {} did not answer a lease renewal within {deadline:?}",
+                    config.server
+                ));
+            }
         }
         if renewed.elapsed() >= deadline {
             return format!("could not renew for {deadline:?}");
@@ -166,23 +214,34 @@ where
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!(error = %e, "candidate cannot reach the apiserver");
+                election.connected.set_not_ready(e.to_string());
                 tokio::time::sleep(retry).await;
                 continue;
             }
         };
         match try_acquire(&client, &election, &mut observed).await {
             Ok(Attempt::Acquired) => {
+                election.connected.set_ready();
                 tracing::info!(lease = %election.lease, identity = %election.identity, "became leader");
+                election.leading.set(1);
                 let why = tokio::select! {
                     why = keep_renewing(&config, client, &election) => why,
                     () = work(config.clone()) => "the work ended".to_string(),
                 };
+                election.leading.set(0);
                 tracing::warn!(lease = %election.lease, reason = %why, "stopped leading");
                 observed = None;
             }
-            Ok(Attempt::HeldByOther) => tokio::time::sleep(retry).await,
+            Ok(Attempt::HeldByOther) => {
+                election.connected.set_ready();
+                tokio::time::sleep(retry).await
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "campaign failed");
+                election.connected.set_not_ready(format!(
+                    "the apiserver at {} did not answer the campaign: {e}",
+                    config.server
+                ));
                 tokio::time::sleep(retry).await;
             }
         }

@@ -9,6 +9,9 @@
 //! 3. open the store and start serving (peers must reach us before we are added),
 //! 4. initialize a new cluster, or ask the cluster to add this joined peer,
 //! 5. make sure namespace `default` exists.
+//!
+//! Ready (for `/readyz`) when the store knows a raft leader and the apiserver
+//! has served its first writes (the namespaces of step 5).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -21,9 +24,12 @@ use flotilla_api::client::{Client, ClientConfig, ClientError};
 use flotilla_api::tls::{self, CertificateAuthority, IssuedCert, ALPN_API, ALPN_RAFT};
 use flotilla_api::token::JoinToken;
 use flotilla_api::wire::{read_frame, write_frame, RequestV1, ResponseV1};
+use flotilla_telemetry::{Readiness, Telemetry};
 
-use crate::apiserver::ApiServer;
-use crate::leader::{run_elected, Election, SYSTEM_NAMESPACE};
+use crate::apiserver::{ApiMetrics, ApiServer};
+use crate::controllers::ControllerMetrics;
+use crate::leader::{run_elected, Election, LeaderMetrics, SYSTEM_NAMESPACE};
+use crate::scheduler::SchedulerMetrics;
 use crate::store::network::{PeerNet, PeerRequest, PeerResponse, MAX_PEER_FRAME};
 use crate::store::{Store, StoreConfig};
 
@@ -97,6 +103,9 @@ pub struct ServerConfig {
     pub leader_lease: Duration,
     /// Node instance ranges and service cluster IPs.
     pub ranges: crate::apiserver::NetworkRanges,
+    /// Where the peer's metrics and readiness checks go (served by the
+    /// caller, if at all).
+    pub telemetry: Telemetry,
 }
 
 impl ServerConfig {
@@ -116,6 +125,7 @@ impl ServerConfig {
             controller_settings: crate::controllers::Settings::default(),
             leader_lease: Duration::from_secs(15),
             ranges: crate::apiserver::NetworkRanges::default(),
+            telemetry: Telemetry::default(),
         }
     }
 }
@@ -339,7 +349,14 @@ impl Server {
             controller_settings,
             leader_lease,
             ranges,
+            telemetry,
         } = config;
+        // First, so that a caller serving `/readyz` during a slow start (a
+        // join) never sees a daemon without checks, which would read as ready.
+        let serving = Readiness::not_ready(
+            "starting: the apiserver has not yet written its namespaces (default, flotilla-node-lease, flotilla-system)",
+        );
+        telemetry.health.add("apiserver", &serving);
         std::fs::create_dir_all(&data_dir).map_err(io_err(&data_dir))?;
         let paths = Paths::new(&data_dir);
         let existing = load_identity(&paths)?;
@@ -404,6 +421,21 @@ impl Server {
         store_config.snapshot_every = snapshot_every;
         store_config.write_timeout = write_timeout;
         let store = Store::open(store_config, net).await?;
+        store.register_metrics(&telemetry.registry);
+        let weak_store = Arc::downgrade(&store);
+        telemetry.health.add_check("store", move || {
+            let Some(store) = weak_store.upgrade() else {
+                return Err("the store is shut down".into());
+            };
+            let m = store.raft().metrics().borrow().clone();
+            match m.current_leader {
+                Some(_) => Ok(()),
+                None => Err(format!(
+                    "no raft leader known to peer {} (term {}); a majority of store peers must answer",
+                    m.id, m.current_term
+                )),
+            }
+        });
         let api = Arc::new(ApiServer::new(
             store.clone(),
             identity.ca.clone(),
@@ -411,6 +443,7 @@ impl Server {
             identity.cert.clone(),
             max_module_bytes,
             ranges,
+            ApiMetrics::register(&telemetry.registry),
         ));
 
         let mut tasks = vec![tokio::spawn(accept_loop(endpoint.clone(), api.clone()))];
@@ -435,20 +468,27 @@ impl Server {
                 client_key: cert.key_pem,
             })
         };
+        let leader_metrics = LeaderMetrics::register(&telemetry.registry);
         if scheduler {
-            let election = Election::new(SCHEDULER_LEASE, "scheduler", leader_lease);
+            let election = Election::new(SCHEDULER_LEASE, "scheduler", leader_lease)
+                .with_metrics(&leader_metrics);
+            let metrics = SchedulerMetrics::register(&telemetry.registry);
             tasks.push(tokio::spawn(run_elected(
                 component_config("scheduler")?,
                 election,
-                crate::scheduler::run,
+                move |config| crate::scheduler::run(config, metrics.clone()),
             )));
         }
         if controllers {
-            let election = Election::new(CONTROLLERS_LEASE, "controllers", leader_lease);
+            let election = Election::new(CONTROLLERS_LEASE, "controllers", leader_lease)
+                .with_metrics(&leader_metrics);
+            let metrics = ControllerMetrics::register(&telemetry.registry);
             tasks.push(tokio::spawn(run_elected(
                 component_config("controllers")?,
                 election,
-                move |config| crate::controllers::run(config, controller_settings.clone()),
+                move |config| {
+                    crate::controllers::run(config, controller_settings.clone(), metrics.clone())
+                },
             )));
         }
         let ns_api = api.clone();
@@ -464,7 +504,10 @@ impl Server {
                     ns_api.ensure_namespace(SYSTEM_NAMESPACE).await
                 };
                 match ensured.await {
-                    Ok(()) => return,
+                    Ok(()) => {
+                        serving.set_ready();
+                        return;
+                    }
                     Err(e) => {
                         tracing::debug!(error = %e, "namespace default not ensured yet");
                         tokio::time::sleep(Duration::from_millis(500)).await;

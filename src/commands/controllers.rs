@@ -6,9 +6,11 @@ use std::process::ExitCode;
 
 use clap::Args;
 use flotilla_api::duration::Duration;
-use flotilla_orchestrator::controllers::Settings;
-use flotilla_orchestrator::leader::{run_elected, Election};
+use flotilla_orchestrator::controllers::{ControllerMetrics, Settings};
+use flotilla_orchestrator::leader::{run_elected, Election, LeaderMetrics};
+use flotilla_orchestrator::scheduler::SchedulerMetrics;
 use flotilla_orchestrator::server::{CONTROLLERS_LEASE, SCHEDULER_LEASE};
+use flotilla_telemetry::Telemetry;
 
 use super::server::shutdown_signal;
 use super::Context;
@@ -43,16 +45,29 @@ pub struct ControllersArgs {
     /// How long the leader keeps its lease without renewing it.
     #[arg(long, default_value = "15s", value_parser = super::context::parse_duration)]
     leader_lease: Duration,
+    #[command(flatten)]
+    metrics: super::metrics_flag::MetricsArgs,
 }
 
 impl ControllersArgs {
     pub async fn execute(self, ctx: &Context) -> anyhow::Result<ExitCode> {
         let config = ctx.client_config()?;
         let settings = self.flags.settings();
-        let election = Election::new(CONTROLLERS_LEASE, "controllers", self.leader_lease.as_std());
+        let telemetry = Telemetry::new();
+        let election = Election::new(CONTROLLERS_LEASE, "controllers", self.leader_lease.as_std())
+            .with_metrics(&LeaderMetrics::register(&telemetry.registry));
+        // Ready while it reaches the apiserver, leading or standing by.
+        telemetry.health.add("apiserver", &election.connected);
+        let metrics = ControllerMetrics::register(&telemetry.registry);
+        let _served = self
+            .metrics
+            .serve("flotilla controllers", &telemetry)
+            .await?;
         tracing::info!(identity = %election.identity, server = %config.server, "controllers campaigning");
         tokio::select! {
-            () = run_elected(config, election, move |c| flotilla_orchestrator::controllers::run(c, settings.clone())) => {}
+            () = run_elected(config, election, move |c| {
+                flotilla_orchestrator::controllers::run(c, settings.clone(), metrics.clone())
+            }) => {}
             () = shutdown_signal() => {}
         }
         Ok(ExitCode::SUCCESS)
@@ -64,15 +79,25 @@ pub struct SchedulerArgs {
     /// How long the leader keeps its lease without renewing it.
     #[arg(long, default_value = "15s", value_parser = super::context::parse_duration)]
     leader_lease: Duration,
+    #[command(flatten)]
+    metrics: super::metrics_flag::MetricsArgs,
 }
 
 impl SchedulerArgs {
     pub async fn execute(self, ctx: &Context) -> anyhow::Result<ExitCode> {
         let config = ctx.client_config()?;
-        let election = Election::new(SCHEDULER_LEASE, "scheduler", self.leader_lease.as_std());
+        let telemetry = Telemetry::new();
+        let election = Election::new(SCHEDULER_LEASE, "scheduler", self.leader_lease.as_std())
+            .with_metrics(&LeaderMetrics::register(&telemetry.registry));
+        // Ready while it reaches the apiserver, leading or standing by.
+        telemetry.health.add("apiserver", &election.connected);
+        let metrics = SchedulerMetrics::register(&telemetry.registry);
+        let _served = self.metrics.serve("flotilla scheduler", &telemetry).await?;
         tracing::info!(identity = %election.identity, server = %config.server, "scheduler campaigning");
         tokio::select! {
-            () = run_elected(config, election, flotilla_orchestrator::scheduler::run) => {}
+            () = run_elected(config, election, move |c| {
+                flotilla_orchestrator::scheduler::run(c, metrics.clone())
+            }) => {}
             () = shutdown_signal() => {}
         }
         Ok(ExitCode::SUCCESS)

@@ -10,6 +10,7 @@ mod drain;
 mod get;
 mod hollow_nodes;
 mod logs;
+mod metrics_flag;
 mod node;
 mod output;
 mod port_forward;

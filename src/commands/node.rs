@@ -45,6 +45,8 @@ pub struct NodeArgs {
     #[arg(long)]
     hollow: bool,
     #[command(flatten)]
+    metrics: super::metrics_flag::MetricsArgs,
+    #[command(flatten)]
     agent: AgentArgs,
 }
 
@@ -161,11 +163,13 @@ impl NodeArgs {
         } else {
             RuntimeKind::Wasmtime
         };
+        let telemetry = config.telemetry.clone();
         let agent = Agent::start(config).await?;
         println!("flotilla node: {name} listening on {}", agent.listen_addr);
         if let Some(addr) = &agent.ingress_addr {
             println!("flotilla node: {name} ingress on http://{addr}");
         }
+        let _metrics = self.metrics.serve("flotilla node", &telemetry).await?;
         super::server::shutdown_signal().await;
         agent.shutdown().await;
         Ok(ExitCode::SUCCESS)

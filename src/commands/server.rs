@@ -57,6 +57,8 @@ pub struct ServerArgs {
     /// How long a write waits for a quorum before failing.
     #[arg(long, default_value = "5s", value_parser = super::context::parse_duration)]
     write_timeout: Duration,
+    #[command(flatten)]
+    metrics: super::metrics_flag::MetricsArgs,
 }
 
 impl ServerArgs {
@@ -78,6 +80,7 @@ impl ServerArgs {
             cluster_cidr,
             node_cidr_mask_size,
             service_cidr,
+            metrics,
         } = self;
         if node_cidr_mask_size < cluster_cidr.prefix_len() {
             anyhow::bail!(
@@ -100,6 +103,7 @@ impl ServerArgs {
             node_prefix: node_cidr_mask_size,
             service_cidr,
         };
+        let _metrics = metrics.serve("flotilla server", &config.telemetry).await?;
         run(config, shutdown_signal()).await?;
         Ok(ExitCode::SUCCESS)
     }

@@ -11,6 +11,9 @@ use flotilla_api::client::{Client, ClientConfig};
 use flotilla_api::wire::{RequestV1, ResponseV1};
 use flotilla_node::agent::{Agent, AgentConfig};
 use flotilla_orchestrator::server::{Server, ServerConfig};
+use flotilla_telemetry::Telemetry;
+
+use super::metrics_flag::{parse_metrics_addr, MetricsAddr, UP_DEFAULT};
 
 #[derive(Args, Debug)]
 pub struct UpArgs {
@@ -23,6 +26,10 @@ pub struct UpArgs {
     /// Address of the node's HTTP ingress (services with spec.ingress.host).
     #[arg(long, default_value = "127.0.0.1:8080")]
     ingress_addr: String,
+    /// Serve Prometheus metrics (/metrics), /healthz and /readyz of the
+    /// whole cluster here (TCP), or `off`.
+    #[arg(long, value_name = "IP:PORT|off", default_value = UP_DEFAULT, value_parser = parse_metrics_addr)]
+    metrics_addr: MetricsAddr,
 }
 
 impl UpArgs {
@@ -35,11 +42,13 @@ impl UpArgs {
                 .map(|h| h.join(".flotilla").join("up"))
                 .context("no --data-dir and no HOME to put one in")?,
         };
-        let server = Server::start(ServerConfig::new(
-            data_dir.join("server"),
-            self.api_addr.clone(),
-        ))
-        .await?;
+        // One registry and one set of checks for both: ready when the store
+        // has a leader, the apiserver serves and the node is registered.
+        let telemetry = Telemetry::new();
+        let metrics = super::metrics_flag::serve(self.metrics_addr.0, &telemetry).await?;
+        let mut server_config = ServerConfig::new(data_dir.join("server"), self.api_addr.clone());
+        server_config.telemetry = telemetry.clone();
+        let server = Server::start(server_config).await?;
         let admin = ClientConfig::load(&server.admin_config)?;
         let node_dir = data_dir.join("node");
         let mut agent_config = AgentConfig::new(super::node::default_node_name(), node_dir.clone());
@@ -56,6 +65,7 @@ impl UpArgs {
         }
         agent_config.server = Some(server.address.clone());
         agent_config.ingress = Some(self.ingress_addr.clone());
+        agent_config.telemetry = telemetry.clone();
         let agent = Agent::start(agent_config)
             .await
             .context("starting the node (another --ingress-addr, or 127.0.0.1:0 for any free port, avoids a port in use)")?;
@@ -79,6 +89,9 @@ impl UpArgs {
         }
         if let Some(addr) = &agent.ingress_addr {
             println!("ingress: http://{addr} (a service with spec.ingress.host is reached by that Host header)");
+        }
+        if let Some(m) = &metrics {
+            println!("metrics: http://{}/metrics (and /healthz, /readyz)", m.addr);
         }
         println!();
         println!("Next:");

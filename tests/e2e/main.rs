@@ -5,6 +5,7 @@ mod bad_input;
 mod cli;
 mod control_plane;
 mod harness;
+mod metrics;
 mod network;
 mod node;
 mod security;

@@ -624,7 +624,15 @@ fn up_in_a_fresh_home_runs_hello() {
     let home = tempfile::tempdir().unwrap();
     let api = crate::harness::free_udp_addr();
     let mut up = Command::new(BIN)
-        .args(["up", "--api-addr", &api, "--ingress-addr", "127.0.0.1:0"])
+        .args([
+            "up",
+            "--api-addr",
+            &api,
+            "--ingress-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
         .env("HOME", home.path())
         .env_remove("FLOTILLA_CONFIG")
         .stdout(Stdio::piped())

@@ -9,15 +9,18 @@
 
 mod ipam;
 mod keys;
+mod metrics;
 mod modules;
 mod nodes;
 mod tokens;
 mod watchhub;
 
 pub use ipam::NetworkRanges;
+pub use metrics::ApiMetrics;
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use flotilla_api::fields::FieldSelector;
 use flotilla_api::labels::LabelSelector;
@@ -76,6 +79,8 @@ pub struct ApiServer {
     ipam_hints: ipam::Hints,
     /// Hands Instance changes to the watchers of their node only.
     watch_hub: Arc<watchhub::WatchHub>,
+    /// Requests served, their latency, watches open.
+    metrics: ApiMetrics,
 }
 
 fn store_error(e: StoreError) -> ApiError {
@@ -197,7 +202,8 @@ fn rejection_error(obj_kind: Kind, namespace: &str, name: &str, r: Rejection) ->
 }
 
 impl ApiServer {
-    /// An apiserver over `store`, issuing certificates with `ca`.
+    /// An apiserver over `store`, issuing certificates with `ca`, counting
+    /// its requests in `metrics`.
     pub fn new(
         store: Arc<Store>,
         ca: CertificateAuthority,
@@ -205,6 +211,7 @@ impl ApiServer {
         peer_cert: tls::IssuedCert,
         max_module_bytes: u64,
         ranges: NetworkRanges,
+        metrics: ApiMetrics,
     ) -> Self {
         let watch_hub = watchhub::WatchHub::start(store.reader().clone());
         Self {
@@ -216,6 +223,7 @@ impl ApiServer {
             ranges,
             ipam_hints: ipam::Hints::default(),
             watch_hub,
+            metrics,
         }
     }
 
@@ -249,17 +257,35 @@ impl ApiServer {
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
     ) {
+        let started = Instant::now();
         let req: Request = match read_frame(&mut recv, MAX_FRAME).await {
             Ok(Some(r)) => r,
             Ok(None) => return,
             Err(e) => {
                 let err = ApiError::new(ErrorCode::BadRequest, format!("bad request frame: {e}"));
+                self.metrics.observe("unknown", "", "BadRequest", started);
                 let _ = write_frame(&mut send, &Response::V1(ResponseV1::Error(err))).await;
                 let _ = send.finish();
                 return;
             }
         };
         let Request::V1(req) = req;
+        let (verb, kind) = metrics::labels_of(&req);
+        // A watch is counted when it starts (in `serve_watch`), not when it ends.
+        if let Some(result) = self.serve_request(caller, &mut send, &mut recv, req).await {
+            self.metrics.observe(verb, kind, result, started);
+        }
+    }
+
+    /// Serves one request; returns its result label, or `None` for a watch
+    /// that has counted itself.
+    async fn serve_request(
+        &self,
+        caller: Caller,
+        send: &mut quinn::SendStream,
+        recv: &mut quinn::RecvStream,
+        req: RequestV1,
+    ) -> Option<&'static str> {
         if let RequestV1::Watch {
             kind,
             namespace,
@@ -268,22 +294,21 @@ impl ApiServer {
             field_selector,
         } = req
         {
-            if let Err(e) = self.authorize(&caller, "watch") {
-                let _ = write_frame(&mut send, &Response::V1(ResponseV1::Error(e))).await;
-                let _ = send.finish();
-                return;
-            }
-            let selectors = match parse_selectors(&label_selector, &field_selector) {
+            let checked = self
+                .authorize(&caller, "watch")
+                .and_then(|()| parse_selectors(&label_selector, &field_selector));
+            let selectors = match checked {
                 Ok(s) => s,
                 Err(e) => {
-                    let _ = write_frame(&mut send, &Response::V1(ResponseV1::Error(e))).await;
+                    let result = metrics::code_label(e.code);
+                    let _ = write_frame(send, &Response::V1(ResponseV1::Error(e))).await;
                     let _ = send.finish();
-                    return;
+                    return Some(result);
                 }
             };
             self.serve_watch(send, kind, namespace, selectors, from_revision)
                 .await;
-            return;
+            return None;
         }
         let streaming = matches!(
             req,
@@ -294,9 +319,10 @@ impl ApiServer {
         );
         if streaming {
             if let Err(e) = self.authorize(&caller, "this request") {
-                let _ = write_frame(&mut send, &Response::V1(ResponseV1::Error(e))).await;
+                let result = metrics::code_label(e.code);
+                let _ = write_frame(send, &Response::V1(ResponseV1::Error(e))).await;
                 let _ = send.finish();
-                return;
+                return Some(result);
             }
             let result = match req {
                 RequestV1::UploadModule {
@@ -304,31 +330,33 @@ impl ApiServer {
                     size,
                     source,
                 } => self
-                    .serve_upload(&mut recv, &digest, size, &source)
+                    .serve_upload(recv, &digest, size, &source)
                     .await
                     .map(ResponseV1::Object),
-                RequestV1::DownloadModule { digest } => {
-                    self.serve_download(&mut send, &digest).await
-                }
-                other => match self.proxy_to_node(&mut send, &mut recv, other).await {
-                    Ok(()) => return,
+                RequestV1::DownloadModule { digest } => self.serve_download(send, &digest).await,
+                other => match self.proxy_to_node(send, recv, other).await {
+                    Ok(()) => return Some("ok"),
                     Err(e) => Err(e),
                 },
             };
+            let label = metrics::result_of(&result);
             let resp = match result {
                 Ok(r) => r,
                 Err(e) => ResponseV1::Error(e),
             };
-            let _ = write_frame(&mut send, &Response::V1(resp)).await;
+            let _ = write_frame(send, &Response::V1(resp)).await;
             let _ = send.finish();
-            return;
+            return Some(label);
         }
-        let resp = match self.handle(&caller, req).await {
+        let result = self.handle(&caller, req).await;
+        let label = metrics::result_of(&result);
+        let resp = match result {
             Ok(r) => r,
             Err(e) => ResponseV1::Error(e),
         };
-        let _ = write_frame(&mut send, &Response::V1(resp)).await;
+        let _ = write_frame(send, &Response::V1(resp)).await;
         let _ = send.finish();
+        Some(label)
     }
 
     fn authorize(&self, caller: &Caller, verb: &str) -> ApiResult<()> {
@@ -1112,7 +1140,7 @@ impl ApiServer {
 
     async fn serve_watch(
         &self,
-        mut send: quinn::SendStream,
+        send: &mut quinn::SendStream,
         kind: Option<Kind>,
         namespace: Option<String>,
         (labels, fields): (LabelSelector, FieldSelector),
@@ -1138,15 +1166,20 @@ impl ApiServer {
             }
             _ => None,
         };
+        let kind_label = kind.map_or("", |k| k.as_str());
+        let started = Instant::now();
         let mut stream = match self.store.reader().watch(from_revision) {
             Ok(s) => s,
             Err(too_old) => {
+                self.metrics.observe("watch", kind_label, "TooOld", started);
                 let err = ApiError::new(ErrorCode::TooOld, too_old.to_string());
-                let _ = write_frame(&mut send, &Response::V1(ResponseV1::Error(err))).await;
+                let _ = write_frame(send, &Response::V1(ResponseV1::Error(err))).await;
                 let _ = send.finish();
                 return;
             }
         };
+        self.metrics.observe("watch", kind_label, "ok", started);
+        let _open = self.metrics.watch_open();
         let mut hub = hub;
         loop {
             let next = tokio::select! {
@@ -1160,13 +1193,13 @@ impl ApiServer {
                         ErrorCode::TooOld,
                         "the watch was reset (this peer installed a snapshot); list again and watch from the list's revision",
                     );
-                    let _ = write_frame(&mut send, &Response::V1(ResponseV1::Error(err))).await;
+                    let _ = write_frame(send, &Response::V1(ResponseV1::Error(err))).await;
                     let _ = send.finish();
                     return;
                 }
                 Err(too_old) => {
                     let err = ApiError::new(ErrorCode::TooOld, too_old.to_string());
-                    let _ = write_frame(&mut send, &Response::V1(ResponseV1::Error(err))).await;
+                    let _ = write_frame(send, &Response::V1(ResponseV1::Error(err))).await;
                     let _ = send.finish();
                     return;
                 }
@@ -1205,7 +1238,7 @@ impl ApiServer {
                 event_type,
                 object,
             };
-            if write_frame(&mut send, &Response::V1(ResponseV1::Event(event)))
+            if write_frame(send, &Response::V1(ResponseV1::Event(event)))
                 .await
                 .is_err()
             {

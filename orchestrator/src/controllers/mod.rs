@@ -18,7 +18,7 @@ mod node_lifecycle;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 use tokio::sync::watch;
@@ -36,6 +36,7 @@ use flotilla_api::node::Node;
 use flotilla_api::object::{Kind, Object};
 use flotilla_api::service::Service;
 use flotilla_api::wire::{ErrorCode, Propagation};
+use flotilla_telemetry::{Counter, Family, Histogram, Registry};
 
 use crate::events::Recorder;
 use crate::informer::{self, Cache};
@@ -59,6 +60,34 @@ impl Default for Settings {
             default_toleration: Duration::from_secs(300),
             tick: Duration::from_millis(500),
         }
+    }
+}
+
+/// The controller manager's metrics; clones share them.
+#[derive(Clone)]
+pub struct ControllerMetrics {
+    passes: Family<[(&'static str, &'static str); 1], Counter>,
+    pass_latency: Histogram,
+}
+
+impl ControllerMetrics {
+    /// Registers the controllers' metrics in `registry`.
+    pub fn register(registry: &Registry) -> Self {
+        let m = Self {
+            passes: Family::default(),
+            pass_latency: Histogram::latency(),
+        };
+        registry.register(
+            "flotilla_controllers_passes",
+            "Passes of every controller over one snapshot, by result (ok, error: a write failed and the pass ended early)",
+            m.passes.clone(),
+        );
+        registry.register(
+            "flotilla_controllers_pass_duration_seconds",
+            "Time of one pass of every controller, writes included",
+            m.pass_latency.clone(),
+        );
+        m
     }
 }
 
@@ -325,7 +354,7 @@ const WATCHED: &[Kind] = &[
 ];
 
 /// Runs the controllers until the task is dropped, reconnecting after any break.
-pub async fn run(config: ClientConfig, settings: Settings) {
+pub async fn run(config: ClientConfig, settings: Settings, metrics: ControllerMetrics) {
     let memory = Arc::new(Mutex::new(Memory::default()));
     loop {
         let client = match Client::connect(&config).await {
@@ -354,7 +383,12 @@ pub async fn run(config: ClientConfig, settings: Settings) {
             }
             let mut changes = cache.subscribe();
             loop {
-                if let Err(e) = pass(&ctx).await {
+                let started = Instant::now();
+                let passed = pass(&ctx).await;
+                metrics.pass_latency.observe_since(started);
+                let result = if passed.is_ok() { "ok" } else { "error" };
+                metrics.passes.get_or_create(&[("result", result)]).inc();
+                if let Err(e) = passed {
                     tracing::debug!(error = %e, "controller pass failed");
                     if e.code().is_none() {
                         return;

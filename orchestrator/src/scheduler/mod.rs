@@ -21,7 +21,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -33,9 +33,61 @@ use flotilla_api::meta::{set_condition, Condition, ConditionStatus};
 use flotilla_api::node::{Node, TaintEffect};
 use flotilla_api::object::{Kind, Object};
 use flotilla_api::wire::ErrorCode;
+use flotilla_telemetry::{Counter, Family, Gauge, Histogram, Registry};
 
 use crate::events::Recorder;
 use crate::informer::{self, Cache};
+
+type ResultLabel = [(&'static str, &'static str); 1];
+
+/// The scheduler's metrics; clones share them.
+#[derive(Clone)]
+pub struct SchedulerMetrics {
+    pending: Gauge,
+    attempts: Family<ResultLabel, Counter>,
+    bindings: Family<ResultLabel, Counter>,
+    binding_latency: Histogram,
+    pass_latency: Histogram,
+}
+
+impl SchedulerMetrics {
+    /// Registers the scheduler's metrics in `registry`.
+    pub fn register(registry: &Registry) -> Self {
+        let m = Self {
+            pending: Gauge::default(),
+            attempts: Family::default(),
+            bindings: Family::default(),
+            binding_latency: Histogram::latency(),
+            pass_latency: Histogram::latency(),
+        };
+        registry.register(
+            "flotilla_scheduler_pending_instances",
+            "Unbound instances waiting for a node, as the active scheduler last saw them",
+            m.pending.clone(),
+        );
+        registry.register(
+            "flotilla_scheduler_schedule_attempts",
+            "Placements tried, by result (scheduled, unschedulable); an instance that fits nowhere is tried again every pass",
+            m.attempts.clone(),
+        );
+        registry.register(
+            "flotilla_scheduler_bindings",
+            "Binding writes, by result (bound; conflict: the instance changed or went first; error)",
+            m.bindings.clone(),
+        );
+        registry.register(
+            "flotilla_scheduler_binding_duration_seconds",
+            "Time to write one binding through the API",
+            m.binding_latency.clone(),
+        );
+        registry.register(
+            "flotilla_scheduler_pass_duration_seconds",
+            "Time of one scheduling pass over every unbound instance, binds included",
+            m.pass_latency.clone(),
+        );
+        m
+    }
+}
 
 /// Why a node was filtered out, for the "0/N nodes are available" message.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -488,6 +540,7 @@ struct Scheduler {
     client: Client,
     cache: Arc<Cache>,
     recorder: Arc<Recorder>,
+    metrics: SchedulerMetrics,
 }
 
 impl Scheduler {
@@ -517,6 +570,9 @@ impl Scheduler {
             (&a.metadata.creation_timestamp, &a.metadata.name)
                 .cmp(&(&b.metadata.creation_timestamp, &b.metadata.name))
         });
+        let started = Instant::now();
+        let waiting = unbound.len();
+        self.metrics.pending.set(waiting as i64);
         let mut writes: JoinSet<Result<bool, ClientError>> = JoinSet::new();
         let mut bound = 0;
         for mut i in unbound {
@@ -528,16 +584,24 @@ impl Scheduler {
             let (placement, examined) = place_scanning(&i, &world);
             match placement {
                 Placement::Node(name) => {
+                    self.metrics
+                        .attempts
+                        .get_or_create(&[("result", "scheduled")])
+                        .inc();
                     world.start = (world.start + examined) % world.nodes.len().max(1);
                     i.spec.node_name = name.clone();
                     world.add(i.clone(), &name);
                     let client = self.client.clone();
                     let cache = self.cache.clone();
+                    let metrics = self.metrics.clone();
                     writes.spawn(async move {
-                        match client.update(Object::Instance(i)).await {
+                        let started = Instant::now();
+                        let written = client.update(Object::Instance(i)).await;
+                        metrics.binding_latency.observe_since(started);
+                        let (result, outcome) = match written {
                             Ok(o) => {
                                 cache.wrote(o);
-                                Ok(true)
+                                ("bound", Ok(true))
                             }
                             Err(e)
                                 if matches!(
@@ -545,13 +609,19 @@ impl Scheduler {
                                     Some(ErrorCode::Conflict | ErrorCode::NotFound)
                                 ) =>
                             {
-                                Ok(false)
+                                ("conflict", Ok(false))
                             }
-                            Err(e) => Err(e),
-                        }
+                            Err(e) => ("error", Err(e)),
+                        };
+                        metrics.bindings.get_or_create(&[("result", result)]).inc();
+                        outcome
                     });
                 }
                 Placement::Unschedulable(message) => {
+                    self.metrics
+                        .attempts
+                        .get_or_create(&[("result", "unschedulable")])
+                        .inc();
                     let changed = set_condition(
                         &mut i.status.conditions,
                         Condition::new(
@@ -592,13 +662,17 @@ impl Scheduler {
         while let Some(r) = writes.join_next().await {
             bound += usize::from(r.unwrap_or(Ok(false))?);
         }
+        self.metrics
+            .pending
+            .set(waiting.saturating_sub(bound) as i64);
+        self.metrics.pass_latency.observe_since(started);
         Ok(bound)
     }
 }
 
 /// Runs until the task is dropped: a pass whenever nodes or instances change,
 /// and every few seconds regardless (which is the retry of what did not fit).
-pub async fn run(config: ClientConfig) {
+pub async fn run(config: ClientConfig, metrics: SchedulerMetrics) {
     let recorder = Arc::new(Recorder::new("scheduler"));
     loop {
         let client = match Client::connect(&config).await {
@@ -615,6 +689,7 @@ pub async fn run(config: ClientConfig) {
             client: client.clone(),
             cache: cache.clone(),
             recorder: recorder.clone(),
+            metrics: metrics.clone(),
         };
         let fill = informer::run(&client, &[Kind::Node, Kind::Instance], &cache, &synced_tx);
         let work = async {

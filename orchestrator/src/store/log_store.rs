@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io;
 use std::ops::RangeBounds;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
@@ -29,6 +30,9 @@ struct Inner {
 pub struct LogStore {
     inner: Arc<Mutex<Inner>>,
     flusher: mpsc::Sender<FlushRequest>,
+    /// The committed index, readable without the lock (metrics read it while
+    /// an append may hold the lock for a write).
+    committed_index: Arc<AtomicU64>,
 }
 
 struct FlushRequest {
@@ -112,6 +116,7 @@ impl LogStore {
             .spawn(move || run_flusher(rx))?;
         Ok(Self {
             flusher,
+            committed_index: Arc::new(AtomicU64::new(committed.map_or(0, |c: LogId| c.index))),
             inner: Arc::new(Mutex::new(Inner {
                 backend,
                 entries,
@@ -126,6 +131,11 @@ impl LogStore {
         // A panic while holding the lock leaves the log as the backend last wrote
         // it; the in-memory copy is still a prefix of it, so go on.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The index of the last entry known committed (0 before any).
+    pub fn committed_index(&self) -> u64 {
+        self.committed_index.load(Ordering::Relaxed)
     }
 
     /// Number of entries held (for tests and metrics).
@@ -194,6 +204,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .save_committed(&bytes)
             .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
         inner.committed = committed;
+        self.committed_index
+            .store(committed.map_or(0, |c| c.index), Ordering::Relaxed);
         Ok(())
     }
 

@@ -557,6 +557,66 @@ impl Store {
         Ok(())
     }
 
+    /// The index of the last entry this peer knows is committed.
+    pub fn committed_index(&self) -> u64 {
+        self.log.committed_index()
+    }
+
+    /// Registers this peer's raft position in `registry`, read from raft's
+    /// metrics on every scrape (so nothing is copied on the write path).
+    pub fn register_metrics(self: &Arc<Self>, registry: &flotilla_telemetry::Registry) {
+        use flotilla_telemetry::Sample;
+        let store = Arc::downgrade(self);
+        registry.register_sampled(move |out| {
+            let Some(store) = store.upgrade() else { return };
+            let m = store.raft.metrics().borrow().clone();
+            let voters = m.membership_config.membership().voter_ids().count();
+            let flag = |b: bool| if b { 1.0 } else { 0.0 };
+            out.extend([
+                Sample::gauge(
+                    "flotilla_raft_term",
+                    "Current raft term",
+                    m.current_term as f64,
+                ),
+                Sample::gauge(
+                    "flotilla_raft_last_log_index",
+                    "Index of the last entry in this peer's raft log",
+                    m.last_log_index.unwrap_or(0) as f64,
+                ),
+                Sample::gauge(
+                    "flotilla_raft_commit_index",
+                    "Index of the last entry this peer knows is committed",
+                    store.committed_index() as f64,
+                ),
+                Sample::gauge(
+                    "flotilla_raft_applied_index",
+                    "Index of the last entry applied to this peer's state (its store revision)",
+                    m.last_applied.map_or(0, |l| l.index) as f64,
+                ),
+                Sample::gauge(
+                    "flotilla_raft_snapshot_index",
+                    "Index of the last entry in this peer's latest snapshot",
+                    m.snapshot.map_or(0, |l| l.index) as f64,
+                ),
+                Sample::gauge(
+                    "flotilla_raft_is_leader",
+                    "1 when this peer is the raft leader",
+                    flag(m.current_leader == Some(store.id)),
+                ),
+                Sample::gauge(
+                    "flotilla_raft_has_leader",
+                    "1 when this peer knows a raft leader",
+                    flag(m.current_leader.is_some()),
+                ),
+                Sample::gauge(
+                    "flotilla_raft_voters",
+                    "Voting members in this peer's view of the membership",
+                    voters as f64,
+                ),
+            ]);
+        });
+    }
+
     /// The peers of the store with their roles.
     pub fn members(&self) -> Vec<MemberInfo> {
         let metrics = self.raft.metrics().borrow().clone();
