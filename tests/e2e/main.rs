@@ -8,6 +8,7 @@ mod harness;
 mod metrics;
 mod network;
 mod node;
+mod sdk;
 mod security;
 mod watch;
 mod workloads;

@@ -341,7 +341,12 @@ fn services_route_across_nodes_through_ingress_names_and_addresses() {
         &format!("/?to=http://{other}/"),
     );
     assert_eq!(status, 502, "{body}");
-    assert!(body.contains(": denied: outgoing calls outside the cluster need the host in allowedOutboundHosts"), "{body}");
+    assert!(
+        body.contains(
+            ": denied: outgoing calls outside the cluster need the host in allowedOutboundHosts"
+        ),
+        "{body}"
+    );
     wait_for("an EgressDenied event", Duration::from_secs(10), || {
         stdout(&cluster.cli(0, &["get", "events"]))
             .contains("EgressDenied")

@@ -63,12 +63,16 @@ fn logs(cluster: &Cluster, instance: &str) -> String {
 /// Waits until the logs of some instance labelled `selector` contain every
 /// one of `wanted`, and returns them.
 fn wait_logs(cluster: &Cluster, selector: &str, wanted: &[&str], timeout: Duration) -> String {
-    wait_for(&format!("logs of {selector} with {wanted:?}"), timeout, || {
-        instance_names(cluster, selector)
-            .iter()
-            .map(|name| logs(cluster, name))
-            .find(|text| wanted.iter().all(|w| text.contains(w)))
-    })
+    wait_for(
+        &format!("logs of {selector} with {wanted:?}"),
+        timeout,
+        || {
+            instance_names(cluster, selector)
+                .iter()
+                .map(|name| logs(cluster, name))
+                .find(|text| wanted.iter().all(|w| text.contains(w)))
+        },
+    )
 }
 
 #[test]
@@ -114,9 +118,10 @@ fn sdk_examples_deploy_from_their_directories_and_work() {
     let items = page["items"].as_array().expect("items");
     assert_eq!(items.len(), 3, "{body}");
     assert!(
-        items
-            .iter()
-            .all(|i| i["served_by"].as_str().unwrap_or("").starts_with("backend-")),
+        items.iter().all(|i| i["served_by"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("backend-")),
         "{body}"
     );
     let (status, body, _) = get(&ingress, "frontend.local", "/?to=http://backend/items/9");
@@ -134,7 +139,10 @@ fn sdk_examples_deploy_from_their_directories_and_work() {
     wait_logs(
         &cluster,
         "job-name=primes",
-        &["primes below 1000000: 78498", "INFO  counting primes below 1000000 on node-"],
+        &[
+            "primes below 1000000: 78498",
+            "INFO  counting primes below 1000000 on node-",
+        ],
         Duration::from_secs(10),
     );
 
@@ -160,7 +168,10 @@ fn sdk_examples_deploy_from_their_directories_and_work() {
     });
     let (status, body, _) = get(&ingress, "plugin.local", "/alloc?mb=64");
     assert_eq!(status, 502, "{body}");
-    assert!(body.contains("OOMKilled") && body.contains("memory limit"), "{body}");
+    assert!(
+        body.contains("OOMKilled") && body.contains("memory limit"),
+        "{body}"
+    );
     let (status, body, _) = get(&ingress, "plugin.local", "/spin");
     assert_eq!(status, 502, "{body}");
     assert!(body.contains("cpu limit exceeded"), "{body}");
@@ -183,13 +194,17 @@ fn sdk_examples_deploy_from_their_directories_and_work() {
     ] {
         assert!(plugin_log.contains(wanted), "{wanted:?} not in:\n{plugin_log}");
     }
-    wait_for("an EgressDenied event for plugin", Duration::from_secs(10), || {
-        let events = stdout(&cluster.cli(0, &["get", "events"]));
-        events
-            .lines()
-            .any(|l| l.contains("EgressDenied") && l.contains("plugin"))
-            .then_some(())
-    });
+    wait_for(
+        "an EgressDenied event for plugin",
+        Duration::from_secs(10),
+        || {
+            let events = stdout(&cluster.cli(0, &["get", "events"]));
+            events
+                .lines()
+                .any(|l| l.contains("EgressDenied") && l.contains("plugin"))
+                .then_some(())
+        },
+    );
 
     // ticker: asked to stop (its stdin closed), it says so and ends long
     // before its 30 s grace period.
@@ -210,7 +225,10 @@ fn sdk_examples_deploy_from_their_directories_and_work() {
     let line = recv_line_containing(&lines, "stop requested", Duration::from_secs(10));
     let took = asked.elapsed();
     kill(&mut follow);
-    assert!(line.contains("INFO  stop requested: stopping after"), "{line}");
+    assert!(
+        line.contains("INFO  stop requested: stopping after"),
+        "{line}"
+    );
     assert!(took < Duration::from_secs(10), "took {took:?}");
 
     for node in &mut nodes {
@@ -319,7 +337,10 @@ fn sdk_components_answer_under_wasmtime_serve() {
     let (status, body, _) = get(&backend.addr, "localhost", "/items/2");
     assert_eq!(status, 200, "{body}");
     let item: Value = serde_json::from_str(&body).expect("JSON");
-    assert_eq!((item["id"].clone(), item["name"].clone()), (2.into(), "buoy".into()));
+    assert_eq!(
+        (item["id"].clone(), item["name"].clone()),
+        (2.into(), "buoy".into())
+    );
     let (status, body, _) = get(&backend.addr, "localhost", "/items/7");
     assert_eq!(status, 404, "{body}");
     assert_eq!(body, "no item with id \"7\"\n");

@@ -35,7 +35,11 @@ fn handle(req: Request) -> Response {
 fn items() -> Vec<Item> {
     ITEMS
         .iter()
-        .map(|&(id, name)| Item { id, name, served_by: self::name() })
+        .map(|&(id, name)| Item {
+            id,
+            name,
+            served_by: self::name(),
+        })
         .collect()
 }
 

@@ -64,7 +64,10 @@ fn items() -> Result<Response, Error> {
 fn relay(req: Request) -> Response {
     let prefix = format!("frontend {} -> ", name());
     let target = req.query("to").unwrap_or_else(|| DEFAULT_TARGET.to_owned());
-    match client::request(Method::Get, &target).timeout(TIMEOUT).send() {
+    match client::request(Method::Get, &target)
+        .timeout(TIMEOUT)
+        .send()
+    {
         Ok(answer) => {
             let mut body = prefix.into_bytes();
             body.extend_from_slice(answer.body());

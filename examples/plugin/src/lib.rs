@@ -46,14 +46,21 @@ fn alloc(req: Request) -> Result<String, Error> {
     for page in block.chunks_mut(4096) {
         page[0] = 1;
     }
-    let touched = black_box(&block).iter().step_by(4096).filter(|&&b| b == 1).count();
+    let touched = black_box(&block)
+        .iter()
+        .step_by(4096)
+        .filter(|&&b| b == 1)
+        .count();
     Ok(format!("allocated {mb} MiB ({touched} pages)\n"))
 }
 
 fn spin() -> String {
     let mut x: u64 = black_box(1);
     loop {
-        x = black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407));
+        x = black_box(
+            x.wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407),
+        );
         if x == 0 {
             // Practically never: keeps the loop from being proven endless.
             return format!("spun to {x}\n");
@@ -62,6 +69,8 @@ fn spin() -> String {
 }
 
 fn fetch(req: Request) -> Result<Response, client::ClientError> {
-    let url = req.query("url").unwrap_or_else(|| "http://example.com/".into());
+    let url = req
+        .query("url")
+        .unwrap_or_else(|| "http://example.com/".into());
     client::get(&url)
 }

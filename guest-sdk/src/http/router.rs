@@ -253,11 +253,12 @@ mod tests {
 
     #[test]
     fn a_route_for_any_method_catches_the_rest() {
-        let router = Router::new()
-            .get("/items", |_, _| "list")
-            .route_any("/*rest", |req: Request, p: Params| {
+        let router = Router::new().get("/items", |_, _| "list").route_any(
+            "/*rest",
+            |req: Request, p: Params| {
                 format!("{} {}", req.method(), p.get("rest").unwrap_or_default())
-            });
+            },
+        );
         let call = |m, path| {
             let r = router.handle(Request::new(m, path));
             String::from_utf8_lossy(r.body()).into_owned()

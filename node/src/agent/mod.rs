@@ -418,13 +418,22 @@ async fn apply_desired(shared: &Arc<Shared>, desired: BTreeMap<Key, Instance>) {
             }
             let dir = shared.log_dir(&key);
             let metrics = shared.ctx.metrics.clone();
-            stopping.push(async move {
+            let stop = async move {
                 s.stop().await;
                 metrics.forget(&key);
                 if gone {
                     logs::InstanceLog::remove(&dir);
                 }
-            });
+            };
+            if gone {
+                // A deleted instance may take its grace period to end; the
+                // others need not wait for it.
+                tokio::spawn(stop);
+            } else {
+                // A changed spec is started again under the same key once the
+                // old run has ended.
+                stopping.push(stop);
+            }
         }
     }
     stop_in_order(stopping).await;

@@ -27,6 +27,7 @@ use super::logs::InstanceLog;
 use super::metrics::AgentMetrics;
 use super::modules::ModuleCache;
 use super::probes::{self, ProbeEvent};
+use crate::runtime::InstanceHandle;
 use crate::runtime::{Exit, HttpHandle, Launch, Runtime, World};
 
 /// Restart backoff settings (Kubernetes' CrashLoopBackOff numbers by default).
@@ -143,10 +144,12 @@ impl Supervisor {
         self.http.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Stops the instance and waits (bounded) for it to end.
+    /// Stops the instance and waits (bounded) for it to end: a command-world
+    /// guest gets its grace period to end on its own.
     pub async fn stop(self) {
         self.stop.send_replace(true);
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+        let bound = grace_period(&self.spec) + Duration::from_secs(5);
+        let _ = tokio::time::timeout(bound, self.task).await;
     }
 }
 
@@ -168,6 +171,30 @@ fn set_ready(instance: &mut Instance, ready: bool, reason: &str, message: &str) 
         &mut instance.status.conditions,
         Condition::new(CONDITION_READY, status, reason, message),
     );
+}
+
+/// `terminationGracePeriodSeconds`.
+fn grace_period(spec: &InstanceSpec) -> Duration {
+    Duration::from_secs(u64::from(spec.termination_grace_period_seconds))
+}
+
+/// Asks the guest to stop and gives it `grace` to end on its own; then, or
+/// at once when it cannot be asked (the http world), ends it.
+async fn stop_gracefully(handle: &mut InstanceHandle, grace: Duration, log: &InstanceLog) {
+    if handle.request_stop() {
+        if tokio::time::timeout(grace, handle.wait()).await.is_ok() {
+            return;
+        }
+        log.append(
+            format!(
+                "[flotilla] did not stop within its grace period of {}s: killed\n",
+                grace.as_secs()
+            )
+            .as_bytes(),
+        );
+    }
+    handle.stop();
+    let _ = handle.wait().await;
 }
 
 async fn stopped(rx: &mut watch::Receiver<bool>) {
@@ -332,8 +359,7 @@ async fn run(
             tokio::select! {
                 exit = handle.wait() => break Outcome::from_exit(&exit),
                 _ = stopped(&mut stop) => {
-                    handle.stop();
-                    let _ = handle.wait().await;
+                    stop_gracefully(&mut handle, grace_period(&instance.spec), &log).await;
                     *http.lock().unwrap_or_else(|p| p.into_inner()) = None;
                     return;
                 }

@@ -167,9 +167,11 @@ fn response_deadline(options: Option<RequestOptions>) -> Option<Duration> {
     let options = options?;
     match (options.connect_timeout, options.first_byte_timeout) {
         (None, None) => None,
-        (connect, first_byte) => {
-            Some(connect.unwrap_or_default().saturating_add(first_byte.unwrap_or_default()))
-        }
+        (connect, first_byte) => Some(
+            connect
+                .unwrap_or_default()
+                .saturating_add(first_byte.unwrap_or_default()),
+        ),
     }
 }
 

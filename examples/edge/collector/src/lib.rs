@@ -29,18 +29,19 @@ struct Reading {
 
 fn handle(req: Request) -> Response {
     Router::new()
-        .get("/", |_, _| "collector: POST /readings with {node, instance, seq, celsius}\n")
+        .get("/", |_, _| {
+            "collector: POST /readings with {node, instance, seq, celsius}\n"
+        })
         .post("/readings", |req, _| accept(req))
         .handle(req)
 }
 
 fn accept(req: Request) -> Result<Response, Error> {
-    let reading: Reading = req.json().inspect_err(|e| warn!("rejected a reading: {e}"))?;
+    let reading: Reading = req
+        .json()
+        .inspect_err(|e| warn!("rejected a reading: {e}"))?;
     if !(-80.0..=150.0).contains(&reading.celsius) {
-        let e = Error::bad_request(format!(
-            "celsius: {} is outside -80..=150",
-            reading.celsius
-        ));
+        let e = Error::bad_request(format!("celsius: {} is outside -80..=150", reading.celsius));
         warn!("rejected a reading from {}: {}", reading.node, e.message());
         return Err(e);
     }
