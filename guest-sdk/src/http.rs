@@ -2,9 +2,11 @@
 //!
 //! A handler is a plain function from [`Request`] to anything that is
 //! [`IntoResponse`]; [`crate::http_handler!`] exports it as the component's
-//! `wasi:http/incoming-handler`. Bodies are read whole before the handler
-//! runs (up to [`MAX_BODY`]) and written whole after it returns.
+//! `wasi:http/incoming-handler`. A request's body is read whole when the
+//! handler first asks for it (up to [`MAX_BODY`]); a response's is written
+//! whole after the handler returns.
 
+use std::cell::OnceCell;
 use std::fmt;
 
 use serde::de::DeserializeOwned;
@@ -118,121 +120,158 @@ fn find_header<'a>(headers: &'a Headers, name: &str) -> Option<&'a [u8]> {
         .map(|(_, v)| v.as_slice())
 }
 
-/// An incoming request, body read whole.
-#[derive(Clone, Debug)]
+/// An incoming request.
+///
+/// Each part is read from the host on first use, so a handler pays only for
+/// what it looks at. The body is read whole, up to [`MAX_BODY`].
 pub struct Request {
-    method: Method,
-    path: String,
-    query: String,
-    headers: Headers,
-    body: Vec<u8>,
+    method: OnceCell<Method>,
+    /// Path and query.
+    target: OnceCell<(String, String)>,
+    headers: OnceCell<Headers>,
+    body: OnceCell<Result<Vec<u8>, Error>>,
+    /// The request as the host gave it, for the headers and body.
+    source: Option<IncomingRequest>,
+}
+
+impl fmt::Debug for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Request")
+            .field("method", self.method())
+            .field("path", &self.path())
+            .field("query", &self.query_string())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Request {
     /// A request built by hand: for tests of handlers and routers.
     /// `path_with_query` is split at the first `?`.
     pub fn new(method: Method, path_with_query: &str) -> Self {
-        let (path, query) = path_with_query
-            .split_once('?')
-            .unwrap_or((path_with_query, ""));
         Request {
-            method,
-            path: if path.is_empty() {
-                "/".into()
-            } else {
-                path.into()
-            },
-            query: query.into(),
-            headers: Vec::new(),
-            body: Vec::new(),
+            method: OnceCell::from(method),
+            target: OnceCell::from(split_target(path_with_query)),
+            headers: OnceCell::new(),
+            body: OnceCell::new(),
+            source: None,
         }
     }
 
     /// The same request with a header added.
     pub fn with_header(mut self, name: &str, value: impl Into<Vec<u8>>) -> Self {
-        self.headers.push((name.to_owned(), value.into()));
+        self.headers();
+        if let Some(headers) = self.headers.get_mut() {
+            headers.push((name.to_owned(), value.into()));
+        }
         self
     }
 
     /// The same request with this body.
     pub fn with_body(mut self, body: impl Into<Vec<u8>>) -> Self {
-        self.body = body.into();
+        self.body = OnceCell::from(Ok(body.into()));
         self
     }
 
     /// The method.
     pub fn method(&self) -> &Method {
-        &self.method
+        self.method.get_or_init(|| match &self.source {
+            Some(request) => Method::from_wasi(request.method()),
+            None => Method::Get,
+        })
+    }
+
+    fn target(&self) -> &(String, String) {
+        self.target.get_or_init(|| {
+            let path_with_query = self
+                .source
+                .as_ref()
+                .and_then(|request| request.path_with_query())
+                .unwrap_or_default();
+            split_target(&path_with_query)
+        })
     }
 
     /// The path, without the query: `/items/7`.
     pub fn path(&self) -> &str {
-        &self.path
+        &self.target().0
     }
 
     /// The raw query string, without `?` (empty when there is none).
     pub fn query_string(&self) -> &str {
-        &self.query
+        &self.target().1
     }
 
     /// The first value of query parameter `key`, percent-decoded (`+` stays
     /// `+`); `Some("")` for `?key` and `?key=`. Not UTF-8 once decoded: `None`.
     pub fn query(&self, key: &str) -> Option<String> {
-        query_param(&self.query, key)
+        query_param(self.query_string(), key)
     }
 
     /// Every header, in the order received.
     pub fn headers(&self) -> &Headers {
-        &self.headers
+        self.headers.get_or_init(|| match &self.source {
+            Some(request) => request.headers().entries(),
+            None => Vec::new(),
+        })
     }
 
     /// The first value of header `name` (any case) as text, if it is UTF-8.
     pub fn header(&self, name: &str) -> Option<&str> {
-        find_header(&self.headers, name).and_then(|v| std::str::from_utf8(v).ok())
+        find_header(self.headers(), name).and_then(|v| std::str::from_utf8(v).ok())
     }
 
-    /// The body bytes.
-    pub fn body(&self) -> &[u8] {
-        &self.body
+    /// The body bytes: read whole on first use. A body over [`MAX_BODY`] is a
+    /// `413` error, one that breaks off a `400`.
+    pub fn body(&self) -> Result<&[u8], Error> {
+        match self.body.get_or_init(|| self.read_body()) {
+            Ok(bytes) => Ok(bytes),
+            Err(e) => Err(e.clone()),
+        }
     }
 
     /// Takes the body out of the request.
-    pub fn into_body(self) -> Vec<u8> {
-        self.body
+    pub fn into_body(self) -> Result<Vec<u8>, Error> {
+        self.body()?;
+        self.body.into_inner().unwrap_or_else(|| Ok(Vec::new()))
     }
 
     /// The body as text; a `400` error when it is not UTF-8.
     pub fn text(&self) -> Result<&str, Error> {
-        std::str::from_utf8(&self.body)
+        std::str::from_utf8(self.body()?)
             .map_err(|e| Error::bad_request(format!("request body is not UTF-8: {e}")))
     }
 
     /// The body parsed as JSON into `T`; a `400` error saying where the body
     /// and `T` disagree.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, Error> {
-        serde_json::from_slice(&self.body)
+        serde_json::from_slice(self.body()?)
             .map_err(|e| Error::bad_request(format!("request body is not the JSON expected: {e}")))
     }
 
-    fn from_wasi(request: IncomingRequest) -> Result<Self, Error> {
-        let method = Method::from_wasi(request.method());
-        let path_with_query = request.path_with_query().unwrap_or_default();
-        let headers = request.headers().entries();
-        let mut req = Request::new(method, &path_with_query);
-        req.headers = headers;
+    fn from_wasi(request: IncomingRequest) -> Self {
+        Request {
+            method: OnceCell::new(),
+            target: OnceCell::new(),
+            headers: OnceCell::new(),
+            body: OnceCell::new(),
+            source: Some(request),
+        }
+    }
+
+    fn read_body(&self) -> Result<Vec<u8>, Error> {
+        let Some(request) = &self.source else {
+            return Ok(Vec::new());
+        };
         let body = request
             .consume()
             .map_err(|()| Error::internal("the request body was already taken"))?;
-        req.body = read_body(body).map_err(|e| match e {
+        read_body(body).map_err(|e| match e {
             BodyError::TooLarge => Error::new(
                 413,
                 format!("request body is larger than the limit of {MAX_BODY} bytes"),
             ),
-            BodyError::Stream(why) => {
-                Error::bad_request(format!("reading the request body: {why}"))
-            }
-        })?;
-        Ok(req)
+            BodyError::Stream(why) => Error::bad_request(format!("reading the request body: {why}")),
+        })
     }
 }
 
@@ -448,10 +487,7 @@ pub fn __serve(
 ) {
     // A HEAD response keeps its body: the host's HTTP server drops it and
     // keeps the content-length.
-    let response = match Request::from_wasi(request) {
-        Ok(req) => handler(req),
-        Err(e) => e.into_response(),
-    };
+    let response = handler(Request::from_wasi(request));
     send_response(response_out, response);
 }
 
@@ -539,6 +575,15 @@ pub(crate) fn stream_error(e: &StreamError) -> String {
             None => e.to_debug_string(),
         },
     }
+}
+
+/// `/items?x=1` as (`/items`, `x=1`); an empty path is `/`.
+fn split_target(path_with_query: &str) -> (String, String) {
+    let (path, query) = path_with_query
+        .split_once('?')
+        .unwrap_or((path_with_query, ""));
+    let path = if path.is_empty() { "/" } else { path };
+    (path.to_owned(), query.to_owned())
 }
 
 /// The percent-decoded value of the first `key` parameter of `query`.
