@@ -270,7 +270,9 @@ impl Request {
                 413,
                 format!("request body is larger than the limit of {MAX_BODY} bytes"),
             ),
-            BodyError::Stream(why) => Error::bad_request(format!("reading the request body: {why}")),
+            BodyError::Stream(why) => {
+                Error::bad_request(format!("reading the request body: {why}"))
+            }
         })
     }
 }
