@@ -11,6 +11,9 @@ use crate::validation::{is_ipv4_cidr, is_qualified_name, ValidationErrors, QUALI
 
 /// Condition type a node agent keeps True while it is healthy.
 pub const CONDITION_READY: &str = "Ready";
+/// Node condition: whether the node's service forwarder runs (False when the
+/// agent was started with `--no-service-forwarder`).
+pub const CONDITION_SERVICE_FORWARDER: &str = "ServiceForwarder";
 /// Label every node carries with its own name (a default topology key).
 pub const LABEL_HOSTNAME: &str = "flotilla.dev/hostname";
 /// Taint the node lifecycle controller puts on a node whose lease expired.
@@ -217,6 +220,9 @@ pub struct NodeInfo {
     pub operating_system: String,
     /// CPU architecture, e.g. `x86_64`.
     pub architecture: String,
+    /// When the node's certificate (`node:NAME`) expires, RFC 3339; the
+    /// agent renews it before then.
+    pub certificate_not_after: String,
 }
 
 /// Where a node's daemons listen (`host:port`), empty when not serving.

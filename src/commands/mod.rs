@@ -6,6 +6,7 @@ mod context;
 mod controllers;
 mod delete;
 mod describe;
+mod doctor;
 mod drain;
 mod get;
 mod hollow_nodes;
@@ -81,6 +82,9 @@ enum Command {
     Drain(drain::DrainArgs),
     /// Run a whole cluster in one process: a store peer, the apiserver and a node.
     Up(up::UpArgs),
+    /// Walk the chain from this client to every node and name the first broken
+    /// link (exit 0 all OK, 1 warnings, 2 failures).
+    Doctor(doctor::DoctorArgs),
 }
 
 impl Cli {
@@ -107,6 +111,7 @@ impl Cli {
             Command::Drain(args) => args.execute(&ctx).await,
             Command::Scheduler(args) => args.execute(&ctx).await,
             Command::Controllers(args) => args.execute(&ctx).await,
+            Command::Doctor(args) => args.execute(&ctx).await,
         }
     }
 }

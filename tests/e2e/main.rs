@@ -4,6 +4,7 @@
 mod bad_input;
 mod cli;
 mod control_plane;
+mod doctor;
 mod harness;
 mod metrics;
 mod network;

@@ -93,7 +93,7 @@ pub(crate) fn scale(cluster: &Cluster, deployment: &str, replicas: u32) {
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
-fn apply(cluster: &Cluster, manifest: &str) {
+pub(crate) fn apply(cluster: &Cluster, manifest: &str) {
     let out = cluster.cli_in(0, &["apply", "-f", "-"], Some(manifest));
     assert!(out.status.success(), "apply failed: {}", stderr(&out));
 }
@@ -505,7 +505,7 @@ fn deleting_a_deployment_cascades_in_the_background_or_orphans() {
     });
 }
 
-fn instance(name: &str, memory: &str) -> String {
+pub(crate) fn instance(name: &str, memory: &str) -> String {
     format!(
         "apiVersion: flotilla.dev/v1\nkind: Instance\nmetadata:\n  name: {name}\n  labels: {{app: {name}}}\nspec:\n  module: {}\n  world: http\n  resources:\n    limits: {{memory: {memory}}}\n",
         hello()
@@ -513,7 +513,7 @@ fn instance(name: &str, memory: &str) -> String {
 }
 
 /// A `flotilla scheduler|controllers` process against the cluster.
-fn component(cluster: &Cluster, verb: &str, extra: &[&str]) -> Child {
+pub(crate) fn component(cluster: &Cluster, verb: &str, extra: &[&str]) -> Child {
     let mut args: Vec<String> = vec![
         "--config".into(),
         cluster.config().display().to_string(),
@@ -531,7 +531,7 @@ fn component(cluster: &Cluster, verb: &str, extra: &[&str]) -> Child {
     child
 }
 
-struct Killed(Vec<Child>);
+pub(crate) struct Killed(pub Vec<Child>);
 
 impl Drop for Killed {
     fn drop(&mut self) {

@@ -40,7 +40,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch, Mutex};
 
 use flotilla_api::instance::Instance;
-use flotilla_api::node::Taint;
+use flotilla_api::node::{NodeDaemonEndpoints, Taint};
 use flotilla_api::quantity::Quantity;
 use flotilla_telemetry::{Readiness, Telemetry};
 
@@ -301,7 +301,10 @@ impl Agent {
             tasks.push(tokio::spawn(registration::run(
                 shared.clone(),
                 link.clone(),
-                listen_addr.clone(),
+                NodeDaemonEndpoints {
+                    tunnel: listen_addr.clone(),
+                    ingress: ingress_addr.clone().unwrap_or_default(),
+                },
                 registered,
             )));
             tasks.push(tokio::spawn(sync::run(

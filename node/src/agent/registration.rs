@@ -7,7 +7,10 @@ use std::time::Duration;
 use flotilla_api::client::Client;
 use flotilla_api::lease::NODE_LEASE_NAMESPACE;
 use flotilla_api::meta::{now_timestamp, set_condition, Condition, ConditionStatus};
-use flotilla_api::node::{NodeAddress, NodeResources, CONDITION_READY, LABEL_HOSTNAME};
+use flotilla_api::node::{
+    NodeAddress, NodeDaemonEndpoints, NodeResources, CONDITION_READY, CONDITION_SERVICE_FORWARDER,
+    LABEL_HOSTNAME,
+};
 use flotilla_api::object::{Kind, Object};
 use flotilla_api::wire::ErrorCode;
 use flotilla_telemetry::Readiness;
@@ -22,7 +25,7 @@ const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
 pub async fn run(
     shared: Arc<Shared>,
     link: Arc<ApiLink>,
-    listen_addr: String,
+    endpoints: NodeDaemonEndpoints,
     registered: Readiness,
 ) {
     let metrics = shared.ctx.metrics.clone();
@@ -33,7 +36,7 @@ pub async fn run(
             // idle timeout; a heartbeat that takes this long means it is gone.
             Some(client) => match tokio::time::timeout(
                 HEARTBEAT_TIMEOUT,
-                heartbeat(&shared, &client, &listen_addr),
+                heartbeat(&shared, &client, &endpoints),
             )
             .await
             {
@@ -79,8 +82,9 @@ pub async fn run(
 async fn heartbeat(
     shared: &Shared,
     client: &Client,
-    listen_addr: &str,
+    endpoints: &NodeDaemonEndpoints,
 ) -> Result<(), flotilla_api::client::ClientError> {
+    let listen_addr = endpoints.tunnel.as_str();
     let config = &shared.config;
     let name = &config.name;
     let node = match client.get(Kind::Node, "", name).await {
@@ -125,11 +129,28 @@ async fn heartbeat(
                 address: host.to_string(),
             },
         ];
-        n.status.daemon_endpoints.tunnel = listen_addr.to_string();
+        n.status.daemon_endpoints = endpoints.clone();
         n.status.node_info.flotilla_version = env!("CARGO_PKG_VERSION").to_string();
         n.status.node_info.wasmtime_version = shared.ctx.runtime.version().to_string();
         n.status.node_info.operating_system = std::env::consts::OS.to_string();
         n.status.node_info.architecture = std::env::consts::ARCH.to_string();
+        let (forwarding, reason, message) = if config.service_forwarder {
+            (
+                ConditionStatus::True,
+                "Serving",
+                "service names and cluster IPs resolve on this node",
+            )
+        } else {
+            (
+                ConditionStatus::False,
+                "Disabled",
+                "started with --no-service-forwarder",
+            )
+        };
+        set_condition(
+            &mut n.status.conditions,
+            Condition::new(CONDITION_SERVICE_FORWARDER, forwarding, reason, message),
+        );
         set_condition(
             &mut n.status.conditions,
             Condition::new(

@@ -1,0 +1,846 @@
+//! `flotilla doctor`: walks the chain from this client to every node and says
+//! which link is broken and what to do about it.
+//!
+//! The chain: client configuration → apiserver → store quorum → scheduler
+//! and controllers (their leases) → nodes (lease, Ready, version) → each
+//! node's forwarder and ingress → certificates → clocks. Every link gets one
+//! line, OK / WARN / FAIL; the first broken one also gets what to do. When
+//! the store has lost its quorum the later links are read stale from the
+//! apiserver's own copy, and say so. Exit 0 when all is OK, 1 on warnings,
+//! 2 on failures.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use flotilla_api::client::{Client, ClientConfig};
+use flotilla_api::lease::NODE_LEASE_NAMESPACE;
+use flotilla_api::meta::{find_condition, parse_timestamp, ConditionStatus};
+use flotilla_api::node::{CONDITION_READY, CONDITION_SERVICE_FORWARDER};
+use flotilla_api::object::{Kind, Object};
+use flotilla_api::wire::{Consistency, RequestV1, ResponseV1};
+use flotilla_orchestrator::leader::SYSTEM_NAMESPACE;
+use flotilla_orchestrator::server::{CONTROLLERS_LEASE, SCHEDULER_LEASE};
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use super::Context;
+
+/// Certificates closer than this to expiry are a warning.
+const CERT_WARN_DAYS: i64 = 30;
+/// How long one call may take before the link counts as not answering.
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// A lease renewed this far in the future says the holder's clock is ahead.
+const CLOCK_SKEW_WARN: Duration = Duration::from_secs(2);
+
+#[derive(Args, Debug)]
+pub struct DoctorArgs {
+    /// Output format: text (default) or json.
+    #[arg(short, long)]
+    output: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+enum Status {
+    Ok,
+    Warn,
+    Fail,
+}
+
+impl Status {
+    fn word(self) -> &'static str {
+        match self {
+            Status::Ok => "OK",
+            Status::Warn => "WARN",
+            Status::Fail => "FAIL",
+        }
+    }
+}
+
+/// One line of the report.
+#[derive(Debug, Serialize)]
+struct Check {
+    link: &'static str,
+    status: Status,
+    message: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    hint: String,
+}
+
+#[derive(Default)]
+struct Report {
+    checks: Vec<Check>,
+}
+
+impl Report {
+    fn add(&mut self, link: &'static str, status: Status, message: String, hint: &str) {
+        self.checks.push(Check {
+            link,
+            status,
+            message,
+            hint: hint.to_string(),
+        });
+    }
+
+    fn ok(&mut self, link: &'static str, message: String) {
+        self.add(link, Status::Ok, message, "");
+    }
+
+    fn worst(&self) -> Status {
+        self.checks
+            .iter()
+            .map(|c| c.status)
+            .max()
+            .unwrap_or(Status::Ok)
+    }
+
+    fn first_broken(&self) -> Option<&Check> {
+        let worst = self.worst();
+        (worst != Status::Ok)
+            .then(|| self.checks.iter().find(|c| c.status == worst))
+            .flatten()
+    }
+}
+
+impl DoctorArgs {
+    pub async fn execute(self, ctx: &Context) -> anyhow::Result<ExitCode> {
+        let json = match self.output.as_deref() {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(other) => {
+                anyhow::bail!("--output: \"{other}\" is not a format (expected text or json)")
+            }
+        };
+        let started = Instant::now();
+        let report = diagnose(ctx).await;
+        let worst = report.worst();
+        if json {
+            let out = serde_json::json!({
+                "status": worst,
+                "firstBroken": report.first_broken().map(|c| c.link),
+                "checks": report.checks,
+                "seconds": started.elapsed().as_secs_f64(),
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        } else {
+            print_text(&report);
+        }
+        Ok(ExitCode::from(match worst {
+            Status::Ok => 0,
+            Status::Warn => 1,
+            Status::Fail => 2,
+        }))
+    }
+}
+
+fn print_text(report: &Report) {
+    let first = report.first_broken().map(|c| c as *const Check);
+    for check in &report.checks {
+        println!(
+            "{:<5} {:<13} {}",
+            check.status.word(),
+            check.link,
+            check.message
+        );
+        if Some(check as *const Check) == first && !check.hint.is_empty() {
+            println!("{:<5} {:<13} -> {}", "", "", check.hint);
+        }
+    }
+    match report.first_broken() {
+        None => println!("all links OK"),
+        Some(c) => println!(
+            "first broken link: {} ({})",
+            c.link,
+            c.status.word().to_lowercase()
+        ),
+    }
+}
+
+async fn diagnose(ctx: &Context) -> Report {
+    let mut report = Report::default();
+
+    // 1. client configuration and credentials
+    let config = match ctx.client_config() {
+        Ok(config) => config,
+        Err(e) => {
+            report.add(
+                "config",
+                Status::Fail,
+                format!("{e:#}"),
+                "start a cluster with `flotilla up`, or pass --config DATA_DIR/admin.config",
+            );
+            return report;
+        }
+    };
+    match flotilla_api::tls::seconds_until_expiry(&config.client_cert) {
+        Ok(left) if left <= 0 => report.add(
+            "config",
+            Status::Fail,
+            format!(
+                "the client certificate ({}) expired {} ago: the apiserver will refuse it",
+                config.identity,
+                human(time::Duration::seconds(-left))
+            ),
+            "get new credentials: a server's DATA_DIR/admin.config, or `flotilla up` again",
+        ),
+        Ok(_) => report.ok(
+            "config",
+            format!("{} for the server at {}", config.identity, config.server),
+        ),
+        Err(e) => report.add(
+            "config",
+            Status::Fail,
+            format!("the client certificate cannot be read: {e}"),
+            "get new credentials: a server's DATA_DIR/admin.config",
+        ),
+    }
+
+    // 2. apiserver
+    let t = Instant::now();
+    let client = match tokio::time::timeout(CALL_TIMEOUT, Client::connect(&config)).await {
+        Ok(Ok(client)) => client,
+        Ok(Err(e)) => {
+            report.add(
+                "apiserver",
+                Status::Fail,
+                e.to_string(),
+                "is `flotilla server` running there? Check the address (--server, or the configuration's `server`) and that the port is reachable",
+            );
+            check_local_certificates(&mut report, &config);
+            return report;
+        }
+        Err(_) => {
+            report.add(
+                "apiserver",
+                Status::Fail,
+                format!(
+                    "unable to connect to the server at {}: no answer within {CALL_TIMEOUT:?}",
+                    config.server
+                ),
+                "is `flotilla server` running there? Check the address and that the port is reachable",
+            );
+            check_local_certificates(&mut report, &config);
+            return report;
+        }
+    };
+    report.ok(
+        "apiserver",
+        format!(
+            "{} answered in {} ms",
+            config.server,
+            t.elapsed().as_millis()
+        ),
+    );
+
+    // 3. store quorum
+    let quorum = check_store(&mut report, &client, &config).await;
+    let consistency = if quorum {
+        Consistency::Linearizable
+    } else {
+        Consistency::Stale
+    };
+    let stale = if quorum {
+        ""
+    } else {
+        " (read stale: no quorum)"
+    };
+
+    // 4. scheduler and controllers
+    let now = OffsetDateTime::now_utc();
+    let mut clocks = Vec::new();
+    for (link, lease, what) in [
+        ("scheduler", SCHEDULER_LEASE, "the scheduler"),
+        ("controllers", CONTROLLERS_LEASE, "the controllers"),
+    ] {
+        check_election(
+            &mut report,
+            &client,
+            consistency,
+            (link, lease, what),
+            now,
+            stale,
+            &mut clocks,
+        )
+        .await;
+    }
+
+    // 5. and 6. nodes, their forwarders and ingress
+    let nodes = check_nodes(&mut report, &client, consistency, now, stale, &mut clocks).await;
+
+    // 7. certificates
+    check_local_certificates(&mut report, &config);
+    check_node_certificates(&mut report, &nodes);
+
+    // 8. clocks
+    match clocks.iter().max_by_key(|(_, ahead)| *ahead) {
+        Some((who, ahead)) if *ahead > CLOCK_SKEW_WARN => report.add(
+            "clocks",
+            Status::Warn,
+            format!(
+                "{who} renewed its lease {:.1} s in this machine's future: one of the two clocks is off",
+                ahead.as_secs_f64()
+            ),
+            "run NTP (chrony, systemd-timesyncd) on every machine; leases and certificates need clocks within a second or two",
+        ),
+        _ => report.ok(
+            "clocks",
+            format!(
+                "no lease renewed in this machine's future ({} leases checked)",
+                clocks.len()
+            ),
+        ),
+    }
+    report
+}
+
+/// Returns whether the store has a quorum.
+async fn check_store(report: &mut Report, client: &Client, config: &ClientConfig) -> bool {
+    let members = match tokio::time::timeout(CALL_TIMEOUT, client.call(RequestV1::Members)).await {
+        Ok(Ok(ResponseV1::Members(members))) => members,
+        Ok(Ok(other)) => {
+            report.add(
+                "store",
+                Status::Fail,
+                format!("unexpected answer to members: {other:?}"),
+                "",
+            );
+            return false;
+        }
+        Ok(Err(e)) => {
+            report.add(
+                "store",
+                Status::Fail,
+                e.to_string(),
+                "start the stopped store peers (`flotilla server --data-dir ...`): a majority must answer",
+            );
+            return false;
+        }
+        Err(_) => {
+            report.add(
+                "store",
+                Status::Fail,
+                format!("the store did not list its peers within {CALL_TIMEOUT:?}"),
+                "start the stopped store peers: a majority must answer",
+            );
+            return false;
+        }
+    };
+
+    // Which peers answer, each asked directly.
+    let mut answering = Vec::new();
+    let mut silent = Vec::new();
+    let probes = members.iter().map(|m| {
+        let addr = m.address.clone();
+        let config = config.clone();
+        async move {
+            let ok = tokio::time::timeout(CALL_TIMEOUT, async {
+                let c = Client::connect_to(&addr, &config).await.ok()?;
+                let answered = c.call(RequestV1::WhoAmI).await.is_ok();
+                c.close();
+                answered.then_some(())
+            })
+            .await
+            .ok()
+            .flatten()
+            .is_some();
+            (addr, ok)
+        }
+    });
+    let results = join_all(probes.collect()).await;
+    let mut answering_voters = 0;
+    for (m, (_, ok)) in members.iter().zip(results) {
+        let peer = format!("{} ({})", m.id, m.address);
+        if ok {
+            answering.push(peer);
+            answering_voters += usize::from(m.role != "learner");
+        } else {
+            silent.push(peer);
+        }
+    }
+    let voters = members.iter().filter(|m| m.role != "learner").count();
+    let majority = voters / 2 + 1;
+    let leader = members.iter().find(|m| m.role == "leader");
+    let behind: Vec<String> = match members.iter().filter_map(|m| m.matched_index).max() {
+        Some(top) => members
+            .iter()
+            .filter_map(|m| {
+                let lag = top.saturating_sub(m.matched_index?);
+                (lag > 100).then(|| format!("{} by {lag} entries", m.id))
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    let summary = format!(
+        "{} of {} peers answering{}",
+        answering.len(),
+        members.len(),
+        match leader {
+            Some(l) => format!(", leader {} ({})", l.id, l.address),
+            None => ", no leader".into(),
+        }
+    );
+    if leader.is_none() || answering_voters < majority {
+        report.add(
+            "store",
+            Status::Fail,
+            format!(
+                "no quorum: {summary}; a majority ({majority} of {voters}) is needed; not answering: {}",
+                silent.join(", ")
+            ),
+            "start the stopped store peers (`flotilla server --data-dir ...` on each); writes resume when a majority answers",
+        );
+        return false;
+    }
+    if !silent.is_empty() || !behind.is_empty() {
+        let mut parts = vec![summary];
+        if !silent.is_empty() {
+            parts.push(format!("not answering: {}", silent.join(", ")));
+        }
+        if !behind.is_empty() {
+            parts.push(format!("behind: {}", behind.join(", ")));
+        }
+        report.add(
+            "store",
+            Status::Warn,
+            parts.join("; "),
+            "start the stopped peer, or remove it for good with `flotilla cluster remove ID`",
+        );
+        return true;
+    }
+    report.ok("store", summary);
+    true
+}
+
+/// Runs futures concurrently and collects their outputs in order.
+async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output>
+where
+    F: Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        // A probe task only panics if the runtime is shutting down.
+        if let Ok(v) = h.await {
+            out.push(v);
+        }
+    }
+    out
+}
+
+async fn check_election(
+    report: &mut Report,
+    client: &Client,
+    consistency: Consistency,
+    (link, lease_name, what): (&'static str, &str, &str),
+    now: OffsetDateTime,
+    stale: &str,
+    clocks: &mut Vec<(String, Duration)>,
+) {
+    let got = tokio::time::timeout(
+        CALL_TIMEOUT,
+        get_with(
+            client,
+            Kind::Lease,
+            SYSTEM_NAMESPACE,
+            lease_name,
+            consistency,
+        ),
+    )
+    .await;
+    let lease = match got {
+        Ok(Ok(Object::Lease(lease))) => lease,
+        Ok(Err(e)) if e.code() == Some(flotilla_api::wire::ErrorCode::NotFound) => {
+            report.add(
+                link,
+                Status::Fail,
+                format!("{what} never ran: no lease {SYSTEM_NAMESPACE}/{lease_name}"),
+                &format!("run `flotilla server` without --no-{link}, or `flotilla {link}`"),
+            );
+            return;
+        }
+        Ok(Ok(_)) | Ok(Err(_)) | Err(_) => {
+            report.add(
+                link,
+                Status::Fail,
+                format!("could not read the lease {SYSTEM_NAMESPACE}/{lease_name}{stale}"),
+                "",
+            );
+            return;
+        }
+    };
+    let holder = lease.spec.holder_identity.clone();
+    let renewed = parse_timestamp(&lease.spec.renew_time);
+    let age = renewed.map(|t| now - t);
+    if let Some(age) = age {
+        clocks.push((format!("{link} {holder}"), ahead_by(age)));
+    }
+    let duration = time::Duration::seconds(i64::from(lease.spec.lease_duration_seconds));
+    match age {
+        _ if holder.is_empty() => report.add(
+            link,
+            Status::Fail,
+            format!("no {link} holds the lease {lease_name}: none is running{stale}"),
+            &format!("start `flotilla {link}`, or a `flotilla server` without --no-{link}"),
+        ),
+        Some(age) if age <= duration => report.ok(
+            link,
+            format!(
+                "active: {holder}, lease renewed {} ago{stale}",
+                human(age)
+            ),
+        ),
+        Some(age) => report.add(
+            link,
+            Status::Fail,
+            format!(
+                "{what} stopped: the lease {lease_name} was last renewed {} ago by {holder} (it lasts {}s){stale}",
+                human(age),
+                lease.spec.lease_duration_seconds
+            ),
+            &format!(
+                "start `flotilla {link}` (or restart the server that ran it); new instances stay Pending meanwhile"
+            ),
+        ),
+        None => report.add(
+            link,
+            Status::Fail,
+            format!("the lease {lease_name} has no readable renewTime"),
+            "",
+        ),
+    }
+}
+
+async fn get_with(
+    client: &Client,
+    kind: Kind,
+    namespace: &str,
+    name: &str,
+    consistency: Consistency,
+) -> Result<Object, flotilla_api::client::ClientError> {
+    match client
+        .call(RequestV1::Get {
+            kind,
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            consistency,
+        })
+        .await?
+    {
+        ResponseV1::Object(o) => Ok(o),
+        other => Err(flotilla_api::client::ClientError::Unexpected(format!(
+            "{other:?}"
+        ))),
+    }
+}
+
+async fn check_nodes(
+    report: &mut Report,
+    client: &Client,
+    consistency: Consistency,
+    now: OffsetDateTime,
+    stale: &str,
+    clocks: &mut Vec<(String, Duration)>,
+) -> Vec<flotilla_api::node::Node> {
+    let listed = tokio::time::timeout(
+        CALL_TIMEOUT,
+        client.list_with(Kind::Node, None, "", consistency),
+    )
+    .await;
+    let nodes: Vec<flotilla_api::node::Node> = match listed {
+        Ok(Ok((items, _))) => items
+            .into_iter()
+            .filter_map(|o| match o {
+                Object::Node(n) => Some(n),
+                _ => None,
+            })
+            .collect(),
+        _ => {
+            report.add(
+                "nodes",
+                Status::Fail,
+                format!("could not list the nodes{stale}"),
+                "",
+            );
+            return Vec::new();
+        }
+    };
+    let leases: Vec<flotilla_api::lease::Lease> = tokio::time::timeout(
+        CALL_TIMEOUT,
+        client.list_with(Kind::Lease, Some(NODE_LEASE_NAMESPACE), "", consistency),
+    )
+    .await
+    .ok()
+    .and_then(Result::ok)
+    .map(|(items, _)| {
+        items
+            .into_iter()
+            .filter_map(|o| match o {
+                Object::Lease(l) => Some(l),
+                _ => None,
+            })
+            .collect()
+    })
+    .unwrap_or_default();
+
+    if nodes.is_empty() {
+        report.add(
+            "nodes",
+            Status::Warn,
+            format!("no node has joined{stale}"),
+            "join one: `flotilla token create`, then `flotilla node --token TOKEN` on the machine",
+        );
+        return nodes;
+    }
+    let version = env!("CARGO_PKG_VERSION");
+    for node in &nodes {
+        let name = &node.metadata.name;
+        let lease = leases.iter().find(|l| &l.metadata.name == name);
+        let age = lease
+            .and_then(|l| parse_timestamp(&l.spec.renew_time))
+            .map(|t| now - t);
+        if let Some(age) = age {
+            clocks.push((format!("node {name}"), ahead_by(age)));
+        }
+        let lease_text = match age {
+            Some(age) => format!("lease renewed {} ago", human(age)),
+            None => "no lease".into(),
+        };
+        let ready = find_condition(&node.status.conditions, CONDITION_READY);
+        let link = "node";
+        match ready.map(|c| c.status) {
+            Some(ConditionStatus::True) => {
+                let theirs = &node.status.node_info.flotilla_version;
+                if !theirs.is_empty() && theirs != version {
+                    report.add(
+                        link,
+                        Status::Warn,
+                        format!("{name}: Ready, {lease_text}; runs flotilla {theirs}, this client {version}"),
+                        "upgrade the node agent to the control plane's version",
+                    );
+                } else {
+                    report.ok(link, format!("{name}: Ready, {lease_text}{stale}"));
+                }
+            }
+            _ => {
+                let why = ready
+                    .map(|c| format!("{} ({}: {})", c.status, c.reason, c.message))
+                    .unwrap_or_else(|| "no Ready condition".into());
+                report.add(
+                    link,
+                    Status::Fail,
+                    format!("{name}: NotReady, {lease_text}: {why}{stale}"),
+                    &format!(
+                        "check the node agent on {name}: is `flotilla node` running, and can it reach the apiserver? Its instances keep running; new work does not reach it"
+                    ),
+                );
+                continue;
+            }
+        }
+        check_forwarding(report, node).await;
+    }
+    nodes
+}
+
+/// The node's forwarder (as the node reports it) and its ingress (probed).
+async fn check_forwarding(report: &mut Report, node: &flotilla_api::node::Node) {
+    let name = &node.metadata.name;
+    match find_condition(&node.status.conditions, CONDITION_SERVICE_FORWARDER) {
+        Some(c) if c.status == ConditionStatus::True => {}
+        Some(c) => {
+            report.add(
+                "forwarder",
+                Status::Fail,
+                format!("{name}: the service forwarder is off ({}): service names and cluster IPs fail on this node; instance IPs still route", c.message),
+                &format!("restart the node agent on {name} without --no-service-forwarder"),
+            );
+            return;
+        }
+        None => {
+            report.add(
+                "forwarder",
+                Status::Warn,
+                format!("{name}: the node does not report its forwarder (an older agent?)"),
+                "",
+            );
+            return;
+        }
+    }
+    let ingress = &node.status.daemon_endpoints.ingress;
+    if ingress.is_empty() {
+        report.ok(
+            "forwarder",
+            format!("{name}: forwarding services; no ingress"),
+        );
+        return;
+    }
+    match probe_ingress(ingress).await {
+        Ok(status) => report.ok(
+            "forwarder",
+            format!("{name}: forwarding services; ingress at {ingress} answered ({status})"),
+        ),
+        Err(why) => report.add(
+            "forwarder",
+            Status::Fail,
+            format!("{name}: the ingress at {ingress} does not answer: {why}"),
+            &format!("check the node agent on {name} and its --ingress-addr"),
+        ),
+    }
+}
+
+/// One HTTP/1.1 request for a host no Service claims: a live ingress answers
+/// it 404 at once.
+async fn probe_ingress(addr: &str) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let probe = async {
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        stream
+            .write_all(
+                b"GET / HTTP/1.1\r\nHost: flotilla-doctor.invalid\r\nConnection: close\r\n\r\n",
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut head = vec![0u8; 64];
+        let n = stream.read(&mut head).await.map_err(|e| e.to_string())?;
+        let line = String::from_utf8_lossy(&head[..n]);
+        let status = line
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("no status")
+            .to_string();
+        if line.starts_with("HTTP/1.") {
+            Ok(format!("HTTP {status}"))
+        } else {
+            Err(format!("not an HTTP answer: {line:?}"))
+        }
+    };
+    tokio::time::timeout(CALL_TIMEOUT, probe)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {CALL_TIMEOUT:?}")))
+}
+
+/// The CA and client certificates in the configuration.
+fn check_local_certificates(report: &mut Report, config: &ClientConfig) {
+    for (what, pem) in [
+        ("the cluster CA", &config.ca_cert),
+        (
+            &*format!("the client certificate ({})", config.identity),
+            &config.client_cert,
+        ),
+    ] {
+        match flotilla_api::tls::seconds_until_expiry(pem) {
+            Ok(left) => certificate_line(report, what, left),
+            Err(e) => report.add(
+                "certificates",
+                Status::Fail,
+                format!("{what} cannot be read: {e}"),
+                "",
+            ),
+        }
+    }
+}
+
+/// The certificates nodes report in their status.
+fn check_node_certificates(report: &mut Report, nodes: &[flotilla_api::node::Node]) {
+    let now = OffsetDateTime::now_utc();
+    for node in nodes {
+        let Some(not_after) = node_certificate_not_after(node) else {
+            continue;
+        };
+        let left = (not_after - now).whole_seconds();
+        certificate_line(
+            report,
+            &format!("node {}'s certificate", node.metadata.name),
+            left,
+        );
+    }
+}
+
+fn node_certificate_not_after(node: &flotilla_api::node::Node) -> Option<OffsetDateTime> {
+    let value = serde_json::to_value(&node.status.node_info).ok()?;
+    parse_timestamp(value.get("certificateNotAfter")?.as_str()?)
+}
+
+fn certificate_line(report: &mut Report, what: &str, seconds_left: i64) {
+    let days = seconds_left / 86_400;
+    if seconds_left <= 0 {
+        report.add(
+            "certificates",
+            Status::Fail,
+            format!(
+                "{what} expired {} ago",
+                human(time::Duration::seconds(-seconds_left))
+            ),
+            "renew it: servers and nodes renew their own before expiry; for a client, ask an admin for new credentials (the server's admin.config)",
+        );
+    } else if days < CERT_WARN_DAYS {
+        report.add(
+            "certificates",
+            Status::Warn,
+            format!(
+                "{what} expires in {} (under {CERT_WARN_DAYS} days)",
+                human(time::Duration::seconds(seconds_left))
+            ),
+            "renew it before it expires",
+        );
+    } else {
+        report.ok("certificates", format!("{what}: {days} days left"));
+    }
+}
+
+/// How far in the future a renewal `age` ago lies (zero when in the past).
+fn ahead_by(age: time::Duration) -> Duration {
+    Duration::try_from(-age).unwrap_or_default()
+}
+
+/// `3s`, `4m10s`, `2h5m`, `12d`.
+fn human(d: time::Duration) -> String {
+    let s = d.whole_seconds().max(0);
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{}s", s / 60, s % 60),
+        3600..=86_399 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_worst_check_decides_and_is_named_first() {
+        let mut r = Report::default();
+        r.ok("config", "fine".into());
+        assert_eq!(r.worst(), Status::Ok);
+        assert!(r.first_broken().is_none());
+        r.add("store", Status::Warn, "slow".into(), "");
+        r.add("node", Status::Fail, "down".into(), "restart it");
+        r.add("forwarder", Status::Fail, "off".into(), "");
+        assert_eq!(r.worst(), Status::Fail);
+        assert_eq!(r.first_broken().map(|c| c.link), Some("node"));
+    }
+
+    #[test]
+    fn durations_read_like_a_person_wrote_them() {
+        assert_eq!(human(time::Duration::seconds(3)), "3s");
+        assert_eq!(human(time::Duration::seconds(250)), "4m10s");
+        assert_eq!(human(time::Duration::seconds(7500)), "2h5m");
+        assert_eq!(human(time::Duration::days(12)), "12d");
+        assert_eq!(human(time::Duration::seconds(-5)), "0s");
+    }
+
+    #[test]
+    fn certificates_warn_under_30_days_and_fail_when_expired() {
+        let mut r = Report::default();
+        certificate_line(&mut r, "a", 40 * 86_400);
+        certificate_line(&mut r, "b", 10 * 86_400);
+        certificate_line(&mut r, "c", -60);
+        let statuses: Vec<Status> = r.checks.iter().map(|c| c.status).collect();
+        assert_eq!(statuses, vec![Status::Ok, Status::Warn, Status::Fail]);
+        assert!(r.checks[2].message.contains("expired 1m0s ago"));
+    }
+}
