@@ -46,12 +46,29 @@ pub enum TlsError {
     /// The client verifier could not be built.
     #[error("tls client verifier: {0}")]
     Verifier(String),
+    /// A certificate lifetime out of range.
+    #[error("certificate lifetime {0} is out of range (more than zero, at most 3650 days)")]
+    Lifetime(time::Duration),
+    /// A certificate's validity period could not be read.
+    #[error("certificate: {0}")]
+    Parse(String),
 }
 
 type Result<T, E = TlsError> = std::result::Result<T, E>;
 
 /// Default lifetime of issued certificates.
 pub const DEFAULT_CERT_LIFETIME: time::Duration = time::Duration::days(365);
+
+/// Longest lifetime a certificate may be given: the CA's own (a certificate
+/// cannot usefully outlive the authority that signed it).
+pub const MAX_CERT_LIFETIME: time::Duration = time::Duration::days(3650);
+
+/// How far before its issue a certificate becomes valid, so that a verifier
+/// whose clock is a little behind accepts it: five minutes, or a tenth of a
+/// short lifetime (tests use lifetimes of seconds).
+fn backdate(lifetime: time::Duration) -> time::Duration {
+    std::cmp::min(lifetime / 10_i32, time::Duration::minutes(5))
+}
 
 /// The cluster certificate authority: its certificate and private key as PEM.
 #[derive(Clone)]
@@ -101,21 +118,45 @@ impl CertificateAuthority {
         ca_fingerprint(&self.cert_pem)
     }
 
-    /// Issues a certificate for `identity` with a fresh key pair.
+    /// Issues a certificate for `identity` with a fresh key pair, valid for
+    /// [`DEFAULT_CERT_LIFETIME`].
     pub fn issue(&self, identity: &str, addrs: &[IpAddr]) -> Result<IssuedCert> {
+        self.issue_for(identity, addrs, DEFAULT_CERT_LIFETIME)
+    }
+
+    /// Issues a certificate for `identity` with a fresh key pair, valid for
+    /// `lifetime` from now.
+    pub fn issue_for(
+        &self,
+        identity: &str,
+        addrs: &[IpAddr],
+        lifetime: time::Duration,
+    ) -> Result<IssuedCert> {
         let key = KeyPair::generate()?;
-        let cert_pem = self.sign(identity, addrs, &key, DEFAULT_CERT_LIFETIME)?;
+        let cert_pem = self.sign(identity, addrs, &key, lifetime)?;
         Ok(IssuedCert {
             cert_pem,
             key_pem: key.serialize_pem(),
         })
     }
 
-    /// Issues a certificate for `identity` over the public key in a PEM CSR. The
-    /// subject the CSR asks for is ignored: the CA decides who the holder is.
+    /// Issues a certificate for `identity` over the public key in a PEM CSR,
+    /// valid for [`DEFAULT_CERT_LIFETIME`]. The subject the CSR asks for is
+    /// ignored: the CA decides who the holder is.
     pub fn sign_csr(&self, csr_pem: &str, identity: &str, addrs: &[IpAddr]) -> Result<String> {
+        self.sign_csr_for(csr_pem, identity, addrs, DEFAULT_CERT_LIFETIME)
+    }
+
+    /// [`sign_csr`](Self::sign_csr) with a lifetime.
+    pub fn sign_csr_for(
+        &self,
+        csr_pem: &str,
+        identity: &str,
+        addrs: &[IpAddr],
+        lifetime: time::Duration,
+    ) -> Result<String> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)?;
-        self.sign(identity, addrs, &csr.public_key, DEFAULT_CERT_LIFETIME)
+        self.sign(identity, addrs, &csr.public_key, lifetime)
     }
 
     fn sign(
@@ -147,8 +188,11 @@ impl CertificateAuthority {
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
+        if lifetime <= time::Duration::ZERO || lifetime > MAX_CERT_LIFETIME {
+            return Err(TlsError::Lifetime(lifetime));
+        }
         let now = time::OffsetDateTime::now_utc();
-        params.not_before = now - time::Duration::minutes(5);
+        params.not_before = now - backdate(lifetime);
         params.not_after = now + lifetime;
         let mut serial = [0u8; 16];
         rand::Rng::fill(&mut rand::thread_rng(), &mut serial[..]);
@@ -204,11 +248,170 @@ pub fn identity_of(cert: &CertificateDer<'_>) -> Option<String> {
 
 /// Seconds until a certificate expires (negative once it has).
 pub fn seconds_until_expiry(cert_pem: &str) -> Result<i64> {
+    let info = CertInfo::from_pem(cert_pem)?;
+    Ok(info.not_after.unix_timestamp() - time::OffsetDateTime::now_utc().unix_timestamp())
+}
+
+/// Whether the certificate in `cert_pem` is for the private key in `key_pem`.
+pub fn cert_matches_key(cert_pem: &str, key_pem: &str) -> Result<bool> {
     let der = first_cert(cert_pem)?;
     let (_, parsed) = x509_parser::parse_x509_certificate(der.as_ref())
-        .map_err(|e| TlsError::Pem(e.to_string()))?;
-    let not_after = parsed.validity().not_after.timestamp();
-    Ok(not_after - time::OffsetDateTime::now_utc().unix_timestamp())
+        .map_err(|e| TlsError::Parse(e.to_string()))?;
+    let key = KeyPair::from_pem(key_pem)?;
+    Ok(parsed.public_key().raw == key.public_key_der().as_slice())
+}
+
+// === certificate lifetimes ===
+
+/// What a certificate says about itself: who holds it and when it is valid.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertInfo {
+    /// The identity (common name), e.g. `peer:1`, `node:edge-1`.
+    pub identity: String,
+    /// Valid from.
+    pub not_before: time::OffsetDateTime,
+    /// Valid until.
+    pub not_after: time::OffsetDateTime,
+}
+
+/// Where a certificate stands at some moment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Validity {
+    /// Before its `not_before`.
+    NotYetValid,
+    /// Within its validity period.
+    Valid,
+    /// After its `not_after`.
+    Expired,
+}
+
+impl CertInfo {
+    /// Reads the first certificate of a PEM text.
+    pub fn from_pem(pem: &str) -> Result<Self> {
+        Self::from_der(first_cert(pem)?.as_ref())
+    }
+
+    /// Reads a DER certificate.
+    pub fn from_der(der: &[u8]) -> Result<Self> {
+        let (_, parsed) =
+            x509_parser::parse_x509_certificate(der).map_err(|e| TlsError::Parse(e.to_string()))?;
+        let identity = parsed
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let validity = parsed.validity();
+        Ok(Self {
+            identity,
+            not_before: validity.not_before.to_datetime(),
+            not_after: validity.not_after.to_datetime(),
+        })
+    }
+
+    /// Where the certificate stands at `now`.
+    pub fn validity_at(&self, now: time::OffsetDateTime) -> Validity {
+        if now < self.not_before {
+            Validity::NotYetValid
+        } else if now > self.not_after {
+            Validity::Expired
+        } else {
+            Validity::Valid
+        }
+    }
+
+    /// What is wrong with the certificate at `now`, as the end of a sentence
+    /// (`expired at 2025-01-01T00:00:00Z`), or `None` while it is valid.
+    pub fn problem_at(&self, now: time::OffsetDateTime) -> Option<String> {
+        match self.validity_at(now) {
+            Validity::Valid => None,
+            Validity::Expired => Some(format!("expired at {}", self.not_after_rfc3339())),
+            Validity::NotYetValid => Some(format!(
+                "is not valid until {} (is this machine's clock right? it says {})",
+                crate::meta::format_timestamp(self.not_before),
+                crate::meta::format_timestamp(now)
+            )),
+        }
+    }
+
+    /// The end of the validity period, RFC 3339.
+    pub fn not_after_rfc3339(&self) -> String {
+        crate::meta::format_timestamp(self.not_after)
+    }
+
+    /// The length of the validity period.
+    pub fn lifetime(&self) -> time::Duration {
+        self.not_after - self.not_before
+    }
+}
+
+/// When certificates are renewed: once a fraction of their validity period
+/// has passed (default two thirds, `0.667`), or never (`off`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RenewAt(Option<f64>);
+
+/// The default renewal point: two thirds of a certificate's validity period.
+pub const DEFAULT_RENEW_AT: f64 = 0.667;
+
+impl Default for RenewAt {
+    fn default() -> Self {
+        RenewAt(Some(DEFAULT_RENEW_AT))
+    }
+}
+
+impl RenewAt {
+    /// Never renew.
+    pub const OFF: RenewAt = RenewAt(None);
+
+    /// Renew at `fraction` of the validity period; `None` unless it lies
+    /// strictly between 0 and 1.
+    pub fn fraction(fraction: f64) -> Option<Self> {
+        (fraction > 0.0 && fraction < 1.0).then_some(RenewAt(Some(fraction)))
+    }
+
+    /// Whether renewal is on.
+    pub fn is_on(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// When `cert` is due for renewal; `None` when renewal is off.
+    pub fn due(&self, cert: &CertInfo) -> Option<time::OffsetDateTime> {
+        let fraction = self.0?;
+        Some(cert.not_before + cert.lifetime() * fraction)
+    }
+}
+
+impl std::str::FromStr for RenewAt {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let text = s.trim();
+        if text.eq_ignore_ascii_case("off") || text.eq_ignore_ascii_case("never") {
+            return Ok(RenewAt::OFF);
+        }
+        let (number, scale) = match text.strip_suffix('%') {
+            Some(n) => (n, 100.0),
+            None => (text, 1.0),
+        };
+        number
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .and_then(|f| RenewAt::fraction(f / scale))
+            .ok_or_else(|| {
+                format!("{s:?} is not a renewal point (expected a fraction between 0 and 1 such as 0.667, a percentage such as 67%, or off)")
+            })
+    }
+}
+
+impl std::fmt::Display for RenewAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(fraction) => write!(f, "{fraction}"),
+            None => f.write_str("off"),
+        }
+    }
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -369,6 +572,100 @@ pub fn connection_identity(conn: &quinn::Connection) -> Option<String> {
     identity_of(certs.first()?)
 }
 
+/// The certificate the other end of an established QUIC connection presented:
+/// a server's on a client connection, a client's (if any) on a server one.
+pub fn connection_certificate(conn: &quinn::Connection) -> Option<CertInfo> {
+    let certs = conn
+        .peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()?;
+    CertInfo::from_der(certs.first()?.as_ref()).ok()
+}
+
+/// The TLS alert a verifier sends for a certificate outside its validity
+/// period (expired or not yet valid).
+pub fn certificate_expired_alert() -> u8 {
+    u8::from(rustls::AlertDescription::CertificateExpired)
+}
+
+/// Where [`capturing_client_config`] puts the certificate the server showed.
+pub type CapturedCert = Arc<std::sync::Mutex<Option<CertificateDer<'static>>>>;
+
+/// Client side that only looks: it records the certificate the server presents
+/// and then fails the handshake, so nothing is ever sent over the connection.
+/// Used after a failed handshake to say which certificate failed and why.
+pub fn capturing_client_config(alpns: &[Vec<u8>]) -> Result<(rustls::ClientConfig, CapturedCert)> {
+    let captured = CapturedCert::default();
+    let verifier = Arc::new(CapturingVerifier {
+        captured: captured.clone(),
+        provider: provider(),
+    });
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.alpn_protocols = alpns.to_vec();
+    Ok((config, captured))
+}
+
+#[derive(Debug)]
+struct CapturingVerifier {
+    captured: CapturedCert,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for CapturingVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        *self.captured.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(end_entity.clone().into_owned());
+        Err(rustls::Error::General(
+            "the certificate was only read, not trusted".into(),
+        ))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -382,6 +679,61 @@ mod tests {
         assert!(seconds_until_expiry(&cert.cert_pem).unwrap() > 360 * 86400);
         server_config(&ca.cert_pem, &cert, &[ALPN_API]).unwrap();
         client_config(&ca.cert_pem, Some(&cert), ALPN_API).unwrap();
+    }
+
+    #[test]
+    fn lifetimes_are_chosen_by_the_issuer_and_renewal_falls_inside_them() {
+        let ca = CertificateAuthority::generate("test").unwrap();
+        let cert = ca
+            .issue_for("node:a", &[], time::Duration::seconds(30))
+            .unwrap();
+        let info = CertInfo::from_pem(&cert.cert_pem).unwrap();
+        assert_eq!(info.identity, "node:a");
+        let now = time::OffsetDateTime::now_utc();
+        assert!(info.not_after - now <= time::Duration::seconds(31));
+        assert!(info.lifetime() < time::Duration::seconds(40), "{info:?}");
+        assert_eq!(info.validity_at(now), Validity::Valid);
+        assert!(info.problem_at(now).is_none());
+        let later = info.not_after + time::Duration::seconds(1);
+        assert_eq!(info.validity_at(later), Validity::Expired);
+        assert!(info.problem_at(later).unwrap().starts_with("expired at "));
+        let earlier = info.not_before - time::Duration::seconds(1);
+        assert_eq!(info.validity_at(earlier), Validity::NotYetValid);
+
+        let due = RenewAt::default().due(&info).unwrap();
+        assert!(due > info.not_before && due < info.not_after);
+        assert_eq!(RenewAt::OFF.due(&info), None);
+        assert!(cert_matches_key(&cert.cert_pem, &cert.key_pem).unwrap());
+        let other = ca.issue("node:a", &[]).unwrap();
+        assert!(!cert_matches_key(&cert.cert_pem, &other.key_pem).unwrap());
+
+        assert!(matches!(
+            ca.issue_for("node:a", &[], time::Duration::ZERO),
+            Err(TlsError::Lifetime(_))
+        ));
+        assert!(matches!(
+            ca.issue_for("node:a", &[], time::Duration::days(4000)),
+            Err(TlsError::Lifetime(_))
+        ));
+        let (_key, csr) = generate_csr("node:a").unwrap();
+        let pem = ca
+            .sign_csr_for(&csr, "node:a", &[], time::Duration::hours(1))
+            .unwrap();
+        let signed = CertInfo::from_pem(&pem).unwrap();
+        assert!(signed.lifetime() <= time::Duration::minutes(66));
+    }
+
+    #[test]
+    fn renewal_points_parse_as_fractions_percentages_or_off() {
+        assert_eq!("0.5".parse::<RenewAt>().unwrap(), RenewAt(Some(0.5)));
+        assert_eq!("75%".parse::<RenewAt>().unwrap(), RenewAt(Some(0.75)));
+        assert_eq!("off".parse::<RenewAt>().unwrap(), RenewAt::OFF);
+        for bad in ["0", "1", "1.5", "-0.2", "abc", "", "100%"] {
+            let err = bad.parse::<RenewAt>().unwrap_err();
+            assert!(err.contains("renewal point"), "{bad}: {err}");
+        }
+        assert_eq!(RenewAt::default().to_string(), "0.667");
+        assert_eq!(RenewAt::OFF.to_string(), "off");
     }
 
     #[test]
