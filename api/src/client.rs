@@ -59,6 +59,43 @@ pub enum ClientError {
     /// The server sent an answer that does not fit the request.
     #[error("unexpected response from the server: {0}")]
     Unexpected(String),
+    /// This client's own certificate is outside its validity period; the
+    /// server would refuse it, so no connection is attempted.
+    #[error("your client certificate ({identity}{}) {problem}; {advice}", origin.as_ref().map(|o| format!(", from {o}")).unwrap_or_default())]
+    ClientCertificate {
+        /// Its identity, e.g. `user:admin`.
+        identity: String,
+        /// Where it was read from, when known.
+        origin: Option<String>,
+        /// What is wrong, e.g. `expired at 2025-01-01T00:00:00Z`.
+        problem: String,
+        /// What to do about it.
+        advice: String,
+    },
+    /// The server presented a certificate outside its validity period.
+    #[error("the server's certificate ({identity} at {addr}) {problem}; {advice}")]
+    ServerCertificate {
+        /// Its identity, e.g. `peer:1`.
+        identity: String,
+        /// The address dialled.
+        addr: String,
+        /// What is wrong, e.g. `expired at 2025-01-01T00:00:00Z`.
+        problem: String,
+        /// What to do about it.
+        advice: String,
+    },
+}
+
+/// What the holder of an expired or not yet valid certificate can do, by the
+/// kind of identity.
+fn client_certificate_advice(identity: &str) -> String {
+    if identity.starts_with("node:") {
+        "the node must join again: make a token with `flotilla token create` and restart the node with --token TOKEN (it keeps its name and data dir)".into()
+    } else if identity.starts_with("peer:") {
+        "a server peer renews its own certificate from the CA key in its data dir: restart it with certificate renewal on (--cert-renew-at)".into()
+    } else {
+        "server peers renew DATA_DIR/admin.config along with their own certificates (unless started with --cert-renew-at off): copy a fresh one from a running peer's data dir, or pass --config DATA_DIR/admin.config".into()
+    }
 }
 
 impl ClientError {
@@ -124,11 +161,79 @@ impl ClientConfig {
         std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".flotilla").join("config"))
     }
 
-    fn cert(&self) -> IssuedCert {
+    /// The client certificate and key.
+    pub fn cert(&self) -> IssuedCert {
         IssuedCert {
             cert_pem: self.client_cert.clone(),
             key_pem: self.client_key.clone(),
         }
+    }
+
+    /// Checks that the client certificate is valid now, so that an expired one
+    /// is named instead of failing the TLS handshake; `origin` (where the
+    /// configuration was read from) goes into the message. Returns what the
+    /// certificate says about itself.
+    pub fn check_certificate(&self, origin: Option<&Path>) -> Result<tls::CertInfo> {
+        check_client_cert(&self.client_cert, &self.identity, origin)
+    }
+}
+
+/// [`ClientConfig::check_certificate`] for a certificate given as PEM;
+/// `identity` names it should it carry no common name.
+fn check_client_cert(
+    cert_pem: &str,
+    identity: &str,
+    origin: Option<&Path>,
+) -> Result<tls::CertInfo> {
+    let info = tls::CertInfo::from_pem(cert_pem).map_err(|e| ClientError::Config {
+        path: origin.map_or_else(|| identity.to_string(), |p| p.display().to_string()),
+        reason: format!("clientCert: {e}"),
+    })?;
+    match info.problem_at(time::OffsetDateTime::now_utc()) {
+        None => Ok(info),
+        Some(problem) => {
+            let identity = if info.identity.is_empty() {
+                identity.to_string()
+            } else {
+                info.identity.clone()
+            };
+            Err(ClientError::ClientCertificate {
+                advice: client_certificate_advice(&identity),
+                identity,
+                origin: origin.map(|p| p.display().to_string()),
+                problem,
+            })
+        }
+    }
+}
+
+/// A client configuration that several tasks hold while its certificate is
+/// renewed under them: each connection attempt reads the current one.
+#[derive(Clone, Debug)]
+pub struct SharedClientConfig(Arc<std::sync::RwLock<ClientConfig>>);
+
+impl SharedClientConfig {
+    /// Shares `config`.
+    pub fn new(config: ClientConfig) -> Self {
+        Self(Arc::new(std::sync::RwLock::new(config)))
+    }
+
+    /// The configuration as it is now.
+    pub fn get(&self) -> ClientConfig {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the certificate and key (after a renewal).
+    pub fn set_cert(&self, cert: &IssuedCert) {
+        let mut config = self.0.write().unwrap_or_else(|p| p.into_inner());
+        config.client_cert = cert.cert_pem.clone();
+        config.client_key = cert.key_pem.clone();
+    }
+}
+
+impl From<ClientConfig> for SharedClientConfig {
+    fn from(config: ClientConfig) -> Self {
+        Self::new(config)
     }
 }
 
@@ -179,6 +284,7 @@ pub async fn dial(
         reason,
     };
     let sock = resolve(addr).await?;
+    let alpns = rustls_config.alpn_protocols.clone();
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(rustls_config)
         .map_err(|e| unreachable(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
@@ -191,10 +297,65 @@ pub async fn dial(
         .map_err(|e| unreachable(e.to_string()))?;
     let conn = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(Ok(conn)) => conn,
-        Ok(Err(e)) => return Err(unreachable(e.to_string())),
+        Ok(Err(e)) => {
+            if rejected_as_expired(&e) {
+                if let Some(err) = explain_server_certificate(&endpoint, sock, addr, &alpns).await {
+                    return Err(err);
+                }
+            }
+            return Err(unreachable(e.to_string()));
+        }
         Err(_) => return Err(unreachable("no answer (timed out)".into())),
     };
     Ok((endpoint, conn))
+}
+
+/// Whether this side's TLS refused the server's certificate for its validity
+/// period (rustls sends the `certificate_expired` alert for both expired and
+/// not yet valid certificates).
+fn rejected_as_expired(e: &quinn::ConnectionError) -> bool {
+    match e {
+        quinn::ConnectionError::TransportError(t) => {
+            t.code == quinn::TransportErrorCode::crypto(tls::certificate_expired_alert())
+        }
+        _ => false,
+    }
+}
+
+/// After a handshake failed on the server's certificate's validity: dials once
+/// more only to read that certificate, and says which one it is and why it
+/// failed. `None` when the second look shows nothing wrong (the first error
+/// is then reported as it was).
+async fn explain_server_certificate(
+    endpoint: &quinn::Endpoint,
+    sock: SocketAddr,
+    addr: &str,
+    alpns: &[Vec<u8>],
+) -> Option<ClientError> {
+    let (config, captured) = tls::capturing_client_config(alpns).ok()?;
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(config).ok()?;
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    config.transport_config(transport_config());
+    let connecting = endpoint.connect_with(config, sock, tls::SERVER_NAME).ok()?;
+    // The capturing verifier always fails the handshake after reading.
+    let _ = tokio::time::timeout(CONNECT_TIMEOUT, connecting).await;
+    let der = captured.lock().unwrap_or_else(|p| p.into_inner()).take()?;
+    let info = tls::CertInfo::from_der(der.as_ref()).ok()?;
+    let problem = info.problem_at(time::OffsetDateTime::now_utc())?;
+    Some(ClientError::ServerCertificate {
+        advice: server_certificate_advice(&info.identity),
+        identity: info.identity,
+        addr: addr.to_string(),
+        problem,
+    })
+}
+
+fn server_certificate_advice(identity: &str) -> String {
+    if identity.starts_with("node:") {
+        "the node renews its certificate through the apiserver while it is valid; once expired, the node must join again with a new token (`flotilla token create`, then restart it with --token TOKEN)".into()
+    } else {
+        "a server peer renews its certificate itself unless started with --cert-renew-at off; restart that peer with renewal on and it renews at start from the CA key in its data dir".into()
+    }
 }
 
 /// A connection to an apiserver.
@@ -212,8 +373,11 @@ impl Client {
         Self::connect_to(&config.server, config).await
     }
 
-    /// Connects to `addr` with the credentials in `config`.
+    /// Connects to `addr` with the credentials in `config`. A client
+    /// certificate outside its validity period is an error before anything is
+    /// sent.
     pub async fn connect_to(addr: &str, config: &ClientConfig) -> Result<Self> {
+        config.check_certificate(None)?;
         let cert = config.cert();
         let tls = tls::client_config(&config.ca_cert, Some(&cert), tls::ALPN_API)?;
         let (endpoint, conn) = dial(addr, tls).await?;
@@ -226,6 +390,9 @@ impl Client {
 
     /// Connects with explicit CA and certificate.
     pub async fn connect_with(addr: &str, ca_pem: &str, cert: Option<&IssuedCert>) -> Result<Self> {
+        if let Some(cert) = cert {
+            check_client_cert(&cert.cert_pem, "the client certificate", None)?;
+        }
         let tls = tls::client_config(ca_pem, cert, tls::ALPN_API)?;
         let (endpoint, conn) = dial(addr, tls).await?;
         Ok(Self {
@@ -259,6 +426,19 @@ impl Client {
     /// The address this client is connected to.
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    /// The certificate the server presented on this connection: its identity
+    /// (`peer:N`) and validity period.
+    pub fn server_certificate(&self) -> Option<tls::CertInfo> {
+        tls::connection_certificate(&self.conn)
+    }
+
+    /// The server's certificate identity and when that certificate expires
+    /// (what `flotilla doctor` reports about a server).
+    pub fn server_certificate_not_after(&self) -> Option<(String, time::OffsetDateTime)> {
+        self.server_certificate()
+            .map(|info| (info.identity, info.not_after))
     }
 
     fn lost(&self, reason: impl ToString) -> ClientError {
