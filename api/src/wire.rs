@@ -295,6 +295,13 @@ pub enum RequestV1 {
         /// Instance name.
         name: String,
     },
+    /// A node asks for a new certificate before its current one expires,
+    /// authenticated by that (still valid) certificate; the answer is
+    /// `RenewedCertificate` for the same identity, over the CSR's key.
+    RenewCertificate {
+        /// CSR for the new key, PEM (its subject is ignored).
+        csr_pem: String,
+    },
 }
 
 /// One piece of an uploaded module.
@@ -365,6 +372,11 @@ pub enum ResponseV1 {
     Ok,
     /// The request failed.
     Error(ApiError),
+    /// A renewed certificate (answer to `RenewCertificate`).
+    RenewedCertificate {
+        /// The new certificate, PEM.
+        cert_pem: String,
+    },
 }
 
 /// What `apply` did.

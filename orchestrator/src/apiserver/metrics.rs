@@ -107,6 +107,7 @@ pub fn labels_of(req: &RequestV1) -> (&'static str, &'static str) {
         RequestV1::JoinNode { .. } => ("join-node", ""),
         RequestV1::Logs { .. } => ("logs", Kind::Instance.as_str()),
         RequestV1::PortForward { .. } => ("port-forward", Kind::Instance.as_str()),
+        RequestV1::RenewCertificate { .. } => ("renew-certificate", ""),
     }
 }
 

@@ -69,8 +69,11 @@ pub struct ApiServer {
     ca: CertificateAuthority,
     cluster_name: String,
     /// This peer's own certificate: what it shows nodes when it proxies logs
-    /// and port-forwards to them.
-    peer_cert: tls::IssuedCert,
+    /// and port-forwards to them (replaced when the peer renews it).
+    peer_cert: std::sync::RwLock<tls::IssuedCert>,
+    /// Lifetime of the certificates this apiserver signs (joining peers and
+    /// nodes, renewals).
+    cert_lifetime: time::Duration,
     /// Largest module accepted by upload.
     max_module_bytes: u64,
     /// Where node instance ranges and service cluster IPs come from.
@@ -218,13 +221,33 @@ impl ApiServer {
             store,
             ca,
             cluster_name,
-            peer_cert,
+            peer_cert: std::sync::RwLock::new(peer_cert),
+            cert_lifetime: tls::DEFAULT_CERT_LIFETIME,
             max_module_bytes,
             ranges,
             ipam_hints: ipam::Hints::default(),
             watch_hub,
             metrics,
         }
+    }
+
+    /// Signs the certificates of joining peers and nodes, and renewals, for
+    /// `lifetime` (default [`tls::DEFAULT_CERT_LIFETIME`]).
+    pub fn with_cert_lifetime(mut self, lifetime: time::Duration) -> Self {
+        self.cert_lifetime = lifetime;
+        self
+    }
+
+    /// Shows nodes `cert` from now on (after this peer renewed it).
+    pub fn set_peer_cert(&self, cert: tls::IssuedCert) {
+        *self.peer_cert.write().unwrap_or_else(|p| p.into_inner()) = cert;
+    }
+
+    fn peer_cert(&self) -> tls::IssuedCert {
+        self.peer_cert
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The store behind this apiserver.
@@ -234,10 +257,14 @@ impl ApiServer {
 
     /// Serves every stream of one client connection.
     pub async fn serve_connection(self: Arc<Self>, conn: quinn::Connection) {
-        let caller = match tls::connection_identity(&conn) {
-            Some(id) => Caller::Identity(id),
-            None => Caller::Anonymous,
+        let cert = tls::connection_certificate(&conn);
+        let caller = match &cert {
+            Some(c) if !c.identity.is_empty() => Caller::Identity(c.identity.clone()),
+            _ => Caller::Anonymous,
         };
+        // TLS checked the certificate at the handshake; a renewal also needs
+        // it to be valid still when asked (a connection may outlive it).
+        let cert_not_after = cert.map(|c| c.not_after);
         loop {
             let (send, recv) = match conn.accept_bi().await {
                 Ok(s) => s,
@@ -246,7 +273,7 @@ impl ApiServer {
             let this = self.clone();
             let caller = caller.clone();
             tokio::spawn(async move {
-                this.serve_stream(caller, send, recv).await;
+                this.serve_stream(caller, cert_not_after, send, recv).await;
             });
         }
     }
@@ -254,6 +281,7 @@ impl ApiServer {
     async fn serve_stream(
         &self,
         caller: Caller,
+        cert_not_after: Option<time::OffsetDateTime>,
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
     ) {
@@ -271,6 +299,15 @@ impl ApiServer {
         };
         let Request::V1(req) = req;
         let (verb, kind) = metrics::labels_of(&req);
+        if let RequestV1::RenewCertificate { csr_pem } = &req {
+            let result = self.renew_certificate(&caller, cert_not_after, csr_pem);
+            self.metrics
+                .observe(verb, kind, metrics::result_of(&result), started);
+            let resp = result.unwrap_or_else(ResponseV1::Error);
+            let _ = write_frame(&mut send, &Response::V1(resp)).await;
+            let _ = send.finish();
+            return;
+        }
         // A watch is counted when it starts (in `serve_watch`), not when it ends.
         if let Some(result) = self.serve_request(caller, &mut send, &mut recv, req).await {
             self.metrics.observe(verb, kind, result, started);
@@ -494,7 +531,8 @@ impl ApiServer {
             | RequestV1::UploadModule { .. }
             | RequestV1::DownloadModule { .. }
             | RequestV1::Logs { .. }
-            | RequestV1::PortForward { .. } => Err(ApiError::new(
+            | RequestV1::PortForward { .. }
+            | RequestV1::RenewCertificate { .. } => Err(ApiError::new(
                 ErrorCode::BadRequest,
                 "request routed to the wrong handler",
             )),
@@ -1095,7 +1133,12 @@ impl ApiServer {
         let addrs: Vec<IpAddr> = ip.into_iter().collect();
         let cert_pem = self
             .ca
-            .sign_csr(csr_pem, &format!("peer:{next_id}"), &addrs)
+            .sign_csr_for(
+                csr_pem,
+                &format!("peer:{next_id}"),
+                &addrs,
+                self.cert_lifetime,
+            )
             .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("csr: {e}")))?;
         Ok(ResponseV1::Joined(JoinedPeer {
             id: next_id,

@@ -1,6 +1,7 @@
-//! Nodes: joining with a token (the node gets `node:NAME` by CSR), and the
-//! requests the apiserver carries through to a node's own listener (logs,
-//! port-forward), as kube-apiserver does to the kubelet.
+//! Nodes: joining with a token (the node gets `node:NAME` by CSR), renewing
+//! that certificate with itself (as the kubelet rotates its client
+//! certificate), and the requests the apiserver carries through to a node's
+//! own listener (logs, port-forward), as kube-apiserver does to the kubelet.
 
 use flotilla_api::client::dial;
 use flotilla_api::node::Node;
@@ -9,7 +10,7 @@ use flotilla_api::tls::{self, ALPN_NODE};
 use flotilla_api::token::JoinToken;
 use flotilla_api::wire::{write_frame, ApiError, ErrorCode, Request, RequestV1, ResponseV1};
 
-use super::{not_found, store_error, tokens, ApiResult, ApiServer};
+use super::{not_found, store_error, tokens, ApiResult, ApiServer, Caller};
 
 fn unavailable(msg: String) -> ApiError {
     ApiError::new(ErrorCode::Unavailable, msg)
@@ -46,12 +47,54 @@ impl ApiServer {
         }
         let cert_pem = self
             .ca
-            .sign_csr(csr_pem, &format!("node:{name}"), &[])
+            .sign_csr_for(csr_pem, &format!("node:{name}"), &[], self.cert_lifetime)
             .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("csr: {e}")))?;
         Ok(ResponseV1::JoinedNode {
             cert_pem,
             ca_cert_pem: self.ca.cert_pem.clone(),
         })
+    }
+
+    /// Signs a new certificate for the identity the caller's connection
+    /// proves, and only that one: `node:NAME` gets `node:NAME`. Peers renew
+    /// their own from the CA key they hold; other identities get new
+    /// credentials from an operator.
+    pub(super) fn renew_certificate(
+        &self,
+        caller: &Caller,
+        cert_not_after: Option<time::OffsetDateTime>,
+        csr_pem: &str,
+    ) -> ApiResult<ResponseV1> {
+        let Caller::Identity(identity) = caller else {
+            return Err(ApiError::new(
+                ErrorCode::Unauthorized,
+                "renewing a certificate needs the current certificate: anonymous callers may only join",
+            ));
+        };
+        if !identity.starts_with("node:") {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "only nodes renew their certificates through the apiserver; {identity} cannot"
+                ),
+            ));
+        }
+        let now = time::OffsetDateTime::now_utc();
+        if let Some(not_after) = cert_not_after.filter(|t| *t < now) {
+            return Err(ApiError::new(
+                ErrorCode::Unauthorized,
+                format!(
+                    "the certificate of {identity} on this connection expired at {}; join again with a new token",
+                    flotilla_api::meta::format_timestamp(not_after)
+                ),
+            ));
+        }
+        let cert_pem = self
+            .ca
+            .sign_csr_for(csr_pem, identity, &[], self.cert_lifetime)
+            .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("csr: {e}")))?;
+        tracing::info!(%identity, "renewed a node certificate");
+        Ok(ResponseV1::RenewedCertificate { cert_pem })
     }
 
     /// Finds the node running an instance and relays the request and every byte
@@ -98,7 +141,7 @@ impl ApiServer {
                 "node \"{node_name}\" reports no address to reach it at"
             ))
         })?;
-        let config = tls::client_config(&self.ca.cert_pem, Some(&self.peer_cert), ALPN_NODE)
+        let config = tls::client_config(&self.ca.cert_pem, Some(&self.peer_cert()), ALPN_NODE)
             .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
         let (_endpoint, conn) = dial(&addr, config)
             .await
