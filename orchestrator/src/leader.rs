@@ -10,7 +10,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use flotilla_api::client::{Client, ClientConfig, ClientError};
+use flotilla_api::client::{Client, ClientError, SharedClientConfig};
 use flotilla_api::lease::Lease;
 use flotilla_api::meta::now_timestamp;
 use flotilla_api::object::{Kind, Object};
@@ -156,7 +156,7 @@ async fn try_acquire(
 }
 
 /// Renews the held lease until it is lost; returns why.
-async fn keep_renewing(config: &ClientConfig, client: Client, election: &Election) -> String {
+async fn keep_renewing(config: &SharedClientConfig, client: Client, election: &Election) -> String {
     let period = election.duration / 3;
     let deadline = election.duration * 2 / 3;
     let mut client = client;
@@ -164,7 +164,7 @@ async fn keep_renewing(config: &ClientConfig, client: Client, election: &Electio
     loop {
         tokio::time::sleep(period).await;
         if !client.is_connected() {
-            if let Ok(c) = Client::connect(config).await {
+            if let Ok(c) = Client::connect(&config.get()).await {
                 client = c;
             }
         }
@@ -189,7 +189,7 @@ async fn keep_renewing(config: &ClientConfig, client: Client, election: &Electio
                 tracing::debug!(lease = %election.lease, "renewal timed out");
                 election.connected.set_not_ready(format!(
                     "the apiserver at {} did not answer a lease renewal within {deadline:?}",
-                    config.server
+                    config.get().server
                 ));
             }
         }
@@ -201,16 +201,18 @@ async fn keep_renewing(config: &ClientConfig, client: Client, election: &Electio
 
 /// Runs `work` while this candidate holds the lease, forever: campaigns, acts
 /// while leading, and stops acting (drops the `work` future) when the lease is
-/// lost, then campaigns again.
-pub async fn run_elected<F, Fut>(config: ClientConfig, election: Election, work: F)
+/// lost, then campaigns again. Each connection takes the configuration's
+/// current certificate, so one renewed under it is used from then on.
+pub async fn run_elected<F, Fut>(config: impl Into<SharedClientConfig>, election: Election, work: F)
 where
-    F: Fn(ClientConfig) -> Fut,
+    F: Fn(SharedClientConfig) -> Fut,
     Fut: Future<Output = ()>,
 {
+    let config = config.into();
     let retry = (election.duration / 4).max(Duration::from_millis(100));
     let mut observed = None;
     loop {
-        let client = match Client::connect(&config).await {
+        let client = match Client::connect(&config.get()).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!(error = %e, "candidate cannot reach the apiserver");
@@ -240,7 +242,7 @@ where
                 tracing::debug!(error = %e, "campaign failed");
                 election.connected.set_not_ready(format!(
                     "the apiserver at {} did not answer the campaign: {e}",
-                    config.server
+                    config.get().server
                 ));
                 tokio::time::sleep(retry).await;
             }

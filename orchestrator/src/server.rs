@@ -5,7 +5,8 @@
 //! Start-up, in this order, because each step needs the one before:
 //! 1. bind the UDP socket (its address is what the peer advertises),
 //! 2. find or make the identity: resume from the data dir, join with a token, or
-//!    make a new cluster (CA, `peer:1`, `admin.config`),
+//!    make a new cluster (CA, `peer:1`, `admin.config`), and renew what is due
+//!    (`certs`: a peer down past its renewal point renews before it serves),
 //! 3. open the store and start serving (peers must reach us before we are added),
 //! 4. initialize a new cluster, or ask the cluster to add this joined peer,
 //! 5. make sure namespace `default` exists.
@@ -20,13 +21,17 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use flotilla_api::client::{Client, ClientConfig, ClientError};
+use flotilla_api::client::{Client, ClientError};
 use flotilla_api::tls::{self, CertificateAuthority, IssuedCert, ALPN_API, ALPN_RAFT};
 use flotilla_api::token::JoinToken;
 use flotilla_api::wire::{read_frame, write_frame, RequestV1, ResponseV1};
 use flotilla_telemetry::{Readiness, Telemetry};
 
 use crate::apiserver::{ApiMetrics, ApiServer};
+use crate::certs::{
+    self, quic_peer_client_config, quic_server_config, write_admin_config, CertPaths, CertPolicy,
+    PeerCerts, Users,
+};
 use crate::controllers::ControllerMetrics;
 use crate::leader::{run_elected, Election, LeaderMetrics, SYSTEM_NAMESPACE};
 use crate::scheduler::SchedulerMetrics;
@@ -69,9 +74,12 @@ pub enum ServerError {
     /// The data dir holds something unexpected.
     #[error("{0}")]
     DataDir(String),
+    /// A setting is out of range.
+    #[error("{0}")]
+    Config(String),
 }
 
-type Result<T, E = ServerError> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = ServerError> = std::result::Result<T, E>;
 
 /// Settings of a server peer.
 #[derive(Clone, Debug)]
@@ -106,6 +114,12 @@ pub struct ServerConfig {
     /// Where the peer's metrics and readiness checks go (served by the
     /// caller, if at all).
     pub telemetry: Telemetry,
+    /// Lifetime of every certificate this peer issues: its own, joining
+    /// peers', nodes', the admin's, its components'.
+    pub cert_lifetime: Duration,
+    /// When this peer renews its own, its components' and the admin's
+    /// certificates (nodes have their own `--cert-renew-at`).
+    pub cert_renew_at: tls::RenewAt,
 }
 
 impl ServerConfig {
@@ -126,6 +140,8 @@ impl ServerConfig {
             leader_lease: Duration::from_secs(15),
             ranges: crate::apiserver::NetworkRanges::default(),
             telemetry: Telemetry::default(),
+            cert_lifetime: tls::DEFAULT_CERT_LIFETIME.unsigned_abs(),
+            cert_renew_at: tls::RenewAt::default(),
         }
     }
 }
@@ -146,7 +162,7 @@ struct PeerFile {
     pending_join: Option<String>,
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ServerError + '_ {
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ServerError + '_ {
     move |source| ServerError::Io {
         path: path.display().to_string(),
         source,
@@ -157,7 +173,7 @@ fn read_text(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).map_err(io_err(path))
 }
 
-fn write_private(path: &Path, text: &str) -> Result<()> {
+pub(crate) fn write_private(path: &Path, text: &str) -> Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text).map_err(io_err(&tmp))?;
     #[cfg(unix)]
@@ -233,25 +249,17 @@ fn save_credentials(paths: &Paths, ca: &CertificateAuthority, cert: &IssuedCert)
     write_private(&paths.key, &cert.key_pem)
 }
 
-fn write_admin_config(paths: &Paths, ca: &CertificateAuthority, server: &str) -> Result<()> {
-    let admin = ca.issue("user:admin", &[])?;
-    let config = ClientConfig {
-        server: server.to_string(),
-        identity: "user:admin".into(),
-        ca_cert: ca.cert_pem.clone(),
-        client_cert: admin.cert_pem,
-        client_key: admin.key_pem,
-    };
-    config.save(&paths.admin).map_err(io_err(&paths.admin))
-}
-
-fn new_cluster(paths: &Paths, address: &str) -> Result<Identity> {
+fn new_cluster(paths: &Paths, address: &str, policy: &CertPolicy) -> Result<Identity> {
     let cluster_name = "flotilla".to_string();
     let ca = CertificateAuthority::generate(&cluster_name)?;
     let ip = address.parse::<SocketAddr>().ok().map(|s| s.ip());
-    let cert = ca.issue("peer:1", &ip.into_iter().collect::<Vec<_>>())?;
+    let cert = ca.issue_for(
+        "peer:1",
+        &ip.into_iter().collect::<Vec<_>>(),
+        policy.lifetime,
+    )?;
     save_credentials(paths, &ca, &cert)?;
-    write_admin_config(paths, &ca, address)?;
+    write_admin_config(&ca, &paths.admin, address, policy.lifetime)?;
     let peer = PeerFile {
         id: 1,
         address: address.to_string(),
@@ -272,6 +280,7 @@ async fn join_cluster(
     address: &str,
     join_addr: &str,
     token_text: &str,
+    policy: &CertPolicy,
 ) -> Result<Identity> {
     let token = JoinToken::parse(token_text)?;
     let client = Client::connect_pinned(join_addr, &token.ca_sha256)
@@ -303,7 +312,7 @@ async fn join_cluster(
         key_pem,
     };
     save_credentials(paths, &ca, &cert)?;
-    write_admin_config(paths, &ca, address)?;
+    write_admin_config(&ca, &paths.admin, address, policy.lifetime)?;
     let peer = PeerFile {
         id: joined.id,
         address: address.to_string(),
@@ -350,7 +359,10 @@ impl Server {
             leader_lease,
             ranges,
             telemetry,
+            cert_lifetime,
+            cert_renew_at,
         } = config;
+        let policy = CertPolicy::new(cert_lifetime, cert_renew_at)?;
         // First, so that a caller serving `/readyz` during a slow start (a
         // join) never sees a daemon without checks, which would read as ready.
         let serving = Readiness::not_ready(
@@ -381,22 +393,27 @@ impl Server {
             Some(id) => id,
             None => match &join {
                 Some((join_addr, token)) => {
-                    join_cluster(&paths, &address, join_addr, token).await?
+                    join_cluster(&paths, &address, join_addr, token, &policy).await?
                 }
-                None => new_cluster(&paths, &address)?,
+                None => new_cluster(&paths, &address, &policy)?,
             },
         };
         let address = identity.peer.address.clone();
 
-        let server_tls = tls::server_config(
-            &identity.ca.cert_pem,
-            &identity.cert,
-            &[ALPN_API, ALPN_RAFT],
-        )?;
-        let quic_server = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)
-            .map_err(|e| ServerError::DataDir(format!("tls: {e}")))?;
-        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_server));
-        server_config.transport_config(flotilla_api::client::transport_config());
+        let certs = Arc::new(PeerCerts::new(
+            identity.ca.clone(),
+            identity.peer.id,
+            &address,
+            identity.cert.clone(),
+            CertPaths {
+                cert: paths.cert.clone(),
+                key: paths.key.clone(),
+                admin: paths.admin.clone(),
+            },
+            policy,
+        ));
+        certs.prepare()?;
+        let server_config = quic_server_config(&identity.ca.cert_pem, &certs.current())?;
         let runtime = quinn::default_runtime()
             .ok_or_else(|| ServerError::DataDir("no async runtime for QUIC".into()))?;
         let endpoint = quinn::Endpoint::new(
@@ -409,18 +426,14 @@ impl Server {
             addr: bind.clone(),
             source,
         })?;
-        let peer_tls = tls::client_config(&identity.ca.cert_pem, Some(&identity.cert), ALPN_RAFT)?;
-        let peer_quic = quinn::crypto::rustls::QuicClientConfig::try_from(peer_tls)
-            .map_err(|e| ServerError::DataDir(format!("tls: {e}")))?;
-        let mut peer_client = quinn::ClientConfig::new(Arc::new(peer_quic));
-        peer_client.transport_config(flotilla_api::client::transport_config());
+        let peer_client = quic_peer_client_config(&identity.ca.cert_pem, &certs.current())?;
         let net = Arc::new(PeerNet::new(endpoint.clone(), peer_client));
 
         let mut store_config = StoreConfig::new(identity.peer.id, paths.store.clone());
         store_config.history = history;
         store_config.snapshot_every = snapshot_every;
         store_config.write_timeout = write_timeout;
-        let store = Store::open(store_config, net).await?;
+        let store = Store::open(store_config, net.clone()).await?;
         store.register_metrics(&telemetry.registry);
         let weak_store = Arc::downgrade(&store);
         telemetry.health.add_check("store", move || {
@@ -436,38 +449,41 @@ impl Server {
                 )),
             }
         });
-        let api = Arc::new(ApiServer::new(
-            store.clone(),
-            identity.ca.clone(),
-            identity.peer.cluster_name.clone(),
-            identity.cert.clone(),
-            max_module_bytes,
-            ranges,
-            ApiMetrics::register(&telemetry.registry),
-        ));
+        let api = Arc::new(
+            ApiServer::new(
+                store.clone(),
+                identity.ca.clone(),
+                identity.peer.cluster_name.clone(),
+                certs.current(),
+                max_module_bytes,
+                ranges,
+                ApiMetrics::register(&telemetry.registry),
+            )
+            .with_cert_lifetime(policy.lifetime),
+        );
 
-        let mut tasks = vec![tokio::spawn(accept_loop(endpoint.clone(), api.clone()))];
+        let mut tasks = vec![
+            tokio::spawn(accept_loop(endpoint.clone(), api.clone())),
+            tokio::spawn(certs::run(
+                certs.clone(),
+                Users {
+                    endpoint: endpoint.clone(),
+                    net,
+                    api: api.clone(),
+                },
+            )),
+        ];
 
         if identity.fresh_cluster {
             store.initialize(&address).await?;
         }
         if let Some(join_addr) = identity.peer.pending_join.clone() {
-            request_membership(&identity, &join_addr, &address).await?;
+            request_membership(&identity, &certs.current(), &join_addr, &address).await?;
             let mut peer = identity.peer.clone();
             peer.pending_join = None;
             save_peer_file(&paths, &peer)?;
         }
-        let component_config = |name: &str| -> Result<ClientConfig> {
-            let identity_name = format!("component:{name}");
-            let cert = identity.ca.issue(&identity_name, &[])?;
-            Ok(ClientConfig {
-                server: address.clone(),
-                identity: identity_name,
-                ca_cert: identity.ca.cert_pem.clone(),
-                client_cert: cert.cert_pem,
-                client_key: cert.key_pem,
-            })
-        };
+        let component_config = |name: &str| certs.component_config(name);
         let leader_metrics = LeaderMetrics::register(&telemetry.registry);
         if scheduler {
             let election = Election::new(SCHEDULER_LEASE, "scheduler", leader_lease)
@@ -542,18 +558,18 @@ impl Server {
     }
 }
 
-async fn request_membership(identity: &Identity, join_addr: &str, address: &str) -> Result<()> {
+async fn request_membership(
+    identity: &Identity,
+    cert: &IssuedCert,
+    join_addr: &str,
+    address: &str,
+) -> Result<()> {
     let mut last = String::new();
     for attempt in 0..20 {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        let client = match Client::connect_with(
-            join_addr,
-            &identity.ca.cert_pem,
-            Some(&identity.cert),
-        )
-        .await
+        let client = match Client::connect_with(join_addr, &identity.ca.cert_pem, Some(cert)).await
         {
             Ok(c) => c,
             Err(e) => {

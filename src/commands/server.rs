@@ -57,6 +57,14 @@ pub struct ServerArgs {
     /// How long a write waits for a quorum before failing.
     #[arg(long, default_value = "5s", value_parser = super::context::parse_duration)]
     write_timeout: Duration,
+    /// Lifetime of every certificate this peer issues: its own, joining
+    /// peers', nodes', the admin's (e.g. 30d, 24h; at most 3650d).
+    #[arg(long, default_value = "365d", value_parser = super::context::parse_duration)]
+    cert_lifetime: Duration,
+    /// When to renew this peer's certificates: a fraction of their validity
+    /// period (0.667, or 67%), or `off`.
+    #[arg(long, default_value = "0.667", value_name = "FRACTION|off")]
+    cert_renew_at: flotilla_api::tls::RenewAt,
     #[command(flatten)]
     metrics: super::metrics_flag::MetricsArgs,
 }
@@ -80,6 +88,8 @@ impl ServerArgs {
             cluster_cidr,
             node_cidr_mask_size,
             service_cidr,
+            cert_lifetime,
+            cert_renew_at,
             metrics,
         } = self;
         if node_cidr_mask_size < cluster_cidr.prefix_len() {
@@ -98,6 +108,8 @@ impl ServerArgs {
         config.controllers = !no_controllers;
         config.controller_settings = controllers.settings();
         config.leader_lease = leader_lease.as_std();
+        config.cert_lifetime = cert_lifetime.as_std();
+        config.cert_renew_at = cert_renew_at;
         config.ranges = flotilla_orchestrator::apiserver::NetworkRanges {
             cluster_cidr,
             node_prefix: node_cidr_mask_size,

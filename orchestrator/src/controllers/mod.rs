@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use tokio::sync::watch;
 
-use flotilla_api::client::{Client, ClientConfig, ClientError};
+use flotilla_api::client::{Client, ClientError, SharedClientConfig};
 use flotilla_api::daemonset::DaemonSet;
 use flotilla_api::deployment::{Deployment, LABEL_TEMPLATE_HASH};
 use flotilla_api::endpoints::Endpoints;
@@ -354,10 +354,15 @@ const WATCHED: &[Kind] = &[
 ];
 
 /// Runs the controllers until the task is dropped, reconnecting after any break.
-pub async fn run(config: ClientConfig, settings: Settings, metrics: ControllerMetrics) {
+pub async fn run(
+    config: impl Into<SharedClientConfig>,
+    settings: Settings,
+    metrics: ControllerMetrics,
+) {
+    let config = config.into();
     let memory = Arc::new(Mutex::new(Memory::default()));
     loop {
-        let client = match Client::connect(&config).await {
+        let client = match Client::connect(&config.get()).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!(error = %e, "controllers cannot reach the apiserver");

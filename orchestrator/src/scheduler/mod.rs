@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use flotilla_api::client::{Client, ClientConfig, ClientError};
+use flotilla_api::client::{Client, ClientError, SharedClientConfig};
 use flotilla_api::event::EventType;
 use flotilla_api::instance::{Instance, InstanceAffinityTerm, InstancePhase, CONDITION_SCHEDULED};
 use flotilla_api::meta::{set_condition, Condition, ConditionStatus};
@@ -672,10 +672,11 @@ impl Scheduler {
 
 /// Runs until the task is dropped: a pass whenever nodes or instances change,
 /// and every few seconds regardless (which is the retry of what did not fit).
-pub async fn run(config: ClientConfig, metrics: SchedulerMetrics) {
+pub async fn run(config: impl Into<SharedClientConfig>, metrics: SchedulerMetrics) {
+    let config = config.into();
     let recorder = Arc::new(Recorder::new("scheduler"));
     loop {
-        let client = match Client::connect(&config).await {
+        let client = match Client::connect(&config.get()).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!(error = %e, "scheduler cannot reach the apiserver");

@@ -132,7 +132,9 @@ type Slot = Arc<tokio::sync::Mutex<Option<(String, quinn::Connection)>>>;
 /// Connections to the other peers, and when each last answered.
 pub struct PeerNet {
     endpoint: quinn::Endpoint,
-    client_config: quinn::ClientConfig,
+    /// Replaced when this peer renews its certificate; connections made
+    /// before keep going (TLS checks certificates at the handshake only).
+    client_config: Mutex<quinn::ClientConfig>,
     slots: Mutex<HashMap<PeerId, Slot>>,
     seen: Mutex<HashMap<PeerId, Instant>>,
 }
@@ -142,10 +144,16 @@ impl PeerNet {
     pub fn new(endpoint: quinn::Endpoint, client_config: quinn::ClientConfig) -> Self {
         Self {
             endpoint,
-            client_config,
+            client_config: Mutex::new(client_config),
             slots: Mutex::new(HashMap::new()),
             seen: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Dials peers with `client_config` from now on (after a certificate
+    /// renewal).
+    pub fn set_client_config(&self, client_config: quinn::ClientConfig) {
+        *self.client_config.lock().unwrap_or_else(|p| p.into_inner()) = client_config;
     }
 
     /// Records that `peer` answered or called just now.
@@ -198,9 +206,14 @@ impl PeerNet {
         let sock = resolve(addr)
             .await
             .map_err(|e| unreachable(e.to_string()))?;
+        let client_config = self
+            .client_config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let connecting = self
             .endpoint
-            .connect_with(self.client_config.clone(), sock, SERVER_NAME)
+            .connect_with(client_config, sock, SERVER_NAME)
             .map_err(|e| unreachable(e.to_string()))?;
         let remaining = deadline.saturating_duration_since(Instant::now());
         let conn = tokio::time::timeout(remaining.min(Duration::from_secs(2)), connecting)
