@@ -84,6 +84,10 @@ pub struct AgentArgs {
     /// A run this long resets the restart delay.
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     restart_backoff_reset: Duration,
+    /// When to renew the node's certificate: a fraction of its validity
+    /// period (0.667, or 67%), or `off`.
+    #[arg(long, default_value = "0.667", value_name = "FRACTION|off")]
+    cert_renew_at: flotilla_api::tls::RenewAt,
 }
 
 impl AgentArgs {
@@ -106,6 +110,7 @@ impl AgentArgs {
             restart_backoff,
             restart_backoff_max,
             restart_backoff_reset,
+            cert_renew_at,
         } = self;
         let mut config = AgentConfig::new(name, data_dir);
         config.server = ctx.server().map(str::to_string);
@@ -121,6 +126,7 @@ impl AgentArgs {
         config.capacity_memory = capacity_memory.clone();
         config.capacity_instances = *capacity_instances;
         config.lease_interval = lease_interval.as_std();
+        config.cert_renew_at = *cert_renew_at;
         config.backoff = Backoff {
             initial: restart_backoff.as_std(),
             max: restart_backoff_max.as_std(),

@@ -1,6 +1,8 @@
 //! The node's identity: joined once with a token (the CA pinned by the token's
 //! fingerprint, the certificate by CSR), then kept in the data dir so a restart
-//! needs no token.
+//! needs no token. The certificate is renewed in place (`renewal`); one that
+//! expired while the node was away needs a new join, which a restart with
+//! `--token` does (same name, same data dir).
 
 use std::path::{Path, PathBuf};
 
@@ -28,6 +30,17 @@ pub struct NodeFile {
 pub struct Identity {
     /// Client configuration (CA, certificate `node:NAME`, key).
     pub client: ClientConfig,
+    /// Where it is kept (`DATA_DIR/node.config`).
+    pub path: PathBuf,
+}
+
+/// What to tell the operator of a node whose certificate is outside its
+/// validity period: which certificate, since when, and how to rejoin.
+pub fn expired_message(name: &str, path: &Path, problem: &str) -> String {
+    format!(
+        "the certificate of node {name} (node:{name}, in {}) {problem}; the apiserver refuses it, so the node stays offline (its instances keep running). To rejoin: make a token with `flotilla token create` and restart the node with --token TOKEN (same --name and --data-dir)",
+        path.display()
+    )
 }
 
 fn path(dir: &Path, name: &str) -> PathBuf {
@@ -64,7 +77,22 @@ pub async fn load_or_join(
         if let Some(server) = server {
             client.server = server.to_string();
         }
-        return Ok(Identity { client });
+        match (client.check_certificate(Some(&config_file)), token) {
+            // Offline past expiry, and given a token: join again as itself.
+            (Err(e), Some(token)) => {
+                tracing::warn!(error = %e, "joining again with the token given");
+                let server = client.server.clone();
+                return join(dir, &server, token, name).await;
+            }
+            // Valid; or expired without a token, which the link reports (with
+            // what to do) while the instances keep running.
+            _ => {
+                return Ok(Identity {
+                    client,
+                    path: config_file,
+                })
+            }
+        }
     }
     let (Some(server), Some(token_text)) = (server, token) else {
         return Err(AgentError::Config(format!(
@@ -72,6 +100,13 @@ pub async fn load_or_join(
             dir.display()
         )));
     };
+    join(dir, server, token_text, name).await
+}
+
+/// Joins with a token and saves the identity in `dir`.
+async fn join(dir: &Path, server: &str, token_text: &str, name: &str) -> Result<Identity> {
+    let node_file = path(dir, "node.json");
+    let config_file = path(dir, "node.config");
     let token = JoinToken::parse(token_text).map_err(|e| AgentError::Join(e.to_string()))?;
     let anon = Client::connect_pinned(server, &token.ca_sha256)
         .await
@@ -107,5 +142,8 @@ pub async fn load_or_join(
     };
     let text = serde_json::to_string_pretty(&file).map_err(|e| AgentError::Io(e.to_string()))?;
     std::fs::write(&node_file, text).map_err(io(&node_file))?;
-    Ok(Identity { client })
+    Ok(Identity {
+        client,
+        path: config_file,
+    })
 }

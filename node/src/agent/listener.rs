@@ -18,21 +18,25 @@ use flotilla_api::wire::{
 use super::identity::Identity;
 use super::{AgentError, Result, Shared};
 
-/// Binds the listener; returns its address and the accept task.
-pub async fn start(
-    shared: Arc<Shared>,
-    identity: &Identity,
-) -> Result<(String, tokio::task::JoinHandle<()>)> {
-    let cert = IssuedCert {
-        cert_pem: identity.client.client_cert.clone(),
-        key_pem: identity.client.client_key.clone(),
-    };
-    let server_tls = tls::server_config(&identity.client.ca_cert, &cert, &[ALPN_NODE, ALPN_TUNNEL])
+/// The listener's QUIC server side with `cert` (also what a renewed
+/// certificate is swapped in with).
+pub fn quic_config(ca_pem: &str, cert: &IssuedCert) -> Result<quinn::ServerConfig> {
+    let server_tls = tls::server_config(ca_pem, cert, &[ALPN_NODE, ALPN_TUNNEL])
         .map_err(|e| AgentError::Config(format!("node listener tls: {e}")))?;
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)
         .map_err(|e| AgentError::Config(format!("node listener tls: {e}")))?;
     let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     server_config.transport_config(flotilla_api::client::transport_config());
+    Ok(server_config)
+}
+
+/// Binds the listener; returns its address, its endpoint (whose certificate
+/// renewal replaces) and the accept task.
+pub async fn start(
+    shared: Arc<Shared>,
+    identity: &Identity,
+) -> Result<(String, quinn::Endpoint, tokio::task::JoinHandle<()>)> {
+    let server_config = quic_config(&identity.client.ca_cert, &identity.client.cert())?;
     let addr: std::net::SocketAddr = shared
         .config
         .listen
@@ -44,7 +48,9 @@ pub async fn start(
         .local_addr()
         .map_err(|e| AgentError::Io(e.to_string()))?
         .to_string();
+    let accepting = endpoint.clone();
     let task = tokio::spawn(async move {
+        let endpoint = accepting;
         while let Some(incoming) = endpoint.accept().await {
             let shared = shared.clone();
             tokio::spawn(async move {
@@ -73,7 +79,7 @@ pub async fn start(
             });
         }
     });
-    Ok((local, task))
+    Ok((local, endpoint, task))
 }
 
 async fn error(send: &mut quinn::SendStream, code: ErrorCode, message: String) {

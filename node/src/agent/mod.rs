@@ -27,6 +27,7 @@ mod modules;
 mod netsync;
 mod probes;
 mod registration;
+mod renewal;
 mod reporter;
 mod static_instances;
 mod supervisor;
@@ -125,6 +126,9 @@ pub struct AgentConfig {
     /// Where the node's metrics and readiness checks go (served by the
     /// caller, if at all).
     pub telemetry: Telemetry,
+    /// When the node renews its certificate (a fraction of its validity
+    /// period, or off).
+    pub cert_renew_at: flotilla_api::tls::RenewAt,
 }
 
 impl AgentConfig {
@@ -149,6 +153,7 @@ impl AgentConfig {
             ingress: None,
             service_forwarder: true,
             telemetry: Telemetry::default(),
+            cert_renew_at: flotilla_api::tls::RenewAt::default(),
         }
     }
 }
@@ -206,7 +211,12 @@ impl Agent {
         };
         let link = identity.as_ref().map(|id| {
             let max_delay = (config.lease_interval / 4).min(Duration::from_secs(5));
-            Arc::new(link::ApiLink::new(id.client.clone(), max_delay))
+            Arc::new(link::ApiLink::new(
+                id.client.clone(),
+                &config.name,
+                id.path.clone(),
+                max_delay,
+            ))
         });
 
         let runtime: Arc<dyn Runtime> = match config.runtime {
@@ -225,14 +235,9 @@ impl Agent {
             modules::ModuleCache::new(data_dir.join("modules"), link.clone())
                 .map_err(|e| AgentError::Io(e.to_string()))?,
         );
-        let network = identity.as_ref().map(|id| {
-            let tunnel = crate::net::tunnel::TunnelClient::new(
-                &id.client.ca_cert,
-                flotilla_api::tls::IssuedCert {
-                    cert_pem: id.client.client_cert.clone(),
-                    key_pem: id.client.client_key.clone(),
-                },
-            );
+        let network = link.as_ref().map(|api_link| {
+            // The link's configuration: a renewed certificate is dialled with.
+            let tunnel = crate::net::tunnel::TunnelClient::shared(api_link.config().clone());
             let denials: Option<crate::net::DenialSink> = link.clone().map(|link| {
                 let sink: crate::net::DenialSink =
                     Arc::new(move |ns: &str, name: &str, message: &str| {
@@ -269,14 +274,21 @@ impl Agent {
         });
 
         let mut tasks = Vec::new();
-        let (listen_addr, listener_task) = match &identity {
+        let (listen_addr, listener_endpoint, listener_task) = match &identity {
             Some(id) => {
-                let (addr, task) = listener::start(shared.clone(), id).await?;
-                (addr, Some(task))
+                let (addr, endpoint, task) = listener::start(shared.clone(), id).await?;
+                (addr, Some(endpoint), Some(task))
             }
-            None => (String::new(), None),
+            None => (String::new(), None, None),
         };
         tasks.extend(listener_task);
+        if let Some(link) = &link {
+            tasks.push(tokio::spawn(renewal::run(renewal::Renewal {
+                link: link.clone(),
+                listener: listener_endpoint,
+                renew_at: config.cert_renew_at,
+            })));
+        }
 
         let mut ingress_addr = None;
         if let (Some(net), Some(addr)) = (&network, &config.ingress) {

@@ -63,8 +63,9 @@ pub async fn run(
                 }
             },
             None => {
-                registered
-                    .set_not_ready(format!("the apiserver at {} is unreachable", link.server()));
+                registered.set_not_ready(link.certificate_problem().unwrap_or_else(|| {
+                    format!("the apiserver at {} is unreachable", link.server())
+                }));
                 false
             }
         };
@@ -134,6 +135,13 @@ async fn heartbeat(
         n.status.node_info.wasmtime_version = shared.ctx.runtime.version().to_string();
         n.status.node_info.operating_system = std::env::consts::OS.to_string();
         n.status.node_info.architecture = std::env::consts::ARCH.to_string();
+        // The certificate in use now (renewal replaces it under the link).
+        n.status.node_info.certificate_not_after = shared
+            .link
+            .as_ref()
+            .and_then(|l| flotilla_api::tls::CertInfo::from_pem(&l.config().get().client_cert).ok())
+            .map(|c| c.not_after_rfc3339())
+            .unwrap_or_default();
         let (forwarding, reason, message) = if config.service_forwarder {
             (
                 ConditionStatus::True,

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use flotilla_api::client::dial;
+use flotilla_api::client::{dial, ClientConfig, SharedClientConfig};
 use flotilla_api::tls::{self, IssuedCert, ALPN_TUNNEL};
 use flotilla_api::wire::{read_frame, write_frame, MAX_FRAME};
 
@@ -77,15 +77,29 @@ fn header_map(list: Vec<(String, Vec<u8>)>) -> http::HeaderMap {
 /// Dials peer nodes with this node's certificate and keeps one connection per
 /// peer.
 pub struct TunnelClient {
-    tls: Option<(String, IssuedCert)>,
+    /// The CA and this node's certificate, read at each dial (the agent
+    /// renews the certificate under it).
+    tls: Option<SharedClientConfig>,
     conns: Mutex<HashMap<String, (quinn::Endpoint, quinn::Connection)>>,
 }
 
 impl TunnelClient {
     /// A client with this node's CA and certificate.
     pub fn new(ca_pem: &str, cert: IssuedCert) -> Self {
+        Self::shared(SharedClientConfig::new(ClientConfig {
+            server: String::new(),
+            identity: String::new(),
+            ca_cert: ca_pem.to_string(),
+            client_cert: cert.cert_pem,
+            client_key: cert.key_pem,
+        }))
+    }
+
+    /// A client with the CA and certificate of `config` as they are at each
+    /// dial.
+    pub fn shared(config: SharedClientConfig) -> Self {
         Self {
-            tls: Some((ca_pem.to_string(), cert)),
+            tls: Some(config),
             conns: Mutex::new(HashMap::new()),
         }
     }
@@ -105,12 +119,13 @@ impl TunnelClient {
                 return Ok(c.clone());
             }
         }
-        let Some((ca, cert)) = &self.tls else {
+        let Some(shared) = &self.tls else {
             return Err(OutboundError::Unavailable(
                 "this node has no cluster identity for the tunnel".into(),
             ));
         };
-        let config = tls::client_config(ca, Some(cert), ALPN_TUNNEL)
+        let current = shared.get();
+        let config = tls::client_config(&current.ca_cert, Some(&current.cert()), ALPN_TUNNEL)
             .map_err(|e| OutboundError::Unavailable(format!("tunnel tls: {e}")))?;
         let (endpoint, conn) = dial(addr, config)
             .await
