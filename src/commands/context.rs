@@ -45,9 +45,11 @@ impl Context {
         Ok(config)
     }
 
-    /// Connects to the apiserver.
+    /// Connects to the apiserver. A client certificate outside its validity
+    /// period is named (with the file it came from) before anything is sent.
     pub async fn connect(&self) -> anyhow::Result<Client> {
         let config = self.client_config()?;
+        config.check_certificate(Some(&self.config_path()?))?;
         Client::connect(&config)
             .await
             .with_context(|| format!("using the client configuration for {}", config.identity))
