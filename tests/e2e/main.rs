@@ -2,6 +2,7 @@
 //! One module per area, one test binary so it links once.
 
 mod bad_input;
+mod certs;
 mod cli;
 mod control_plane;
 mod doctor;
