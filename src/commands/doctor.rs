@@ -200,6 +200,21 @@ async fn diagnose(ctx: &Context) -> Report {
     let t = Instant::now();
     let client = match tokio::time::timeout(CALL_TIMEOUT, Client::connect(&config)).await {
         Ok(Ok(client)) => client,
+        Ok(Err(e @ flotilla_api::client::ClientError::ServerCertificate { .. })) => {
+            // The server answers, but with a certificate no client accepts.
+            report.ok(
+                "apiserver",
+                format!("{} answers, but its certificate is refused", config.server),
+            );
+            check_local_certificates(&mut report, &config);
+            report.add(
+                "certificates",
+                Status::Fail,
+                e.to_string(),
+                "restart that server peer: it renews its own certificate at start (unless started with --cert-renew-at off)",
+            );
+            return report;
+        }
         Ok(Err(e)) => {
             report.add(
                 "apiserver",
@@ -270,6 +285,13 @@ async fn diagnose(ctx: &Context) -> Report {
 
     // 7. certificates
     check_local_certificates(&mut report, &config);
+    if let Some((identity, not_after)) = client.server_certificate_not_after() {
+        certificate_line(
+            &mut report,
+            &format!("the server's certificate ({identity} at {})", config.server),
+            (not_after - OffsetDateTime::now_utc()).whole_seconds(),
+        );
+    }
     check_node_certificates(&mut report, &nodes);
 
     // 8. clocks
@@ -413,9 +435,9 @@ async fn check_store(report: &mut Report, client: &Client, config: &ClientConfig
 }
 
 /// Runs futures concurrently and collects their outputs in order.
-async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output>
+async fn join_all<F>(futures: Vec<F>) -> Vec<F::Output>
 where
-    F: Send + 'static,
+    F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
 {
     let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
@@ -760,8 +782,7 @@ fn check_node_certificates(report: &mut Report, nodes: &[flotilla_api::node::Nod
 }
 
 fn node_certificate_not_after(node: &flotilla_api::node::Node) -> Option<OffsetDateTime> {
-    let value = serde_json::to_value(&node.status.node_info).ok()?;
-    parse_timestamp(value.get("certificateNotAfter")?.as_str()?)
+    parse_timestamp(&node.status.node_info.certificate_not_after)
 }
 
 fn certificate_line(report: &mut Report, what: &str, seconds_left: i64) {

@@ -224,9 +224,32 @@ fn an_expired_client_certificate_is_named_and_the_cli_exits_at_once() {
         "says where a fresh one is: {err}"
     );
 
+    // doctor names the expired credentials as the first broken link.
+    let (code, report) = doctor_with(&copy);
+    assert_eq!(code, 2, "{report}");
+    assert_eq!(report["firstBroken"], "config", "{report}");
+    assert!(
+        report
+            .to_string()
+            .contains("the client certificate (user:admin) expired"),
+        "{report}"
+    );
+
     // The peer's own admin.config was renewed meanwhile and still gets in.
     let out = cluster.cli(0, &["get", "ns", "default"]);
     assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// `flotilla doctor -o json` with a configuration file: exit code and report.
+fn doctor_with(config: &Path) -> (i32, serde_json::Value) {
+    let out = run_cli(
+        &["--config", config.to_str().unwrap(), "doctor", "-o", "json"],
+        None,
+        Duration::from_secs(15),
+    );
+    let report = serde_json::from_str(&stdout(&out))
+        .unwrap_or_else(|e| panic!("doctor printed no JSON ({e}): {}", stderr(&out)));
+    (out.status.code().unwrap_or(-1), report)
 }
 
 #[test]
@@ -282,6 +305,18 @@ fn an_expired_server_certificate_is_named() {
     assert!(
         matches!(result, Err(ClientError::ServerCertificate { ref identity, .. }) if identity == "peer:1"),
         "{result:?}"
+    );
+
+    // doctor names the server's certificate.
+    let (code, report) = doctor_with(&config_path);
+    assert_eq!(code, 2, "{report}");
+    assert_eq!(report["firstBroken"], "certificates", "{report}");
+    assert!(
+        report.to_string().contains(&format!(
+            "the server's certificate (peer:1 at {})",
+            server.addr
+        )),
+        "{report}"
     );
     drop(server);
 }
