@@ -287,6 +287,56 @@ fn forwarder_stopped() {
     );
     assert_eq!(code, 2, "{line}");
     assert!(line.contains("instance IPs still route"), "{line}");
+
+    // From an instance on that node: a service name fails, saying why; an
+    // instance IP still answers.
+    for example in ["backend", "frontend"] {
+        let dir = examples()
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .join(example);
+        let out = cluster.cli(0, &["apply", "-f", dir.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    crate::workloads::wait_ready_instances(&cluster, "backend", 2, Duration::from_secs(60));
+    crate::workloads::wait_ready_instances(&cluster, "frontend", 1, Duration::from_secs(60));
+    let instances = |app: &str| -> Vec<Value> {
+        let out = cluster.cli(
+            0,
+            &["get", "inst", "-l", &format!("app={app}"), "-o", "json"],
+        );
+        let list: Value = serde_json::from_str(&stdout(&out)).unwrap_or(Value::Null);
+        list["items"].as_array().cloned().unwrap_or_default()
+    };
+    let frontend = instances("frontend")[0]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let backend_ip = instances("backend")[0]["status"]["instanceIP"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (mut forward, addr) = crate::node::port_forward(
+        &cluster.config(),
+        &cluster.peers[0].addr,
+        &format!("instance/{frontend}"),
+    );
+    let by_name = crate::network::get(&addr, "frontend", "/?to=http://backend/");
+    let by_ip = crate::network::get(&addr, "frontend", &format!("/?to=http://{backend_ip}/"));
+    let _ = forward.kill();
+    let _ = forward.wait();
+    assert_eq!(by_name.0, 502, "{}", by_name.1);
+    assert!(
+        by_name.1.contains("GET http://backend/: unavailable"),
+        "{}",
+        by_name.1
+    );
+    assert_eq!(by_ip.0, 200, "{}", by_ip.1);
+    assert!(by_ip.1.contains("-> backend backend-"), "{}", by_ip.1);
 }
 
 #[test]

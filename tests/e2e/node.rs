@@ -282,7 +282,7 @@ fn http_get(addr: &str, path: &str) -> String {
     out
 }
 
-fn port_forward(config: &Path, server: &str, target: &str) -> (Child, String) {
+pub(crate) fn port_forward(config: &Path, server: &str, target: &str) -> (Child, String) {
     let mut child = Command::new(BIN)
         .args([
             "--config",
