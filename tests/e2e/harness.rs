@@ -25,6 +25,28 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut cond: impl FnMut() -> Opti
     }
 }
 
+/// `cargo build ARGS` in `dir` (a workspace of its own), into `target_dir`
+/// or the workspace's own target; panics with cargo's errors on failure.
+pub fn cargo_build(what: &str, dir: &Path, args: &[&str], target_dir: Option<&Path>) {
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.arg("build")
+        .args(args)
+        .current_dir(dir)
+        .env_remove("RUSTFLAGS");
+    match target_dir {
+        Some(t) => cmd.env("CARGO_TARGET_DIR", t),
+        None => cmd.env_remove("CARGO_TARGET_DIR"),
+    };
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("run cargo for {what}: {e}"));
+    assert!(
+        out.status.success(),
+        "building {what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Runs the CLI with a deadline; kills it if it overruns.
 pub fn run_cli(args: &[&str], stdin: Option<&str>, timeout: Duration) -> Output {
     let mut cmd = Command::new(BIN);

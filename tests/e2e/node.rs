@@ -20,18 +20,7 @@ pub fn examples() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
-        let out = Command::new(env!("CARGO"))
-            .args(["build", "--release"])
-            .current_dir(&dir)
-            .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_TARGET_DIR")
-            .output()
-            .expect("run cargo for the examples");
-        assert!(
-            out.status.success(),
-            "building examples failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        crate::harness::cargo_build("the examples", &dir, &["--release"], None);
         dir.join("target/wasm32-wasip2/release")
     })
 }

@@ -275,17 +275,11 @@ fn wasmtime_serve() -> &'static Path {
     BUILT.get_or_init(|| {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let target = root.join("target/tools");
-        let out = Command::new(env!("CARGO"))
-            .args(["build", "--manifest-path"])
-            .arg(root.join("tools/wasmtime-serve/Cargo.toml"))
-            .env("CARGO_TARGET_DIR", &target)
-            .env_remove("RUSTFLAGS")
-            .output()
-            .expect("run cargo for tools/wasmtime-serve");
-        assert!(
-            out.status.success(),
-            "building tools/wasmtime-serve failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+        crate::harness::cargo_build(
+            "tools/wasmtime-serve",
+            &root.join("tools/wasmtime-serve"),
+            &[],
+            Some(&target),
         );
         target.join("debug/wasmtime-serve")
     })

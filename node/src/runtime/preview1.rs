@@ -117,6 +117,19 @@ mod tests {
         (exit, log)
     }
 
+    /// `_start` sleeps 60 s in the host (poll_oneoff on one relative clock
+    /// subscription), then exits 7.
+    const SLEEP_60_S: &str = r#"
+        (func (export "_start")
+            (i64.store (i32.const 256) (i64.const 0))          ;; userdata
+            (i32.store8 (i32.const 264) (i32.const 0))         ;; tag: clock
+            (i32.store (i32.const 272) (i32.const 1))          ;; id: monotonic
+            (i64.store (i32.const 280) (i64.const 60000000000));; timeout
+            (i64.store (i32.const 288) (i64.const 0))          ;; precision
+            (i32.store16 (i32.const 296) (i32.const 0))        ;; flags: relative
+            (drop (call $poll_oneoff (i32.const 256) (i32.const 512) (i32.const 1) (i32.const 600)))
+            (call $proc_exit (i32.const 7)))"#;
+
     async fn run(body: &str) -> (Exit, Captured) {
         run_with(body, |_, _| {}).await
     }
@@ -294,20 +307,12 @@ mod tests {
 
     #[tokio::test]
     async fn stop_ends_a_sleeping_guest() {
-        // poll_oneoff on one clock subscription of 60 s (relative).
-        let body = r#"
-            (func (export "_start")
-                (i64.store (i32.const 256) (i64.const 0))          ;; userdata
-                (i32.store8 (i32.const 264) (i32.const 0))         ;; tag: clock
-                (i32.store (i32.const 272) (i32.const 1))          ;; id: monotonic
-                (i64.store (i32.const 280) (i64.const 60000000000));; timeout
-                (i64.store (i32.const 288) (i64.const 0))          ;; precision
-                (i32.store16 (i32.const 296) (i32.const 0))        ;; flags: relative
-                (drop (call $poll_oneoff (i32.const 256) (i32.const 512) (i32.const 1) (i32.const 600)))
-                (call $proc_exit (i32.const 7)))"#;
         let dir = tempfile::tempdir().unwrap();
         let rt = WasmtimeRuntime::new(config(dir.path())).unwrap();
-        let p = rt.prepare("sha256:sleep", module(body)).await.unwrap();
+        let p = rt
+            .prepare("sha256:sleep", module(SLEEP_60_S))
+            .await
+            .unwrap();
         let mut h = rt
             .start(&p, launch("default/sleep", Captured::default().sink()))
             .unwrap();
@@ -354,19 +359,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_guest_that_ignores_the_request_runs_until_stopped() {
-        let body = r#"
-            (func (export "_start")
-                (i64.store (i32.const 256) (i64.const 0))
-                (i32.store8 (i32.const 264) (i32.const 0))
-                (i32.store (i32.const 272) (i32.const 1))
-                (i64.store (i32.const 280) (i64.const 60000000000))
-                (i64.store (i32.const 288) (i64.const 0))
-                (i32.store16 (i32.const 296) (i32.const 0))
-                (drop (call $poll_oneoff (i32.const 256) (i32.const 512) (i32.const 1) (i32.const 600)))
-                (call $proc_exit (i32.const 7)))"#;
         let dir = tempfile::tempdir().unwrap();
         let rt = WasmtimeRuntime::new(config(dir.path())).unwrap();
-        let p = rt.prepare("sha256:deaf", module(body)).await.unwrap();
+        let p = rt.prepare("sha256:deaf", module(SLEEP_60_S)).await.unwrap();
         let mut h = rt
             .start(&p, launch("default/deaf", Captured::default().sink()))
             .unwrap();
