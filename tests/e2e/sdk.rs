@@ -268,20 +268,25 @@ fn kill(child: &mut Child) {
     let _ = child.wait();
 }
 
-/// `wasmtime serve` of the wasmtime 48 CLI (tools/wasmtime-serve), built once
-/// in its own target directory.
+/// `wasmtime serve` of the wasmtime 48 CLI: the `wasmtime-serve` example
+/// (tools/wasmtime-serve.rs), which `cargo test` builds beside this binary;
+/// built here when a narrower command left it out.
 fn wasmtime_serve() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let target = root.join("target/tools");
-        crate::harness::cargo_build(
-            "tools/wasmtime-serve",
-            &root.join("tools/wasmtime-serve"),
-            &[],
-            Some(&target),
-        );
-        target.join("debug/wasmtime-serve")
+        let bin = Path::new(BIN)
+            .parent()
+            .expect("the flotilla binary's directory")
+            .join("examples/wasmtime-serve");
+        if !bin.exists() {
+            crate::harness::cargo_build(
+                "the wasmtime-serve example",
+                Path::new(env!("CARGO_MANIFEST_DIR")),
+                &["--example", "wasmtime-serve"],
+                None,
+            );
+        }
+        bin
     })
 }
 

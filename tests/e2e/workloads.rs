@@ -369,8 +369,11 @@ fn a_daemonset_follows_nodes_labels_and_tolerations() {
         per_node.keys().cloned().collect::<Vec<_>>(),
         vec!["node-2", "node-3"]
     );
-    let ds = &list(&cluster, &["daemonset", "sensor"])[0];
-    assert_eq!(ds["status"]["desiredNumberScheduled"], 2, "{ds}");
+    // The status follows in the controller's next pass.
+    wait_for("the DaemonSet's status", Duration::from_secs(10), || {
+        let ds = list(&cluster, &["daemonset", "sensor"]).pop()?;
+        (ds["status"]["desiredNumberScheduled"] == 2).then_some(())
+    });
 }
 
 fn job(
