@@ -274,6 +274,18 @@ impl Cluster {
         self.peers[0].admin_config()
     }
 
+    /// `get ARGS -o json` through peer 0, parsed; `None` when it fails.
+    pub fn get_json(&self, args: &[&str]) -> Option<serde_json::Value> {
+        let mut full = vec!["get"];
+        full.extend_from_slice(args);
+        full.extend_from_slice(&["-o", "json"]);
+        let out = self.cli(0, &full);
+        out.status
+            .success()
+            .then(|| serde_json::from_str(&stdout(&out)).ok())
+            .flatten()
+    }
+
     /// Runs the CLI against peer `i`.
     pub fn cli(&self, i: usize, args: &[&str]) -> Output {
         self.cli_in(i, args, None)

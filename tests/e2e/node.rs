@@ -138,13 +138,7 @@ fn instance_manifest(name: &str, node: &str, module: &Path, extra_spec: &str) ->
 }
 
 fn get_json(cluster: &Cluster, args: &[&str]) -> Option<serde_json::Value> {
-    let mut full = vec!["get"];
-    full.extend_from_slice(args);
-    full.extend_from_slice(&["-o", "json"]);
-    let out = cluster.cli(0, &full);
-    out.status
-        .success()
-        .then(|| serde_json::from_str(&stdout(&out)).unwrap())
+    cluster.get_json(args)
 }
 
 fn phase(cluster: &Cluster, name: &str) -> Option<serde_json::Value> {

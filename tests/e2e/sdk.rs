@@ -36,14 +36,7 @@ fn apply_example(cluster: &Cluster, name: &str) {
 }
 
 fn get_json(cluster: &Cluster, args: &[&str]) -> Option<Value> {
-    let mut full = vec!["get"];
-    full.extend_from_slice(args);
-    full.extend_from_slice(&["-o", "json"]);
-    let out = cluster.cli(0, &full);
-    out.status
-        .success()
-        .then(|| serde_json::from_str(&stdout(&out)).ok())
-        .flatten()
+    cluster.get_json(args)
 }
 
 /// The names of the instances labelled `selector`.
