@@ -87,7 +87,7 @@ impl StoreConfig {
             snapshot_every: 10_000,
             write_timeout: Duration::from_secs(5),
             heartbeat: Duration::from_millis(100),
-            election_timeout: (Duration::from_millis(500), Duration::from_millis(1000)),
+            election_timeout: (Duration::from_millis(400), Duration::from_millis(800)),
         }
     }
 }
