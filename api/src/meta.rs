@@ -260,6 +260,12 @@ pub fn format_timestamp(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
 }
 
+/// This machine's wall clock, microseconds since the Unix epoch.
+pub fn unix_micros_now() -> i64 {
+    let nanos = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
+    i64::try_from(nanos / 1_000).unwrap_or(i64::MAX)
+}
+
 /// The current time, formatted by [`format_timestamp`].
 pub fn now_timestamp() -> String {
     format_timestamp(OffsetDateTime::now_utc())

@@ -302,6 +302,21 @@ pub enum RequestV1 {
         /// CSR for the new key, PEM (its subject is ignored).
         csr_pem: String,
     },
+    /// This peer's wall clock (answered to anyone, as `WhoAmI`): `flotilla
+    /// doctor` compares the peers' clocks with it.
+    Clock,
+    /// Node `from` sends a probe through the node-to-node tunnel to node `to`
+    /// and reports the round trip and both clocks. A client leaves
+    /// `to_address` empty; the apiserver fills in `to`'s tunnel address and
+    /// relays the request to `from`.
+    ProbeTunnel {
+        /// The node that sends the probe.
+        from: String,
+        /// The node probed.
+        to: String,
+        /// `to`'s tunnel address (filled in by the apiserver).
+        to_address: String,
+    },
 }
 
 /// One piece of an uploaded module.
@@ -376,6 +391,21 @@ pub enum ResponseV1 {
     RenewedCertificate {
         /// The new certificate, PEM.
         cert_pem: String,
+    },
+    /// A wall clock reading, microseconds since the Unix epoch.
+    Clock {
+        /// The reading.
+        unix_micros: i64,
+    },
+    /// The answer to `ProbeTunnel`.
+    TunnelProbe {
+        /// From sending the probe to its answer, measured by `from`.
+        round_trip_micros: u64,
+        /// `from`'s wall clock when the answer came, microseconds since the epoch.
+        from_clock_micros: i64,
+        /// How far `to`'s clock is ahead of `from`'s (negative: behind),
+        /// taking the answer to be read halfway through the round trip.
+        to_clock_offset_micros: i64,
     },
 }
 

@@ -3,7 +3,9 @@
 //!
 //! The chain: client configuration → apiserver → store quorum → scheduler
 //! and controllers (their leases) → nodes (lease, Ready, version) → each
-//! node's forwarder and ingress → certificates → clocks. Every link gets one
+//! node's forwarder, its tunnel to the next node (a probe the apiserver
+//! relays to it) and its ingress → certificates → clocks (peers' and nodes'
+//! against this machine's, and leases renewed in its future). Every link gets one
 //! line, OK / WARN / FAIL; the first broken one also gets what to do. When
 //! the store has lost its quorum the later links are read stale from the
 //! apiserver's own copy, and say so. Exit 0 when all is OK, 1 on warnings,
@@ -31,7 +33,12 @@ const CERT_WARN_DAYS: i64 = 30;
 /// How long one call may take before the link counts as not answering.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// A lease renewed this far in the future says the holder's clock is ahead.
-const CLOCK_SKEW_WARN: Duration = Duration::from_secs(2);
+const LEASE_IN_FUTURE_WARN: Duration = Duration::from_secs(2);
+/// Clocks of peers and nodes this far apart are a warning (etcd warns at 1 s).
+const CLOCK_SKEW_WARN_MICROS: i64 = 1_000_000;
+/// This far apart, leases (the scheduler's and controllers' last 15 s)
+/// expire early or late: a failure.
+const CLOCK_SKEW_FAIL_MICROS: i64 = 10_000_000;
 
 #[derive(Args, Debug)]
 pub struct DoctorArgs {
@@ -249,7 +256,8 @@ async fn diagnose(ctx: &Context) -> Report {
     );
 
     // 3. store quorum
-    let quorum = check_store(&mut report, &client, &config).await;
+    let mut readings = Vec::new();
+    let quorum = check_store(&mut report, &client, &config, &mut readings).await;
     let consistency = if quorum {
         Consistency::Linearizable
     } else {
@@ -281,7 +289,15 @@ async fn diagnose(ctx: &Context) -> Report {
     }
 
     // 5. and 6. nodes, their forwarders and ingress
-    let nodes = check_nodes(&mut report, &client, consistency, now, stale, &mut clocks).await;
+    let nodes = check_nodes(
+        &mut report,
+        &client,
+        consistency,
+        (now, stale),
+        &mut clocks,
+        &mut readings,
+    )
+    .await;
 
     // 7. certificates
     check_local_certificates(&mut report, &config);
@@ -295,8 +311,9 @@ async fn diagnose(ctx: &Context) -> Report {
     check_node_certificates(&mut report, &nodes);
 
     // 8. clocks
+    check_skew(&mut report, &readings);
     match clocks.iter().max_by_key(|(_, ahead)| *ahead) {
-        Some((who, ahead)) if *ahead > CLOCK_SKEW_WARN => report.add(
+        Some((who, ahead)) if *ahead > LEASE_IN_FUTURE_WARN => report.add(
             "clocks",
             Status::Warn,
             format!(
@@ -317,7 +334,12 @@ async fn diagnose(ctx: &Context) -> Report {
 }
 
 /// Returns whether the store has a quorum.
-async fn check_store(report: &mut Report, client: &Client, config: &ClientConfig) -> bool {
+async fn check_store(
+    report: &mut Report,
+    client: &Client,
+    config: &ClientConfig,
+    readings: &mut Vec<ClockReading>,
+) -> bool {
     let members = match tokio::time::timeout(CALL_TIMEOUT, client.call(RequestV1::Members)).await {
         Ok(Ok(ResponseV1::Members(members))) => members,
         Ok(Ok(other)) => {
@@ -356,24 +378,30 @@ async fn check_store(report: &mut Report, client: &Client, config: &ClientConfig
         let addr = m.address.clone();
         let config = config.clone();
         async move {
-            let ok = tokio::time::timeout(CALL_TIMEOUT, async {
+            tokio::time::timeout(CALL_TIMEOUT, async {
                 let c = Client::connect_to(&addr, &config).await.ok()?;
                 let answered = c.call(RequestV1::WhoAmI).await.is_ok();
+                let clock = if answered { read_clock(&c).await } else { None };
                 c.close();
-                answered.then_some(())
+                answered.then_some(clock)
             })
             .await
             .ok()
             .flatten()
-            .is_some();
-            (addr, ok)
         }
     });
     let results = join_all(probes.collect()).await;
     let mut answering_voters = 0;
-    for (m, (_, ok)) in members.iter().zip(results) {
+    for (m, answer) in members.iter().zip(results) {
         let peer = format!("{} ({})", m.id, m.address);
-        if ok {
+        if let Some(clock) = answer {
+            if let Some((offset_micros, uncertainty_micros)) = clock {
+                readings.push(ClockReading {
+                    who: format!("peer {peer}"),
+                    offset_micros,
+                    uncertainty_micros,
+                });
+            }
             answering.push(peer);
             answering_voters += usize::from(m.role != "learner");
         } else {
@@ -432,6 +460,73 @@ async fn check_store(report: &mut Report, client: &Client, config: &ClientConfig
     }
     report.ok("store", summary);
     true
+}
+
+/// A peer's or node's clock against this machine's.
+#[derive(Debug, Clone)]
+struct ClockReading {
+    who: String,
+    /// How far it is ahead of this machine (negative: behind).
+    offset_micros: i64,
+    /// How far off that may be: half the round trip it was read over.
+    uncertainty_micros: i64,
+}
+
+/// Asks a peer for its clock: (offset from this machine's, uncertainty), in
+/// microseconds, taking the reading to be halfway through the round trip.
+async fn read_clock(client: &Client) -> Option<(i64, i64)> {
+    let sent_at = flotilla_api::meta::unix_micros_now();
+    let started = Instant::now();
+    let answer = client.call(RequestV1::Clock).await;
+    let half = micros(started.elapsed()) / 2;
+    match answer {
+        Ok(ResponseV1::Clock { unix_micros }) => Some((unix_micros - (sent_at + half), half)),
+        _ => None,
+    }
+}
+
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// Compares every clock read with the two furthest apart; the uncertainty of
+/// both readings is given to them before anything is called skew.
+fn check_skew(report: &mut Report, readings: &[ClockReading]) {
+    let (Some(ahead), Some(behind)) = (
+        readings.iter().max_by_key(|r| r.offset_micros),
+        readings.iter().min_by_key(|r| r.offset_micros),
+    ) else {
+        report.ok("clocks", "no peer or node clock could be read".into());
+        return;
+    };
+    let spread = ahead.offset_micros - behind.offset_micros;
+    let surely = spread - ahead.uncertainty_micros - behind.uncertainty_micros;
+    let hint = "run NTP (chrony, systemd-timesyncd) on every machine; leases and certificates need clocks within a second or two";
+    let apart = format!(
+        "{} is {:.1} s ahead of {}",
+        ahead.who,
+        spread as f64 / 1e6,
+        behind.who
+    );
+    if surely >= CLOCK_SKEW_FAIL_MICROS {
+        report.add(
+            "clocks",
+            Status::Fail,
+            format!("{apart}: leases expire early or late at this skew"),
+            hint,
+        );
+    } else if surely >= CLOCK_SKEW_WARN_MICROS {
+        report.add("clocks", Status::Warn, format!("{apart} (over 1 s)"), hint);
+    } else {
+        report.ok(
+            "clocks",
+            format!(
+                "{} clocks of peers and nodes within {} ms of each other",
+                readings.len(),
+                spread.max(0) / 1000
+            ),
+        );
+    }
 }
 
 /// Runs futures concurrently and collects their outputs in order.
@@ -561,9 +656,9 @@ async fn check_nodes(
     report: &mut Report,
     client: &Client,
     consistency: Consistency,
-    now: OffsetDateTime,
-    stale: &str,
+    (now, stale): (OffsetDateTime, &str),
     clocks: &mut Vec<(String, Duration)>,
+    readings: &mut Vec<ClockReading>,
 ) -> Vec<flotilla_api::node::Node> {
     let listed = tokio::time::timeout(
         CALL_TIMEOUT,
@@ -615,6 +710,16 @@ async fn check_nodes(
         );
         return nodes;
     }
+    let probes = probe_tunnels(client, &nodes).await;
+    for probe in &probes {
+        if let Ok(answer) = &probe.outcome {
+            readings.push(ClockReading {
+                who: format!("node {}", probe.from),
+                offset_micros: answer.from_offset_micros,
+                uncertainty_micros: answer.from_uncertainty_micros,
+            });
+        }
+    }
     let version = env!("CARGO_PKG_VERSION");
     for node in &nodes {
         let name = &node.metadata.name;
@@ -649,24 +754,129 @@ async fn check_nodes(
                 let why = ready
                     .map(|c| format!("{} ({}: {})", c.status, c.reason, c.message))
                     .unwrap_or_else(|| "no Ready condition".into());
+                let (tunnel, hint) = match probes.iter().find(|p| &p.to == name) {
+                    Some(TunnelCheck { from, outcome: Ok(answer), .. }) => (
+                        format!(
+                            "; its tunnel still answers {from} ({:.1} ms): the agent runs but cannot reach the apiserver",
+                            answer.round_trip.as_secs_f64() * 1e3
+                        ),
+                        format!("check the network between {name} and the apiserver (the address it was given with --server); its instances keep running, new work does not reach it"),
+                    ),
+                    Some(TunnelCheck { from, outcome: Err(e), .. }) => (
+                        format!("; its tunnel does not answer {from} either ({e})"),
+                        format!("check the node agent on {name}: is `flotilla node` running, is its machine up? Its instances are replaced elsewhere after their toleration"),
+                    ),
+                    None => (
+                        String::new(),
+                        format!("check the node agent on {name}: is `flotilla node` running, and can it reach the apiserver? Its instances keep running; new work does not reach it"),
+                    ),
+                };
                 report.add(
                     link,
                     Status::Fail,
-                    format!("{name}: NotReady, {lease_text}: {why}{stale}"),
-                    &format!(
-                        "check the node agent on {name}: is `flotilla node` running, and can it reach the apiserver? Its instances keep running; new work does not reach it"
-                    ),
+                    format!("{name}: NotReady, {lease_text}: {why}{tunnel}{stale}"),
+                    &hint,
                 );
                 continue;
             }
         }
-        check_forwarding(report, node).await;
+        let tunnel = probes.iter().find(|p| &p.from == name);
+        check_forwarding(report, node, tunnel).await;
     }
     nodes
 }
 
-/// The node's forwarder (as the node reports it) and its ingress (probed).
-async fn check_forwarding(report: &mut Report, node: &flotilla_api::node::Node) {
+/// A probe one node sent through the tunnel to another, as the apiserver
+/// relayed it.
+struct TunnelCheck {
+    from: String,
+    to: String,
+    outcome: Result<TunnelAnswer, String>,
+}
+
+struct TunnelAnswer {
+    round_trip: Duration,
+    /// The sender's clock against this machine's.
+    from_offset_micros: i64,
+    from_uncertainty_micros: i64,
+}
+
+fn is_ready(node: &flotilla_api::node::Node) -> bool {
+    find_condition(&node.status.conditions, CONDITION_READY)
+        .is_some_and(|c| c.status == ConditionStatus::True)
+}
+
+/// Every Ready node probes the next one by name (the last the first; a lone
+/// node itself), so each node's tunnel is used both ways with one probe per
+/// node. A NotReady node is probed by the first Ready one: an answer tells
+/// an agent cut off from the apiserver from one that is down.
+async fn probe_tunnels(client: &Client, nodes: &[flotilla_api::node::Node]) -> Vec<TunnelCheck> {
+    let mut ready: Vec<&str> = nodes
+        .iter()
+        .filter(|n| is_ready(n) && !n.status.daemon_endpoints.tunnel.is_empty())
+        .map(|n| n.metadata.name.as_str())
+        .collect();
+    ready.sort_unstable();
+    let Some(first) = ready.first().copied() else {
+        return Vec::new();
+    };
+    let mut pairs: Vec<(String, String)> = ready
+        .iter()
+        .enumerate()
+        .map(|(i, from)| (from.to_string(), ready[(i + 1) % ready.len()].to_string()))
+        .collect();
+    pairs.extend(
+        nodes
+            .iter()
+            .filter(|n| !is_ready(n) && !n.status.daemon_endpoints.tunnel.is_empty())
+            .map(|n| (first.to_string(), n.metadata.name.clone())),
+    );
+    let probes = pairs.into_iter().map(|(from, to)| {
+        let client = client.clone();
+        async move {
+            let outcome = probe_tunnel(&client, &from, &to).await;
+            TunnelCheck { from, to, outcome }
+        }
+    });
+    join_all(probes.collect()).await
+}
+
+async fn probe_tunnel(client: &Client, from: &str, to: &str) -> Result<TunnelAnswer, String> {
+    let sent_at = flotilla_api::meta::unix_micros_now();
+    let started = Instant::now();
+    let asked = tokio::time::timeout(
+        CALL_TIMEOUT,
+        client.call(RequestV1::ProbeTunnel {
+            from: from.to_string(),
+            to: to.to_string(),
+            to_address: String::new(),
+        }),
+    )
+    .await;
+    let half = micros(started.elapsed()) / 2;
+    match asked {
+        Ok(Ok(ResponseV1::TunnelProbe {
+            round_trip_micros,
+            from_clock_micros,
+            ..
+        })) => Ok(TunnelAnswer {
+            round_trip: Duration::from_micros(round_trip_micros),
+            from_offset_micros: from_clock_micros - (sent_at + half),
+            from_uncertainty_micros: half,
+        }),
+        Ok(Ok(other)) => Err(format!("unexpected answer: {other:?}")),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {CALL_TIMEOUT:?}")),
+    }
+}
+
+/// The node's forwarder (as the node reports it), its tunnel to the next
+/// node (probed from it) and its ingress (probed from here).
+async fn check_forwarding(
+    report: &mut Report,
+    node: &flotilla_api::node::Node,
+    tunnel: Option<&TunnelCheck>,
+) {
     let name = &node.metadata.name;
     match find_condition(&node.status.conditions, CONDITION_SERVICE_FORWARDER) {
         Some(c) if c.status == ConditionStatus::True => {}
@@ -689,18 +899,44 @@ async fn check_forwarding(report: &mut Report, node: &flotilla_api::node::Node) 
             return;
         }
     }
+    let tunnel_text = match tunnel {
+        Some(TunnelCheck {
+            to,
+            outcome: Ok(answer),
+            ..
+        }) => format!(
+            "; tunnel to {to} answered in {:.1} ms",
+            answer.round_trip.as_secs_f64() * 1e3
+        ),
+        Some(TunnelCheck {
+            to,
+            outcome: Err(e),
+            ..
+        }) => {
+            report.add(
+                "forwarder",
+                Status::Fail,
+                format!("{name}: the tunnel to {to} fails: {e}"),
+                &format!("requests from {name} to instances on {to} fail: check that UDP reaches {to}'s --listen address from {name}, and that both agents run"),
+            );
+            return;
+        }
+        None => String::new(),
+    };
     let ingress = &node.status.daemon_endpoints.ingress;
     if ingress.is_empty() {
         report.ok(
             "forwarder",
-            format!("{name}: forwarding services; no ingress"),
+            format!("{name}: forwarding services{tunnel_text}; no ingress"),
         );
         return;
     }
     match probe_ingress(ingress).await {
         Ok(status) => report.ok(
             "forwarder",
-            format!("{name}: forwarding services; ingress at {ingress} answered ({status})"),
+            format!(
+                "{name}: forwarding services{tunnel_text}; ingress at {ingress} answered ({status})"
+            ),
         ),
         Err(why) => report.add(
             "forwarder",

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{stderr, stdout, wait_for, Cluster};
+use crate::harness::{skewed_clock, stderr, stdout, wait_for, Cluster, ServerProc};
 use crate::network::{free_tcp_addr, get};
 use crate::node::{examples, NodeProc};
 use crate::workloads::{apply, component, instance, wait_nodes_ready, Killed};
@@ -66,15 +66,26 @@ fn object(cluster: &Cluster, instance: &str) -> Value {
 }
 
 fn start_node(cluster: &Cluster, peer: usize, name: &str, extra: &[&str]) -> NodeProc {
+    start_node_env(cluster, peer, name, extra, &[])
+}
+
+fn start_node_env(
+    cluster: &Cluster,
+    peer: usize,
+    name: &str,
+    extra: &[&str],
+    env: &[(String, String)],
+) -> NodeProc {
     let token = cluster.token("1h");
     let mut flags = vec!["--lease-interval", "500ms"];
     flags.extend_from_slice(extra);
-    NodeProc::start(
+    NodeProc::start_env(
         Some(&cluster.peers[peer].addr),
         Some(&token),
         name,
         &cluster.dir.path().join(name),
         &flags,
+        env,
     )
 }
 
@@ -122,15 +133,16 @@ fn wait_hello(ingress: &str) {
 fn doctor_on_a_healthy_cluster_exits_0_within_3_s() {
     let cluster = Cluster::start(3, &[]);
     let ingress = free_tcp_addr();
-    let _node = start_node(&cluster, 0, "node-1", &["--ingress-addr", &ingress]);
-    wait_nodes_ready(&cluster, 1);
-    // The node has posted its endpoints once the forwarder line shows them.
+    let _one = start_node(&cluster, 0, "node-1", &["--ingress-addr", &ingress]);
+    let _two = start_node(&cluster, 1, "node-2", &[]);
+    wait_nodes_ready(&cluster, 2);
+    // The nodes have posted their endpoints once the forwarder lines show them.
     wait_for("a full report", Duration::from_secs(20), || {
         let (_, report) = doctor(&cluster, 0);
-        lines(&report, "forwarder")
-            .iter()
-            .any(|l| l.contains(&ingress))
-            .then_some(())
+        let forwarders = lines(&report, "forwarder");
+        (forwarders.iter().any(|l| l.contains(&ingress))
+            && forwarders.iter().all(|l| l.starts_with("OK")))
+        .then_some(())
     });
 
     let started = Instant::now();
@@ -157,6 +169,21 @@ fn doctor_on_a_healthy_cluster_exits_0_within_3_s() {
         );
     }
     assert!(text.contains("3 of 3 peers answering, leader "), "{text}");
+    // Each node probed the other through the tunnel.
+    for (from, to) in [("node-1", "node-2"), ("node-2", "node-1")] {
+        assert!(
+            text.lines().any(|l| l.starts_with("OK")
+                && l.contains(&format!(
+                    "{from}: forwarding services; tunnel to {to} answered in"
+                ))),
+            "no tunnel probe from {from} to {to}:\n{text}"
+        );
+    }
+    // Three peers and two nodes read their clocks.
+    assert!(
+        text.contains("5 clocks of peers and nodes within "),
+        "{text}"
+    );
     assert!(text.trim_end().ends_with("all links OK"), "{text}");
 }
 
@@ -265,6 +292,11 @@ fn node_agent_killed() {
 
     let (code, line) = wait_broken(&cluster, 0, "node", "node-2: NotReady");
     assert_eq!(code, 2, "{line}");
+    // Its tunnel is silent too: the agent is down, not just cut off.
+    assert!(
+        line.contains("its tunnel does not answer node-1 either"),
+        "{line}"
+    );
     let (_, report) = doctor(&cluster, 0);
     assert!(
         lines(&report, "node")
@@ -354,6 +386,12 @@ fn node_offline() {
     cluster.peers[2].kill9();
     let (code, line) = wait_broken(&cluster, 0, "node", "node-2: NotReady");
     assert_eq!(code, 2, "{line}");
+    // Offline, not down: node-1 still reaches it through the tunnel.
+    assert!(
+        line.contains("its tunnel still answers node-1")
+            && line.contains("cannot reach the apiserver"),
+        "{line}"
+    );
     let (_, report) = doctor(&cluster, 0);
     let store = lines(&report, "store").join("\n");
     assert!(
@@ -362,4 +400,56 @@ fn node_offline() {
     );
     // It keeps running what it was given.
     wait_hello(&ingress);
+}
+
+#[test]
+fn clocks_apart() {
+    // Peer 2's clock runs 2 s behind and node-2's 3 s ahead: 5 s apart.
+    let mut cluster = Cluster::start(1, &[]);
+    let token = cluster.token("1h");
+    let behind = ServerProc::start_env(
+        &cluster.dir.path().join("peer-2"),
+        &["--join", &cluster.peers[0].addr, "--token", &token],
+        &skewed_clock(-2_000),
+    )
+    .expect("the skewed peer joins");
+    cluster.peers.push(behind);
+    cluster.wait_members(2);
+    let _one = start_node(&cluster, 0, "node-1", &[]);
+    let _two = start_node_env(&cluster, 1, "node-2", &[], &skewed_clock(3_000));
+    wait_nodes_ready(&cluster, 2);
+
+    let (code, report) = wait_for(
+        "doctor to compare five clocks",
+        Duration::from_secs(30),
+        || {
+            let (code, report) = doctor(&cluster, 0);
+            let clocks = lines(&report, "clocks");
+            clocks
+                .iter()
+                .any(|l| l.starts_with("WARN node node-2 is "))
+                .then_some((code, report))
+        },
+    );
+    assert_eq!(code, 1, "a warning, not a failure: {report}");
+    let line = lines(&report, "clocks")
+        .into_iter()
+        .find(|l| l.starts_with("WARN node node-2 is "))
+        .unwrap();
+    let behind_peer = format!("peer 2 ({})", cluster.peers[1].addr);
+    assert!(line.contains(&format!("ahead of {behind_peer}")), "{line}");
+    let seconds: f64 = line
+        .trim_start_matches("WARN node node-2 is ")
+        .split(' ')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no seconds in {line}"));
+    assert!((4.5..=5.5).contains(&seconds), "{line}");
+    assert_eq!(report["firstBroken"], "clocks", "{report}");
+    // Everything else still works: the skewed node runs what it is given.
+    apply(
+        &cluster,
+        &format!("{}  nodeName: node-2\n", instance("on-skewed-node", "16Mi")),
+    );
+    crate::workloads::wait_ready_instances(&cluster, "on-skewed-node", 1, Duration::from_secs(60));
 }

@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, OnceLock};
 use std::time::{Duration, Instant};
 
 use flotilla_api::client::{Client, ClientConfig};
@@ -98,18 +98,29 @@ pub struct ServerProc {
     pub addr: String,
     pub data_dir: PathBuf,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl ServerProc {
     /// Starts a peer and waits for it to say where it listens.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Result<Self, String> {
+        Self::start_env(data_dir, extra, &[])
+    }
+
+    /// [`ServerProc::start`] with extra environment variables (kept on restart).
+    pub fn start_env(
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(String, String)],
+    ) -> Result<Self, String> {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (child, addr) = spawn_server(data_dir, &extra)?;
+        let (child, addr) = spawn_server(data_dir, &extra, env)?;
         Ok(Self {
             child: Some(child),
             addr,
             data_dir: data_dir.to_path_buf(),
             extra: without_join(&extra),
+            env: env.to_vec(),
         })
     }
 
@@ -130,6 +141,7 @@ impl ServerProc {
             match spawn_server(
                 &self.data_dir,
                 &extra.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                &self.env,
             ) {
                 Ok((child, addr)) => {
                     assert_eq!(addr, self.addr, "a restarted peer keeps its address");
@@ -170,7 +182,11 @@ impl Drop for ServerProc {
     }
 }
 
-fn spawn_server(data_dir: &Path, extra: &[String]) -> Result<(Child, String), String> {
+fn spawn_server(
+    data_dir: &Path,
+    extra: &[String],
+    env: &[(String, String)],
+) -> Result<(Child, String), String> {
     let mut args: Vec<String> = vec![
         "server".into(),
         "--data-dir".into(),
@@ -179,13 +195,18 @@ fn spawn_server(data_dir: &Path, extra: &[String]) -> Result<(Child, String), St
         "127.0.0.1:0".into(),
     ];
     args.extend_from_slice(extra);
-    spawn_reporting(&args)
+    spawn_reporting_env(&args, env)
 }
 
-/// Spawns `flotilla ARGS` and waits for its "listening on ADDR" line.
-pub fn spawn_reporting(args: &[String]) -> Result<(Child, String), String> {
+/// Spawns `flotilla ARGS` with extra environment variables and waits for its
+/// "listening on ADDR" line.
+pub fn spawn_reporting_env(
+    args: &[String],
+    env: &[(String, String)],
+) -> Result<(Child, String), String> {
     let mut cmd = Command::new(BIN);
     cmd.args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env_remove("FLOTILLA_CONFIG")
         .env(
             "RUST_LOG",
@@ -376,4 +397,32 @@ pub fn service_manifest(name: &str) -> String {
     format!(
         "apiVersion: flotilla.dev/v1\nkind: Service\nmetadata:\n  name: {name}\n  labels:\n    app: test\nspec:\n  selector:\n    app: {name}\n  ports:\n  - port: 80\n"
     )
+}
+
+/// The environment that shifts a process's wall clock by `millis` (its
+/// monotonic clocks untouched), as on a machine without NTP: a small
+/// `clock_gettime` shim, built once with the C compiler and preloaded.
+pub fn skewed_clock(millis: i64) -> Vec<(String, String)> {
+    static SHIM: OnceLock<PathBuf> = OnceLock::new();
+    let shim = SHIM.get_or_init(|| {
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/clock_skew.c");
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("flotilla-clock-skew.so");
+        let built = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+            .args(["-shared", "-fPIC", "-O2", "-o"])
+            .arg(&out)
+            .arg(&source)
+            .arg("-ldl")
+            .output()
+            .expect("a C compiler (cc) to build the clock shim");
+        assert!(
+            built.status.success(),
+            "building the clock shim failed: {}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+        out
+    });
+    vec![
+        ("LD_PRELOAD".into(), shim.display().to_string()),
+        ("FLOTILLA_TEST_CLOCK_SKEW_MS".into(), millis.to_string()),
+    ]
 }

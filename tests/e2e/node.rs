@@ -12,7 +12,7 @@ use flotilla_api::wire::{
     read_frame, write_frame, RequestV1, Response, ResponseV1, UploadChunk, MAX_FRAME,
 };
 
-use crate::harness::{spawn_reporting, stderr, stdout, wait_for, Cluster, BIN};
+use crate::harness::{spawn_reporting_env, stderr, stdout, wait_for, Cluster, BIN};
 
 /// Builds the guest examples once (a build step of the tests: a fresh clone
 /// needs nothing but cargo and the wasm32-wasip2 target).
@@ -32,6 +32,7 @@ pub struct NodeProc {
     pub data_dir: PathBuf,
     server: Option<String>,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl NodeProc {
@@ -42,6 +43,18 @@ impl NodeProc {
         data_dir: &Path,
         extra: &[&str],
     ) -> Self {
+        Self::start_env(server, token, name, data_dir, extra, &[])
+    }
+
+    /// [`NodeProc::start`] with extra environment variables (kept on restart).
+    pub fn start_env(
+        server: Option<&str>,
+        token: Option<&str>,
+        name: &str,
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(String, String)],
+    ) -> Self {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let mut node = Self {
             child: None,
@@ -49,6 +62,7 @@ impl NodeProc {
             data_dir: data_dir.to_path_buf(),
             server: server.map(str::to_string),
             extra,
+            env: env.to_vec(),
         };
         node.spawn(token);
         node
@@ -70,7 +84,7 @@ impl NodeProc {
             args.extend(["--token".into(), t.into()]);
         }
         args.extend(self.extra.iter().cloned());
-        let (child, _) = spawn_reporting(&args).expect("node starts");
+        let (child, _) = spawn_reporting_env(&args, &self.env).expect("node starts");
         self.child = Some(child);
     }
 

@@ -1,6 +1,7 @@
 //! The node's own listener. ALPN `flotilla-node/1`: apiservers, and only
 //! apiservers (`peer:` certificates of the cluster CA), reach it to stream an
-//! instance's log or carry a port-forward connection to it. ALPN
+//! instance's log, carry a port-forward connection to it, or have it probe
+//! the tunnel to another node. ALPN
 //! `flotilla-tunnel/1`: other nodes (`node:` certificates), and only they,
 //! carry requests for this node's instance addresses.
 
@@ -130,11 +131,14 @@ async fn serve_stream(
         RequestV1::PortForward { namespace, name } => {
             serve_port_forward(shared, send, recv, (namespace, name)).await
         }
+        RequestV1::ProbeTunnel { to, to_address, .. } => {
+            serve_tunnel_probe(shared, send, &to, &to_address).await
+        }
         _ => {
             error(
                 &mut send,
                 ErrorCode::BadRequest,
-                "a node serves only logs and port-forward".into(),
+                "a node serves only logs, port-forward and tunnel probes".into(),
             )
             .await
         }
@@ -201,6 +205,48 @@ async fn serve_logs(
             }
         }
     }
+}
+
+/// How long a tunnel probe may take, dial included: under the apiserver's
+/// and `flotilla doctor`'s own bounds, so the answer says where it stopped.
+const TUNNEL_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1500);
+
+async fn serve_tunnel_probe(
+    shared: Arc<Shared>,
+    mut send: quinn::SendStream,
+    to: &str,
+    to_address: &str,
+) {
+    let me = &shared.config.name;
+    let Some(net) = &shared.ctx.network else {
+        error(
+            &mut send,
+            ErrorCode::Unavailable,
+            format!("node \"{me}\" runs without a cluster network"),
+        )
+        .await;
+        return;
+    };
+    let probed = tokio::time::timeout(TUNNEL_PROBE_TIMEOUT, net.probe_tunnel(to_address)).await;
+    let resp = match probed {
+        Ok(Ok(probe)) => ResponseV1::TunnelProbe {
+            round_trip_micros: u64::try_from(probe.round_trip.as_micros()).unwrap_or(u64::MAX),
+            from_clock_micros: flotilla_api::meta::unix_micros_now(),
+            to_clock_offset_micros: probe.peer_clock_offset_micros,
+        },
+        Ok(Err(e)) => ResponseV1::Error(ApiError::new(
+            ErrorCode::Unavailable,
+            format!("from node \"{me}\": {}", e.message()),
+        )),
+        Err(_) => ResponseV1::Error(ApiError::new(
+            ErrorCode::Unavailable,
+            format!(
+                "from node \"{me}\": no answer from \"{to}\" at {to_address} within {TUNNEL_PROBE_TIMEOUT:?}"
+            ),
+        )),
+    };
+    let _ = write_frame(&mut send, &Response::V1(resp)).await;
+    let _ = send.finish();
 }
 
 async fn serve_port_forward(

@@ -181,6 +181,11 @@ impl Network {
         handle
     }
 
+    /// Probes the tunnel to the node at `addr` (see [`tunnel::TunnelClient::probe`]).
+    pub async fn probe_tunnel(&self, addr: &str) -> Result<tunnel::TunnelProbe, OutboundError> {
+        self.tunnel.probe(addr).await
+    }
+
     /// This node's range, once known.
     pub fn own_range(&self) -> Option<Cidr> {
         self.tables().node_cidr(&self.node)

@@ -34,6 +34,23 @@ pub struct TunnelRequest {
     pub body: Vec<u8>,
 }
 
+/// The address a probe names: no instance has it, so a node that predates
+/// probes answers it with a plain "not an address of this node".
+pub const PROBE_IP: [u8; 4] = [0, 0, 0, 0];
+/// How long a probe waits for its answer on an open connection.
+const PROBE_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+/// The header of a probe's answer that carries the answering node's clock.
+const CLOCK_HEADER: &str = "x-flotilla-clock-micros";
+
+/// What a probe through the tunnel found.
+#[derive(Debug, Clone, Copy)]
+pub struct TunnelProbe {
+    /// Request out to answer in, on an open connection.
+    pub round_trip: std::time::Duration,
+    /// How far the peer's clock is ahead of this node's, in microseconds.
+    pub peer_clock_offset_micros: i64,
+}
+
 /// The answer.
 #[derive(Serialize, Deserialize, Debug)]
 pub enum TunnelResponse {
@@ -138,6 +155,66 @@ impl TunnelClient {
         self.conns.lock().await.remove(addr);
     }
 
+    /// Sends a probe to the node at `addr` over the connection requests use
+    /// (dialled first if there is none), and reads the peer's clock from
+    /// its answer.
+    pub async fn probe(&self, addr: &str) -> Result<TunnelProbe, OutboundError> {
+        let conn = self.connection(addr).await?;
+        let frame = TunnelRequest {
+            ip: PROBE_IP,
+            method: "GET".into(),
+            uri: "/".into(),
+            headers: Vec::new(),
+            body: Vec::new(),
+        };
+        let sent_at = flotilla_api::meta::unix_micros_now();
+        let started = std::time::Instant::now();
+        let exchange = async {
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+            write_frame(&mut send, &frame)
+                .await
+                .map_err(|e| e.to_string())?;
+            let _ = send.finish();
+            read_frame::<_, TunnelResponse>(&mut recv, MAX_FRAME)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "the peer closed the stream".to_string())
+        };
+        // A connection whose peer went away silently would hold a probe
+        // until QUIC's idle timeout; a silent probe drops it instead.
+        let answer = match tokio::time::timeout(PROBE_ANSWER_TIMEOUT, exchange).await {
+            Ok(a) => a,
+            Err(_) => Err(format!("no answer within {PROBE_ANSWER_TIMEOUT:?}")),
+        };
+        let round_trip = started.elapsed();
+        let answer = match answer {
+            Ok(a) => a,
+            Err(e) => {
+                self.forget(addr).await;
+                return Err(OutboundError::Unavailable(format!("tunnel to {addr}: {e}")));
+            }
+        };
+        let peer_clock = match answer {
+            TunnelResponse::Response { headers, .. } => headers
+                .iter()
+                .find(|(k, _)| k == CLOCK_HEADER)
+                .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<i64>().ok()),
+            TunnelResponse::Failed { message, .. } => {
+                return Err(OutboundError::Unavailable(format!(
+                    "tunnel to {addr}: the peer does not answer probes ({message}): an older agent?"
+                )))
+            }
+        };
+        let peer_clock = peer_clock.ok_or_else(|| {
+            OutboundError::Unavailable(format!("tunnel to {addr}: the probe's answer has no clock"))
+        })?;
+        let half_way = sent_at + i64::try_from(round_trip.as_micros() / 2).unwrap_or(0);
+        Ok(TunnelProbe {
+            round_trip,
+            peer_clock_offset_micros: peer_clock - half_way,
+        })
+    }
+
     /// Sends a request for `ip` to the node at `addr`.
     pub async fn send(
         &self,
@@ -216,6 +293,21 @@ pub async fn serve_connection(net: Arc<Network>, conn: quinn::Connection) {
 }
 
 async fn serve_request(net: &Network, req: TunnelRequest) -> TunnelResponse {
+    if req.ip == PROBE_IP {
+        return TunnelResponse::Response {
+            status: 204,
+            headers: vec![
+                ("x-flotilla-node".into(), net.node().as_bytes().to_vec()),
+                (
+                    CLOCK_HEADER.into(),
+                    flotilla_api::meta::unix_micros_now()
+                        .to_string()
+                        .into_bytes(),
+                ),
+            ],
+            body: Vec::new(),
+        };
+    }
     let ip = Ipv4Addr::from(req.ip);
     let mut builder = http::Request::builder()
         .method(req.method.as_str())

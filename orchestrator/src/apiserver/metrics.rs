@@ -108,6 +108,8 @@ pub fn labels_of(req: &RequestV1) -> (&'static str, &'static str) {
         RequestV1::Logs { .. } => ("logs", Kind::Instance.as_str()),
         RequestV1::PortForward { .. } => ("port-forward", Kind::Instance.as_str()),
         RequestV1::RenewCertificate { .. } => ("renew-certificate", ""),
+        RequestV1::Clock => ("clock", ""),
+        RequestV1::ProbeTunnel { .. } => ("probe-tunnel", Kind::Node.as_str()),
     }
 }
 

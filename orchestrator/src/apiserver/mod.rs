@@ -415,6 +415,9 @@ impl ApiServer {
                 csr_pem,
             } => self.join_peer(&token, &address, &csr_pem).await,
             RequestV1::WhoAmI => Ok(ResponseV1::Identity(caller.name().to_string())),
+            RequestV1::Clock => Ok(ResponseV1::Clock {
+                unix_micros: flotilla_api::meta::unix_micros_now(),
+            }),
             RequestV1::JoinNode {
                 token,
                 name,
@@ -488,6 +491,7 @@ impl ApiServer {
                     .await
                     .map(|(object, deleted)| ResponseV1::Deleted { object, deleted })
             }
+            RequestV1::ProbeTunnel { from, to, .. } => self.probe_tunnel(&from, &to).await,
             RequestV1::CreateToken { ttl_seconds } => {
                 let token = tokens::create(&self.store, &self.ca, ttl_seconds).await?;
                 Ok(ResponseV1::Token(token))
@@ -528,6 +532,7 @@ impl ApiServer {
             | RequestV1::JoinPeer { .. }
             | RequestV1::JoinNode { .. }
             | RequestV1::WhoAmI
+            | RequestV1::Clock
             | RequestV1::UploadModule { .. }
             | RequestV1::DownloadModule { .. }
             | RequestV1::Logs { .. }
