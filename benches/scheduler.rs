@@ -8,7 +8,8 @@
 //! through a watch, as Kubernetes' scheduler_perf does.
 //!
 //! Run: `cargo bench --bench scheduler` (FLOTILLA_BENCH_NODES and
-//! FLOTILLA_BENCH_INSTANCES override 1000 and 10000).
+//! FLOTILLA_BENCH_INSTANCES override 1000 and 10000;
+//! FLOTILLA_BENCH_COMPARE_BIN=PATH runs that binary and this build in turn).
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -24,7 +25,7 @@ use flotilla_api::wire::{EventType, RequestV1, ResponseV1};
 
 mod support;
 
-use support::{flotilla, spawn_listening, Proc, BIN};
+use support::{flotilla_bin, spawn_listening, Proc, BIN};
 
 /// `(module (func (export "_start")))`: the hollow runtime never runs it.
 const MODULE: &[u8] = &[
@@ -40,17 +41,20 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn start_server(dir: &Path) -> (Proc, String) {
-    let mut cmd = flotilla(&[
-        "server",
-        "--listen",
-        "127.0.0.1:0",
-        "--no-scheduler",
-        "--no-controllers",
-        // 1,000 nodes need more than the default /16's 256 node ranges.
-        "--cluster-cidr",
-        "10.0.0.0/8",
-    ]);
+fn start_server(bin: &str, dir: &Path) -> (Proc, String) {
+    let mut cmd = flotilla_bin(
+        bin,
+        &[
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-scheduler",
+            "--no-controllers",
+            // 1,000 nodes need more than the default /16's 256 node ranges.
+            "--cluster-cidr",
+            "10.0.0.0/8",
+        ],
+    );
     cmd.arg("--data-dir").arg(dir);
     spawn_listening(cmd)
 }
@@ -90,8 +94,62 @@ fn instance(digest: &str, name: &str) -> Object {
 async fn main() {
     let nodes = env_usize("FLOTILLA_BENCH_NODES", 1000);
     let instances = env_usize("FLOTILLA_BENCH_INSTANCES", 10_000);
+    // With FLOTILLA_BENCH_COMPARE_BIN, that binary and this build take turns
+    // (A B B A), each a whole run: its own server, nodes and scheduler.
+    let turns: Vec<(&str, String)> = match std::env::var("FLOTILLA_BENCH_COMPARE_BIN") {
+        Ok(other) => vec![
+            ("baseline", other.clone()),
+            ("this build", BIN.to_string()),
+            ("this build", BIN.to_string()),
+            ("baseline", other),
+        ],
+        Err(_) => vec![("this build", BIN.to_string())],
+    };
+    let mut results: Vec<(&str, Results)> = Vec::new();
+    for (label, bin) in &turns {
+        println!("== {label}: {bin}");
+        results.push((label, whole_run(bin, nodes, instances).await));
+    }
+    if turns.len() > 1 {
+        println!("\nmeans of two turns each (this build / baseline):");
+        let mean = |which: &str, f: &dyn Fn(&Results) -> f64| {
+            let of: Vec<f64> = results
+                .iter()
+                .filter(|(l, _)| *l == which)
+                .map(|(_, r)| f(r))
+                .collect();
+            of.iter().sum::<f64>() / of.len() as f64
+        };
+        let rows: [(&str, &dyn Fn(&Results) -> f64); 4] = [
+            ("nodes Ready after (s)", &|r| r.registered),
+            ("run 1 bindings/s", &|r| r.run1_rate),
+            ("run 1 all bound after scheduler start (s)", &|r| {
+                r.run1_all_bound
+            }),
+            ("run 2 all bound after first create (s)", &|r| {
+                r.run2_all_bound
+            }),
+        ];
+        for (name, f) in rows {
+            let (this, base) = (mean("this build", f), mean("baseline", f));
+            println!("{name}: {this:.2} vs {base:.2} = {:.2}", this / base);
+        }
+    }
+}
+
+/// What one whole run measured.
+struct Results {
+    registered: f64,
+    run1_rate: f64,
+    run1_all_bound: f64,
+    run2_all_bound: f64,
+}
+
+/// One server, `nodes` hollow nodes and a scheduler, all of `bin`: run 1
+/// with the agents paused, run 2 with them running.
+async fn whole_run(bin: &str, nodes: usize, instances: usize) -> Results {
     let dir = tempfile::tempdir().unwrap();
-    let (_server, addr) = start_server(&dir.path().join("server"));
+    let (_server, addr) = start_server(bin, &dir.path().join("server"));
     let config_path = dir.path().join("server/admin.config");
     let config = ClientConfig::load(&config_path).unwrap();
     let client = loop {
@@ -124,7 +182,7 @@ async fn main() {
     ]);
     let hollow_log = dir.path().join("hollow.log");
     let mut hollow = Proc(
-        Command::new(BIN)
+        Command::new(bin)
             .args(&args)
             // glibc otherwise keeps every freed QUIC receive buffer resident:
             // ~11 MB per hollow node instead of ~0.5 MB.
@@ -153,7 +211,7 @@ async fn main() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let registered = started.elapsed();
+    let registered = started.elapsed().as_secs_f64();
 
     let Object::Module(module) = client.upload_module(MODULE, "bench.wasm").await.unwrap() else {
         panic!("the upload did not answer with a module");
@@ -163,47 +221,36 @@ async fn main() {
     let signal = |sig: &str| {
         let _ = Command::new("kill").args([sig, &hollow_pid]).status();
     };
-    println!(
-        "hollow nodes: {nodes} Ready after {:.1} s",
-        registered.as_secs_f64()
-    );
+    println!("hollow nodes: {nodes} Ready after {registered:.1} s");
 
     // Run 1: the agents paused (SIGSTOP), as scheduler_perf measures a
-    // scheduler with no kubelets: the apiserver and the scheduler alone.
+    // scheduler with no kubelets: the apiserver and the scheduler alone
+    // (their connections stay open until QUIC's idle timeout ends them).
     signal("-STOP");
-    let (created, _) = create_all(&config, &digest, "paused", instances).await;
-    println!(
-        "run 1 (agents paused): created {instances} unbound instances in {:.2} s ({:.0}/s, 64 clients)",
-        created.as_secs_f64(),
-        instances as f64 / created.as_secs_f64()
-    );
-    let (_, revision) = client.list(Kind::Instance, None, "").await.unwrap();
-    let mut watch = client
-        .watch(Some(Kind::Instance), None, "", revision)
-        .await
-        .unwrap();
+    let (run1_rate, run1_all_bound) = run_paused(
+        &config,
+        &config_path,
+        &addr,
+        &digest,
+        bin,
+        "paused",
+        instances,
+    )
+    .await;
+
+    // Run 2: the agents running (they start every instance bound to them and
+    // report it), the scheduler already up; instances created while it runs.
+    signal("-CONT");
     let mut args = client_args(&config_path, &addr);
-    args.push("scheduler".into());
-    let scheduler_start = Instant::now();
+    args.extend(["scheduler".into(), "--leader-lease".into(), "2s".into()]);
     let _scheduler = Proc(
-        Command::new(BIN)
+        Command::new(bin)
             .args(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn scheduler"),
     );
-    let (first, last) = wait_bound(&mut watch, "paused", instances).await;
-    println!(
-        "run 1: all {instances} bound {:.2} s after the scheduler process started (connect and list included); first to last binding {:.2} s = {:.0} bindings/s",
-        (last - scheduler_start).as_secs_f64(),
-        (last - first).as_secs_f64(),
-        instances as f64 / (last - first).as_secs_f64()
-    );
-
-    // Run 2: the agents running (they start every instance bound to them and
-    // report it), the scheduler already up; instances created while it runs.
-    signal("-CONT");
     // Let the agents reconnect, start the first 10,000 and report them.
     tokio::time::sleep(Duration::from_secs(45)).await;
     let (_, revision) = client.list(Kind::Instance, None, "").await.unwrap();
@@ -219,10 +266,10 @@ async fn main() {
     };
     let (first, last) = wait_bound(&mut watch, "live", instances).await;
     let (created, _) = creating.await.unwrap();
+    let run2_all_bound = (last - started).as_secs_f64();
     println!(
-        "run 2 (agents running): {instances} created in {:.2} s and all bound {:.2} s after the first create; first to last binding {:.2} s = {:.0} bindings/s",
+        "run 2 (agents running): {instances} created in {:.2} s and all bound {run2_all_bound:.2} s after the first create; first to last binding {:.2} s = {:.0} bindings/s",
         created.as_secs_f64(),
-        (last - started).as_secs_f64(),
         (last - first).as_secs_f64(),
         instances as f64 / (last - first).as_secs_f64()
     );
@@ -240,6 +287,59 @@ async fn main() {
         counts.values().copied().min().unwrap_or(0),
         counts.values().copied().max().unwrap_or(0)
     );
+    Results {
+        registered,
+        run1_rate,
+        run1_all_bound,
+        run2_all_bound,
+    }
+}
+
+/// Creates `count` unbound instances tagged `tag` with the agents paused,
+/// starts the scheduler of `bin`, and times the bindings through a watch;
+/// stops that scheduler and returns its bindings per second.
+async fn run_paused(
+    config: &ClientConfig,
+    config_path: &Path,
+    addr: &str,
+    digest: &str,
+    bin: &str,
+    tag: &str,
+    instances: usize,
+) -> (f64, f64) {
+    let (created, _) = create_all(config, digest, tag, instances).await;
+    println!(
+        "run 1 (agents paused): created {instances} unbound instances in {:.2} s ({:.0}/s, 64 clients)",
+        created.as_secs_f64(),
+        instances as f64 / created.as_secs_f64()
+    );
+    let client = connect(config).await;
+    let (_, revision) = client.list(Kind::Instance, None, "").await.unwrap();
+    let mut watch = client
+        .watch(Some(Kind::Instance), None, "", revision)
+        .await
+        .unwrap();
+    let mut args = client_args(config_path, addr);
+    // Short, so the next turn's scheduler takes over soon after this one stops.
+    args.extend(["scheduler".into(), "--leader-lease".into(), "2s".into()]);
+    let scheduler_start = Instant::now();
+    let scheduler = Proc(
+        Command::new(bin)
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn scheduler"),
+    );
+    let (first, last) = wait_bound(&mut watch, tag, instances).await;
+    drop(scheduler);
+    let rate = instances as f64 / (last - first).as_secs_f64();
+    let all_bound = (last - scheduler_start).as_secs_f64();
+    println!(
+        "run 1: all {instances} bound {all_bound:.2} s after the scheduler process started (connect, lease and list included); first to last binding {:.2} s = {rate:.0} bindings/s",
+        (last - first).as_secs_f64(),
+    );
+    (rate, all_bound)
 }
 
 /// Creates `count` unbound instances named `bench-<tag>-N` from 64 clients.

@@ -551,6 +551,27 @@ impl Client {
         self.object_call(RequestV1::UpdateStatus { object }).await
     }
 
+    /// Binds an unbound instance at `resource_version` to `node_name`;
+    /// returns the bound instance's resourceVersion.
+    pub async fn bind(
+        &self,
+        namespace: &str,
+        name: &str,
+        node_name: &str,
+        resource_version: &str,
+    ) -> Result<String> {
+        let req = RequestV1::Bind {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            node_name: node_name.to_string(),
+            resource_version: resource_version.to_string(),
+        };
+        match self.call(req).await? {
+            ResponseV1::Bound { resource_version } => Ok(resource_version),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
     /// Creates or updates an object.
     pub async fn apply(&self, object: Object) -> Result<(Object, ApplyOutcome)> {
         match self.call(RequestV1::Apply { object }).await? {

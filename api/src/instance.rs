@@ -42,6 +42,23 @@ pub struct Instance {
     pub status: InstanceStatus,
 }
 
+impl Instance {
+    /// Binds an unbound instance to `node`: sets `spec.nodeName` and the
+    /// `Scheduled=True` condition, as the apiserver stores a binding.
+    pub fn bind_to(&mut self, node: &str) {
+        self.spec.node_name = node.to_string();
+        crate::meta::set_condition(
+            &mut self.status.conditions,
+            Condition::new(
+                CONDITION_SCHEDULED,
+                crate::meta::ConditionStatus::True,
+                "Bound",
+                &format!("bound to node {node}"),
+            ),
+        );
+    }
+}
+
 /// Which WASI world a module runs in.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -317,6 +317,20 @@ pub enum RequestV1 {
         /// `to`'s tunnel address (filled in by the apiserver).
         to_address: String,
     },
+    /// Bind an unbound instance to a node (Kubernetes' binding
+    /// subresource): the scheduler's write, without sending the object back
+    /// and forth. Fails with a conflict when the instance is at another
+    /// resourceVersion, already bound, or being deleted. Answered `Bound`.
+    Bind {
+        /// Namespace ("" for `default`).
+        namespace: String,
+        /// Instance name.
+        name: String,
+        /// The node.
+        node_name: String,
+        /// The instance's resourceVersion the decision was made on.
+        resource_version: String,
+    },
 }
 
 /// One piece of an uploaded module.
@@ -406,6 +420,11 @@ pub enum ResponseV1 {
         /// How far `to`'s clock is ahead of `from`'s (negative: behind),
         /// taking the answer to be read halfway through the round trip.
         to_clock_offset_micros: i64,
+    },
+    /// The answer to `Bind`: the instance's new resourceVersion.
+    Bound {
+        /// The resourceVersion of the bound instance.
+        resource_version: String,
     },
 }
 

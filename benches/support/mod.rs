@@ -43,7 +43,12 @@ pub fn spawn_listening(mut cmd: Command) -> (Proc, String) {
 
 /// `flotilla ARGS` with stderr discarded, ready for [`spawn_listening`].
 pub fn flotilla(args: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
+    flotilla_bin(BIN, args)
+}
+
+/// [`flotilla`] of another build of the binary.
+pub fn flotilla_bin(bin: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(bin);
     cmd.args(args).stderr(Stdio::null());
     cmd
 }

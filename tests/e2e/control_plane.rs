@@ -258,6 +258,59 @@ fn stale_resource_version_is_a_conflict_and_changes_nothing() {
 }
 
 #[test]
+fn a_binding_is_compare_and_swap_and_binds_once() {
+    let cluster = Cluster::start(1, &["--no-scheduler"]);
+    let out = cluster.cli_in(
+        0,
+        &["apply", "-f", "-"],
+        Some(&crate::workloads::instance("lone", "16Mi")),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rt = rt();
+    rt.block_on(async {
+        let c = cluster.client(0).await;
+        let created = c.get(Kind::Instance, "default", "lone").await.unwrap();
+        let rv = created.meta().resource_version.clone();
+
+        let err = c.bind("", "lone", "node-a", "1").await.unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::Conflict), "{err}");
+        assert!(
+            err.to_string().contains("resourceVersion 1 was given"),
+            "{err}"
+        );
+        let err = c.bind("", "lone", "Not_A_Node", &rv).await.unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::Invalid), "{err}");
+        assert!(err.to_string().contains("spec.nodeName"), "{err}");
+        let err = c.bind("", "missing", "node-a", "").await.unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::NotFound), "{err}");
+        let unchanged = c.get(Kind::Instance, "default", "lone").await.unwrap();
+        assert_eq!(unchanged.meta().resource_version, rv);
+
+        let bound_rv = c.bind("", "lone", "node-a", &rv).await.unwrap();
+        let flotilla_api::object::Object::Instance(bound) =
+            c.get(Kind::Instance, "default", "lone").await.unwrap()
+        else {
+            panic!("not an instance");
+        };
+        assert_eq!(bound.metadata.resource_version, bound_rv);
+        assert_eq!(bound.spec.node_name, "node-a");
+        let scheduled = flotilla_api::meta::find_condition(
+            &bound.status.conditions,
+            flotilla_api::instance::CONDITION_SCHEDULED,
+        )
+        .expect("a Scheduled condition");
+        assert_eq!(scheduled.reason, "Bound");
+
+        let err = c.bind("", "lone", "node-b", &bound_rv).await.unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::Conflict), "{err}");
+        assert!(
+            err.to_string().contains("bound to node node-a already"),
+            "{err}"
+        );
+    });
+}
+
+#[test]
 fn snapshots_compact_the_log_and_catch_up_a_lagging_peer() {
     let mut cluster = Cluster::start(3, &["--snapshot-every", "20"]);
     cluster.peers[2].kill9();

@@ -110,6 +110,7 @@ pub fn labels_of(req: &RequestV1) -> (&'static str, &'static str) {
         RequestV1::RenewCertificate { .. } => ("renew-certificate", ""),
         RequestV1::Clock => ("clock", ""),
         RequestV1::ProbeTunnel { .. } => ("probe-tunnel", Kind::Node.as_str()),
+        RequestV1::Bind { .. } => ("bind", Kind::Instance.as_str()),
     }
 }
 

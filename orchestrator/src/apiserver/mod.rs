@@ -492,6 +492,17 @@ impl ApiServer {
                     .map(|(object, deleted)| ResponseV1::Deleted { object, deleted })
             }
             RequestV1::ProbeTunnel { from, to, .. } => self.probe_tunnel(&from, &to).await,
+            RequestV1::Bind {
+                namespace,
+                name,
+                node_name,
+                resource_version,
+            } => self
+                .bind(caller, &namespace, &name, &node_name, &resource_version)
+                .await
+                .map(|rev| ResponseV1::Bound {
+                    resource_version: rev.to_string(),
+                }),
             RequestV1::CreateToken { ttl_seconds } => {
                 let token = tokens::create(&self.store, &self.ca, ttl_seconds).await?;
                 Ok(ResponseV1::Token(token))
@@ -877,6 +888,90 @@ impl ApiServer {
         ))
     }
 
+    /// Binds an unbound instance to a node: the update the scheduler makes,
+    /// with only the names on the wire. Compare-and-swap on the
+    /// resourceVersion as `update`.
+    pub async fn bind(
+        &self,
+        caller: &Caller,
+        namespace: &str,
+        name: &str,
+        node_name: &str,
+        resource_version: &str,
+    ) -> ApiResult<u64> {
+        let kind = Kind::Instance;
+        let ns = self.scope(kind, namespace);
+        let expected = parse_revision(resource_version, "resourceVersion")?;
+        let mut synced = false;
+        for _ in 0..CAS_RETRIES {
+            let stored = match self.read_stored(kind, &ns, name)? {
+                Some(s) => s,
+                None if !synced => {
+                    self.store.read_barrier().await.map_err(store_error)?;
+                    synced = true;
+                    continue;
+                }
+                None => return Err(not_found(kind, &ns, name)),
+            };
+            if let Some(expected) = expected {
+                if expected > stored.mod_revision && !synced {
+                    self.store.read_barrier().await.map_err(store_error)?;
+                    synced = true;
+                    continue;
+                }
+                if expected != stored.mod_revision {
+                    return Err(conflict(
+                        kind,
+                        &ns,
+                        name,
+                        &format!(
+                            "resourceVersion {expected} was given, the object is at {}",
+                            stored.mod_revision
+                        ),
+                    ));
+                }
+            }
+            let current = decode_object(&stored)?;
+            check_mirror(caller, &current)?;
+            let Object::Instance(mut instance) = current else {
+                return Err(not_found(kind, &ns, name));
+            };
+            if !instance.spec.node_name.is_empty() {
+                return Err(conflict(
+                    kind,
+                    &ns,
+                    name,
+                    &format!("it is bound to node {} already", instance.spec.node_name),
+                ));
+            }
+            if instance.metadata.is_being_deleted() {
+                return Err(conflict(kind, &ns, name, "it is being deleted"));
+            }
+            instance.bind_to(node_name);
+            let next = Object::Instance(instance);
+            validate(&next)?;
+            let ops = vec![Op {
+                key: key_for(kind, &ns, name),
+                precondition: Precondition::ModRevision(stored.mod_revision),
+                action: Action::Put(encode_object(&next)?),
+            }];
+            match self.commit(ops).await? {
+                Ok(rev) => return Ok(rev),
+                Err(Rejection::Conflict { .. }) if expected.is_none() || !synced => {
+                    self.store.read_barrier().await.map_err(store_error)?;
+                    synced = true;
+                }
+                Err(r) => return Err(rejection_error(kind, &ns, name, r)),
+            }
+        }
+        Err(conflict(
+            kind,
+            &ns,
+            name,
+            "it kept changing; retries exhausted",
+        ))
+    }
+
     /// Creates the object, or updates it if its desired state differs.
     pub async fn apply(
         &self,
@@ -1216,7 +1311,8 @@ impl ApiServer {
         };
         let kind_label = kind.map_or("", |k| k.as_str());
         let started = Instant::now();
-        let mut stream = match self.store.reader().watch(from_revision) {
+        let top = kind.map(|k| k.plural());
+        let mut stream = match self.store.reader().watch_under(from_revision, top) {
             Ok(s) => s,
             Err(too_old) => {
                 self.metrics.observe("watch", kind_label, "TooOld", started);
@@ -1229,10 +1325,13 @@ impl ApiServer {
         self.metrics.observe("watch", kind_label, "ok", started);
         let _open = self.metrics.watch_open();
         let mut hub = hub;
+        // Made once: a new one per change costs a lock and a registration.
+        let stopped = send.stopped();
+        tokio::pin!(stopped);
         loop {
             let next = tokio::select! {
                 next = next_change(&mut stream, hub.as_mut()) => next,
-                _ = send.stopped() => return,
+                _ = &mut stopped => return,
             };
             let change = match next {
                 Ok(Some(c)) => c,
@@ -1393,15 +1492,8 @@ fn unallocated_is_empty(object: &Object) -> bool {
 fn mark_bound(current: &Object, next: &mut Object) {
     if let (Object::Instance(before), Object::Instance(after)) = (current, next) {
         if before.spec.node_name.is_empty() && !after.spec.node_name.is_empty() {
-            flotilla_api::meta::set_condition(
-                &mut after.status.conditions,
-                flotilla_api::meta::Condition::new(
-                    flotilla_api::instance::CONDITION_SCHEDULED,
-                    flotilla_api::meta::ConditionStatus::True,
-                    "Bound",
-                    &format!("bound to node {}", after.spec.node_name),
-                ),
-            );
+            let node = after.spec.node_name.clone();
+            after.bind_to(&node);
         }
     }
 }

@@ -80,7 +80,7 @@ impl WatchHub {
         tokio::spawn(async move {
             let prefix = kind_prefix(Kind::Instance);
             loop {
-                let Ok(mut stream) = reader.watch(0) else {
+                let Ok(mut stream) = reader.watch_under(0, Some(Kind::Instance.plural())) else {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };

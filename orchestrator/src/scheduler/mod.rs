@@ -589,18 +589,23 @@ impl Scheduler {
                         .get_or_create(&[("result", "scheduled")])
                         .inc();
                     world.start = (world.start + examined) % world.nodes.len().max(1);
-                    i.spec.node_name = name.clone();
+                    i.bind_to(&name);
                     world.add(i.clone(), &name);
                     let client = self.client.clone();
                     let cache = self.cache.clone();
                     let metrics = self.metrics.clone();
                     writes.spawn(async move {
                         let started = Instant::now();
-                        let written = client.update(Object::Instance(i)).await;
+                        let meta = &i.metadata;
+                        let written = client
+                            .bind(&meta.namespace, &meta.name, &name, &meta.resource_version)
+                            .await;
                         metrics.binding_latency.observe_since(started);
                         let (result, outcome) = match written {
-                            Ok(o) => {
-                                cache.wrote(o);
+                            Ok(resource_version) => {
+                                // As stored; the watch brings the same at this revision.
+                                i.metadata.resource_version = resource_version;
+                                cache.wrote(Object::Instance(i));
                                 ("bound", Ok(true))
                             }
                             Err(e)

@@ -870,4 +870,52 @@ mod tests {
         assert!(store.reader().watch(first.revision).is_err());
         store.shutdown().await;
     }
+
+    #[tokio::test]
+    async fn a_watch_under_a_segment_sees_only_its_keys_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(StoreConfig::new(1, dir.path().to_path_buf()), peer_net())
+            .await
+            .unwrap();
+        store.initialize("127.0.0.1:1").await.unwrap();
+        store
+            .wait_for_leader(Duration::from_secs(10))
+            .await
+            .unwrap();
+        let first = store
+            .propose(put("/a/0", "v", Precondition::None))
+            .await
+            .unwrap();
+        store
+            .propose(put("/b/0", "v", Precondition::None))
+            .await
+            .unwrap();
+        // Made after two changes: /b/0 comes from the window, the rest live.
+        let mut only_b = store
+            .reader()
+            .watch_under(first.revision, Some("b"))
+            .unwrap();
+        let mut all = store.reader().watch(first.revision).unwrap();
+        for i in 1..4 {
+            for top in ["a", "b"] {
+                store
+                    .propose(put(&format!("/{top}/{i}"), "v", Precondition::None))
+                    .await
+                    .unwrap();
+            }
+        }
+        for i in 0..4 {
+            let c = only_b.next().await.unwrap().unwrap();
+            assert_eq!(c.key, format!("/b/{i}"));
+        }
+        let mut keys = Vec::new();
+        for _ in 0..7 {
+            keys.push(all.next().await.unwrap().unwrap().key.clone());
+        }
+        assert_eq!(
+            keys,
+            ["/b/0", "/a/1", "/b/1", "/a/2", "/b/2", "/a/3", "/b/3"]
+        );
+        store.shutdown().await;
+    }
 }

@@ -76,7 +76,31 @@ struct History {
     capacity: usize,
     /// Every change with a revision above this one is in `changes`.
     start: u64,
+    /// Every change, for watches of everything.
     tx: broadcast::Sender<Arc<Change>>,
+    /// The changes under each top-level key segment (`instances` for
+    /// `/instances/...`), so a watch of one kind is not woken by every
+    /// other kind's changes: a thousand nodes' watches of Services and
+    /// Endpoints would otherwise each wake on every instance binding.
+    by_top: HashMap<String, broadcast::Sender<Arc<Change>>>,
+}
+
+impl History {
+    fn sender_for(&mut self, top: Option<&str>) -> &broadcast::Sender<Arc<Change>> {
+        let capacity = self.capacity.max(16);
+        match top {
+            None => &self.tx,
+            Some(top) => self
+                .by_top
+                .entry(top.to_string())
+                .or_insert_with(|| broadcast::channel(capacity).0),
+        }
+    }
+}
+
+/// The first segment of a key: `instances` for `/instances/default/a`.
+pub fn top_segment(key: &str) -> &str {
+    key.trim_start_matches('/').split('/').next().unwrap_or("")
 }
 
 /// What readers and the writer share.
@@ -172,7 +196,13 @@ impl StateReader {
 
     /// Changes committed after `from` (0: from now on).
     pub fn watch(&self, from: u64) -> Result<ChangeStream, TooOld> {
-        let history = self
+        self.watch_under(from, None)
+    }
+
+    /// Changes committed after `from` (0: from now on) to keys whose first
+    /// segment is `top` (all keys when `None`).
+    pub fn watch_under(&self, from: u64, top: Option<&str>) -> Result<ChangeStream, TooOld> {
+        let mut history = self
             .shared
             .history
             .lock()
@@ -187,12 +217,12 @@ impl StateReader {
         let backlog = history
             .changes
             .iter()
-            .filter(|c| c.revision > from)
+            .filter(|c| c.revision > from && top.is_none_or(|t| top_segment(&c.key) == t))
             .cloned()
             .collect();
         Ok(ChangeStream {
             backlog,
-            rx: history.tx.subscribe(),
+            rx: history.sender_for(top).subscribe(),
             from,
             last: from,
         })
@@ -263,6 +293,7 @@ impl StateMachine {
                 capacity: history.max(1),
                 start: revision,
                 tx,
+                by_top: HashMap::new(),
             }),
             applied: watch::channel(applied).0,
             revision: std::sync::atomic::AtomicU64::new(revision),
@@ -294,6 +325,9 @@ impl StateMachine {
                 if let Some(old) = history.changes.pop_front() {
                     history.start = old.revision;
                 }
+            }
+            if let Some(tx) = history.by_top.get(top_segment(&c.key)) {
+                let _ = tx.send(c.clone());
             }
             let _ = history.tx.send(c);
         }
@@ -531,6 +565,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             history.start = body_revision;
             let capacity = history.capacity;
             history.tx = broadcast::channel(capacity.max(16)).0;
+            history.by_top.clear();
         }
         self.shared.applied.send_replace(applied);
         Ok(())
