@@ -112,7 +112,7 @@ async fn main() {
     }
     if turns.len() > 1 {
         println!("\nmeans of two turns each (this build / baseline):");
-        let mean = |which: &str, f: &dyn Fn(&Results) -> f64| {
+        let mean = |which: &str, f: &Measure| {
             let of: Vec<f64> = results
                 .iter()
                 .filter(|(l, _)| *l == which)
@@ -120,7 +120,7 @@ async fn main() {
                 .collect();
             of.iter().sum::<f64>() / of.len() as f64
         };
-        let rows: [(&str, &dyn Fn(&Results) -> f64); 4] = [
+        let rows: [(&str, &Measure); 4] = [
             ("nodes Ready after (s)", &|r| r.registered),
             ("run 1 bindings/s", &|r| r.run1_rate),
             ("run 1 all bound after scheduler start (s)", &|r| {
@@ -136,6 +136,9 @@ async fn main() {
         }
     }
 }
+
+/// One figure of a run's results.
+type Measure = dyn Fn(&Results) -> f64;
 
 /// What one whole run measured.
 struct Results {
