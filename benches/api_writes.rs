@@ -30,6 +30,10 @@ fn start(dir: &Path, extra: &[&str], threads: Option<usize>) -> Peer {
         "127.0.0.1:0",
         "--no-scheduler",
         "--no-controllers",
+        // Every Service claims a cluster IP: 10 s at 64 clients needs more
+        // than the default /16's 65,536.
+        "--service-cidr",
+        "10.0.0.0/8",
     ]);
     cmd.arg("--data-dir")
         .arg(dir)
@@ -150,13 +154,24 @@ fn main() {
     // Three peers on this machine share two cores; a real cluster gives each peer
     // its own. The last configuration sizes each peer's runtime for its share
     // (one worker thread), as one would on a small shared host.
+    // FLOTILLA_BENCH_ONLY=3x1 runs one configuration (peers x worker threads,
+    // 0 for the default), and FLOTILLA_BENCH_CLIENTS=1 one client count.
+    let only = std::env::var("FLOTILLA_BENCH_ONLY").ok();
+    let client_counts: Vec<usize> = std::env::var("FLOTILLA_BENCH_CLIENTS")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .map_or(vec![1, 64], |c| vec![c]);
     for (peers, threads) in [(1usize, None), (3, None), (3, Some(1usize))] {
+        let name = format!("{peers}x{}", threads.unwrap_or(0));
+        if only.as_ref().is_some_and(|o| *o != name) {
+            continue;
+        }
         let dir = tempfile::tempdir().unwrap();
         rt.block_on(async {
             let (_peers, config) = cluster(dir.path(), peers, threads).await;
             // Warm up connections and the log.
             let _ = measure(&config, 4, 1, "warm").await;
-            for clients in [1usize, 64] {
+            for &clients in &client_counts {
                 let (n, elapsed, lat) = measure(
                     &config,
                     clients,
