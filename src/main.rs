@@ -7,7 +7,32 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// The status a shell reports for a process ended by SIGPIPE (128 + 13).
+const CLOSED_PIPE_STATUS: i32 = 141;
+
+/// A reader that stops reading (`flotilla get inst -w | head -3`) is not an
+/// error: end quietly, as a Unix tool ended by SIGPIPE does, instead of
+/// panicking in `println!`. (Rust ignores SIGPIPE so that sockets get EPIPE;
+/// restoring it would need unsafe code and would also end daemons whose
+/// peers close a connection.)
+fn end_quietly_on_a_closed_stdout() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(CLOSED_PIPE_STATUS);
+        }
+        default_hook(info)
+    }));
+}
+
 fn main() -> ExitCode {
+    end_quietly_on_a_closed_stdout();
     let cli = commands::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -93,6 +93,40 @@ fn get_describe_delete_selectors_namespaces_and_watch() {
     let _ = watch.kill();
     let _ = watch.wait();
 
+    // A reader that stops reading (`| head -1`) ends the CLI quietly, as
+    // SIGPIPE ends a Unix tool: no panic, status 141.
+    let mut watch = Command::new(BIN)
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "--server",
+            &cluster.peers[0].addr,
+        ])
+        .args(["get", "svc", "-w"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(watch.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("NAME"), "{first}");
+    // The pipe's read end is closed now; the next change makes it print.
+    let out = cluster.cli_in(
+        0,
+        &["apply", "-f", "-"],
+        Some(&service_manifest("after-head")),
+    );
+    assert!(out.status.success());
+    let status = wait_for("the watch to end", Duration::from_secs(10), || {
+        watch.try_wait().unwrap()
+    });
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut watch.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(status.code(), Some(141), "{err}");
+
     let out = cluster.cli(0, &["delete", "-f", f]);
     assert!(out.status.success(), "{}", stderr(&out));
     let out = cluster.cli(0, &["get", "svc", "web"]);
