@@ -26,6 +26,9 @@ pub struct ControllerFlags {
     /// tolerations say otherwise.
     #[arg(long, default_value_t = 300)]
     default_toleration_seconds: u64,
+    /// Events last seen longer ago than this are deleted.
+    #[arg(long, default_value = "1h", value_parser = super::context::parse_duration)]
+    event_ttl: Duration,
 }
 
 impl ControllerFlags {
@@ -33,6 +36,7 @@ impl ControllerFlags {
         Settings {
             node_grace_period: self.node_grace_period.as_std(),
             default_toleration: std::time::Duration::from_secs(self.default_toleration_seconds),
+            event_ttl: self.event_ttl.as_std(),
             ..Settings::default()
         }
     }

@@ -732,3 +732,41 @@ fn drain_moves_instances_without_going_below_max_unavailable() {
     let node = &list(&cluster, &["node", "node-1"])[0];
     assert!(node["spec"]["unschedulable"].is_null() || node["spec"]["unschedulable"] == false);
 }
+
+#[test]
+fn events_expire_after_the_event_ttl() {
+    // No node: the instance cannot be placed, and the scheduler says so in
+    // an event.
+    let cluster = Cluster::start(1, &["--event-ttl", "3s"]);
+    apply(&cluster, &instance("stuck", "16Mi"));
+    let about_stuck = |cluster: &Cluster| -> Option<Vec<Value>> {
+        let all = cluster.get_json(&["events"])?;
+        Some(
+            all["items"]
+                .as_array()?
+                .iter()
+                .filter(|e| e["involvedObject"]["name"] == "stuck")
+                .cloned()
+                .collect(),
+        )
+    };
+    let event = wait_for("a FailedScheduling event", Duration::from_secs(30), || {
+        about_stuck(&cluster)?
+            .into_iter()
+            .find(|e| e["reason"] == "FailedScheduling")
+    });
+    let last_seen = flotilla_api::meta::parse_timestamp(event["lastTimestamp"].as_str().unwrap())
+        .expect("a lastTimestamp");
+    wait_for("the event to expire", Duration::from_secs(30), || {
+        about_stuck(&cluster)?.is_empty().then_some(())
+    });
+    let gone_at = time::OffsetDateTime::now_utc();
+    assert!(
+        gone_at - last_seen >= time::Duration::seconds(3),
+        "gone {} after it was last seen, before its TTL",
+        gone_at - last_seen
+    );
+    // Only the event went: the instance still waits.
+    let stuck = cluster.get_json(&["inst", "stuck"]).expect("the instance");
+    assert_eq!(stuck["status"]["phase"], "Pending", "{stuck}");
+}

@@ -12,6 +12,7 @@
 mod daemonset;
 mod deployment;
 mod endpoints;
+mod events;
 mod gc;
 mod job;
 mod node_lifecycle;
@@ -51,6 +52,8 @@ pub struct Settings {
     pub default_toleration: Duration,
     /// Period of time-driven passes.
     pub tick: Duration,
+    /// Events last seen longer ago than this are deleted.
+    pub event_ttl: Duration,
 }
 
 impl Default for Settings {
@@ -59,6 +62,7 @@ impl Default for Settings {
             node_grace_period: Duration::from_secs(40),
             default_toleration: Duration::from_secs(300),
             tick: Duration::from_millis(500),
+            event_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -108,6 +112,8 @@ struct Memory {
     leases: HashMap<String, (String, std::time::Instant)>,
     /// Per deployment uid: the counts last seen and when they last changed.
     progress: HashMap<String, ((u32, u32, u32), std::time::Instant)>,
+    /// When expired events were last looked for.
+    last_event_sweep: Option<std::time::Instant>,
 }
 
 /// The cache's content at the start of a pass, typed.
@@ -432,5 +438,6 @@ async fn pass(ctx: &Ctx) -> Result<(), ClientError> {
     }
     endpoints::reconcile(ctx, &snap).await?;
     gc::reconcile(ctx, &snap).await?;
+    events::expire(ctx).await?;
     Ok(())
 }
