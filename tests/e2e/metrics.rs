@@ -233,7 +233,7 @@ fn a_server_is_live_ready_and_counts_its_raft_and_api_requests() {
 
 /// A preview1 module that sleeps a minute at a time, forever: an instance
 /// that stays Running without any example build.
-const SLEEPER_WAT: &str = r#"(module
+pub(crate) const SLEEPER_WAT: &str = r#"(module
   (import "wasi_snapshot_preview1" "poll_oneoff"
     (func $poll (param i32 i32 i32 i32) (result i32)))
   (memory (export "memory") 1)

@@ -95,6 +95,15 @@ impl NodeProc {
         }
     }
 
+    /// SIGTERM, then waits (bounded) for the exit status.
+    pub fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("a running node");
+        let pid = child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success(), "kill -TERM {pid}");
+        wait_for("the node to exit", within, || child.try_wait().unwrap())
+    }
+
     /// Restarts without a token: the node must come back as itself.
     pub fn restart(&mut self) {
         self.kill9();
@@ -196,6 +205,52 @@ fn nodes_join_show_ready_capacity_and_rejoin_without_a_token() {
         Duration::from_secs(20),
         || ready(&cluster),
     );
+}
+
+#[test]
+fn a_node_stopping_gives_its_instances_their_grace_period_together() {
+    let (cluster, mut nodes) = with_nodes(1);
+    let wat = cluster.dir.path().join("sleeper.wat");
+    std::fs::write(&wat, crate::metrics::SLEEPER_WAT).unwrap();
+    wait_for("the node to register", Duration::from_secs(20), || {
+        get_json(&cluster, &["node", "node-1"])
+    });
+    // Guests that ignore the stop signal: each is killed after its 3 s.
+    let names = ["stubborn-1", "stubborn-2", "stubborn-3"];
+    for name in names {
+        let out = cluster.cli_in(
+            0,
+            &["apply", "-f", "-"],
+            Some(&instance_manifest(
+                name,
+                "node-1",
+                &wat,
+                "  terminationGracePeriodSeconds: 3\n",
+            )),
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    for name in names {
+        wait_for(&format!("{name} Running"), Duration::from_secs(20), || {
+            (phase(&cluster, name)?["status"]["phase"] == "Running").then_some(())
+        });
+    }
+    let started = Instant::now();
+    let status = nodes[0].terminate(Duration::from_secs(20));
+    let took = started.elapsed();
+    assert!(status.success(), "{status}");
+    // Together: about one grace period, not three.
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(6),
+        "the node took {took:?} to stop"
+    );
+    for name in names {
+        let log = std::fs::read_to_string(nodes[0].log_file(name)).unwrap_or_default();
+        assert!(
+            log.contains("did not stop within its grace period of 3s: killed"),
+            "{name}: {log}"
+        );
+    }
 }
 
 #[test]

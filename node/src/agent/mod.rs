@@ -348,7 +348,8 @@ impl Agent {
         })
     }
 
-    /// Stops every instance and loop.
+    /// Stops every instance and loop. The instances stop together, so the
+    /// node is gone within the longest grace period, not their sum.
     pub async fn shutdown(self) {
         for t in &self.tasks {
             t.abort();
@@ -361,9 +362,11 @@ impl Agent {
             .drain()
             .map(|(_, s)| s)
             .collect();
+        let mut stopping = tokio::task::JoinSet::new();
         for s in running {
-            s.stop().await;
+            stopping.spawn(s.stop());
         }
+        while stopping.join_next().await.is_some() {}
     }
 }
 
