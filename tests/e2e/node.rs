@@ -254,6 +254,44 @@ fn a_node_stopping_gives_its_instances_their_grace_period_together() {
 }
 
 #[test]
+fn an_instance_created_again_during_the_old_ones_grace_period_keeps_its_log() {
+    let (cluster, nodes) = with_nodes(1);
+    let wat = cluster.dir.path().join("sleeper.wat");
+    std::fs::write(&wat, crate::metrics::SLEEPER_WAT).unwrap();
+    wait_for("the node to register", Duration::from_secs(20), || {
+        get_json(&cluster, &["node", "node-1"])
+    });
+    let old = instance_manifest(
+        "again",
+        "node-1",
+        &wat,
+        "  terminationGracePeriodSeconds: 2\n",
+    );
+    let out = cluster.cli_in(0, &["apply", "-f", "-"], Some(&old));
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_for("the old one Running", Duration::from_secs(20), || {
+        (phase(&cluster, "again")?["status"]["phase"] == "Running").then_some(())
+    });
+    // Deleted (it ignores the stop and is killed after 2 s), and at once
+    // created again as a ticker under the same name.
+    let out = cluster.cli(0, &["delete", "inst", "again"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let new = instance_manifest("again", "node-1", &examples().join("ticker.wasm"), "");
+    let out = cluster.cli_in(0, &["apply", "-f", "-"], Some(&new));
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Past the old one's grace period, the new one's log is still there and
+    // still growing.
+    std::thread::sleep(Duration::from_secs(4));
+    let log = nodes[0].log_file("again");
+    let before = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(before.contains("tick"), "{}: {before:?}", log.display());
+    wait_for("the new one's log to grow", Duration::from_secs(10), || {
+        let now = std::fs::read_to_string(&log).ok()?;
+        (now.len() > before.len()).then_some(())
+    });
+}
+
+#[test]
 fn ticker_runs_streams_logs_and_stops_on_delete() {
     let (cluster, nodes) = with_nodes(1);
     let ticker = examples().join("ticker.wasm");

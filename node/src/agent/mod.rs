@@ -436,11 +436,21 @@ async fn apply_desired(shared: &Arc<Shared>, desired: BTreeMap<Key, Instance>) {
             }
             let dir = shared.log_dir(&key);
             let metrics = shared.ctx.metrics.clone();
+            let after = shared.clone();
             let stop = async move {
                 s.stop().await;
-                metrics.forget(&key);
                 if gone {
-                    logs::InstanceLog::remove(&dir);
+                    // An instance of the same name may have been created
+                    // while this one used its grace period: its log and
+                    // metrics are the new one's now. Checked under the lock
+                    // that starting one takes.
+                    let running = after.running.lock().await;
+                    if !running.contains_key(&key) {
+                        metrics.forget(&key);
+                        logs::InstanceLog::remove(&dir);
+                    }
+                } else {
+                    metrics.forget(&key);
                 }
             };
             if gone {
