@@ -350,6 +350,27 @@ fn a_node_reports_instances_by_phase_and_forwarder_requests() {
         Some(1.0)
     );
 
+    // Deleting the service drops its series.
+    let out = run_cli(
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--server",
+            &cluster.peers[0].addr,
+            "delete",
+            "service",
+            "nobody",
+        ],
+        None,
+        Duration::from_secs(20),
+    );
+    assert!(out.status.success(), "delete: {}", stderr(&out));
+    wait_for(
+        "the deleted service's series gone from /metrics",
+        Duration::from_secs(20),
+        || (!scrape(&metrics).contains("service=\"nobody\"")).then_some(()),
+    );
+
     // Deleting the instance takes it off the node's count.
     let out = run_cli(
         &[

@@ -97,8 +97,16 @@ async fn follow(net: &Network, client: &Client) -> Result<(), ClientError> {
     drop(tx);
     let result = loop {
         match rx.recv().await {
-            Some(Ok(event)) => net
-                .update_tables(|t| apply(t, &event.object, event.event_type == EventType::Deleted)),
+            Some(Ok(event)) => {
+                let deleted = event.event_type == EventType::Deleted;
+                net.update_tables(|t| apply(t, &event.object, deleted));
+                if let (true, Object::Service(s)) = (deleted, &event.object) {
+                    net.forget_service_metrics(&(
+                        s.metadata.namespace.clone(),
+                        s.metadata.name.clone(),
+                    ));
+                }
+            }
             Some(Err(e)) => break Err(e),
             None => break Ok(()),
         }

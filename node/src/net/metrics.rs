@@ -56,6 +56,32 @@ impl ForwarderMetrics {
     }
 }
 
+/// Every value the result label takes.
+const RESULTS: &[&str] = &[
+    "1xx",
+    "2xx",
+    "3xx",
+    "4xx",
+    "5xx",
+    "no_endpoint",
+    "timeout",
+    "unreachable",
+    "error",
+];
+
+impl ForwarderMetrics {
+    /// Drops the series of a deleted Service, so a cluster that creates and
+    /// deletes services does not grow its metrics for ever.
+    pub fn forget(&self, svc: &ServiceKey) {
+        let service = [("namespace", svc.0.clone()), ("service", svc.1.clone())];
+        self.latency.remove(&service);
+        for result in RESULTS {
+            self.requests
+                .remove(&(service.clone(), [("result", *result)]));
+        }
+    }
+}
+
 /// The result label of a forwarded request.
 pub fn result_of(r: &Result<http::Response<Bytes>, OutboundError>) -> &'static str {
     match r {

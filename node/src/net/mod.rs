@@ -124,6 +124,11 @@ impl Network {
         self.services_on.store(on, Ordering::SeqCst);
     }
 
+    /// Drops the forwarder's metrics of a deleted Service.
+    pub fn forget_service_metrics(&self, svc: &ServiceKey) {
+        self.metrics.forget(svc);
+    }
+
     /// Replaces the tables (from the API).
     pub fn update_tables(&self, f: impl FnOnce(&mut Tables)) {
         let mut t = self.tables.write().unwrap_or_else(|p| p.into_inner());
