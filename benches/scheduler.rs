@@ -59,6 +59,21 @@ fn start_server(bin: &str, dir: &Path) -> (Proc, String) {
     spawn_listening(cmd)
 }
 
+/// A `flotilla scheduler` of `bin`, with a short lease so that the next
+/// turn's scheduler takes over soon after this one stops.
+fn start_scheduler(bin: &str, config: &Path, addr: &str) -> Proc {
+    let mut args = client_args(config, addr);
+    args.extend(["scheduler".into(), "--leader-lease".into(), "2s".into()]);
+    Proc(
+        Command::new(bin)
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn scheduler"),
+    )
+}
+
 fn client_args(config: &Path, addr: &str) -> Vec<String> {
     vec![
         "--config".into(),
@@ -244,16 +259,7 @@ async fn whole_run(bin: &str, nodes: usize, instances: usize) -> Results {
     // Run 2: the agents running (they start every instance bound to them and
     // report it), the scheduler already up; instances created while it runs.
     signal("-CONT");
-    let mut args = client_args(&config_path, &addr);
-    args.extend(["scheduler".into(), "--leader-lease".into(), "2s".into()]);
-    let _scheduler = Proc(
-        Command::new(bin)
-            .args(&args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn scheduler"),
-    );
+    let _scheduler = start_scheduler(bin, &config_path, &addr);
     // Let the agents reconnect, start the first 10,000 and report them.
     tokio::time::sleep(Duration::from_secs(45)).await;
     let (_, revision) = client.list(Kind::Instance, None, "").await.unwrap();
@@ -322,18 +328,8 @@ async fn run_paused(
         .watch(Some(Kind::Instance), None, "", revision)
         .await
         .unwrap();
-    let mut args = client_args(config_path, addr);
-    // Short, so the next turn's scheduler takes over soon after this one stops.
-    args.extend(["scheduler".into(), "--leader-lease".into(), "2s".into()]);
     let scheduler_start = Instant::now();
-    let scheduler = Proc(
-        Command::new(bin)
-            .args(&args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn scheduler"),
-    );
+    let scheduler = start_scheduler(bin, config_path, addr);
     let (first, last) = wait_bound(&mut watch, tag, instances).await;
     drop(scheduler);
     let rate = instances as f64 / (last - first).as_secs_f64();

@@ -257,7 +257,15 @@ async fn diagnose(ctx: &Context) -> Report {
 
     // 3. store quorum
     let mut readings = Vec::new();
-    let quorum = check_store(&mut report, &client, &config, &mut readings).await;
+    let mut peer_certificates = Vec::new();
+    let quorum = check_store(
+        &mut report,
+        &client,
+        &config,
+        &mut readings,
+        &mut peer_certificates,
+    )
+    .await;
     let consistency = if quorum {
         Consistency::Linearizable
     } else {
@@ -301,12 +309,29 @@ async fn diagnose(ctx: &Context) -> Report {
 
     // 7. certificates
     check_local_certificates(&mut report, &config);
-    if let Some((identity, not_after)) = client.server_certificate_not_after() {
-        certificate_line(
-            &mut report,
-            &format!("the server's certificate ({identity} at {})", config.server),
-            (not_after - OffsetDateTime::now_utc()).whole_seconds(),
-        );
+    if peer_certificates.is_empty() {
+        if let Some((identity, not_after)) = client.server_certificate_not_after() {
+            certificate_line(
+                &mut report,
+                &format!("the server's certificate ({identity} at {})", config.server),
+                (not_after - OffsetDateTime::now_utc()).whole_seconds(),
+            );
+        }
+    }
+    for (peer, certificate) in &peer_certificates {
+        match certificate {
+            Ok((identity, not_after)) => certificate_line(
+                &mut report,
+                &format!("store peer {peer}'s certificate ({identity})"),
+                (*not_after - OffsetDateTime::now_utc()).whole_seconds(),
+            ),
+            Err(refused) => report.add(
+                "certificates",
+                Status::Fail,
+                format!("store peer {peer}: {refused}"),
+                "restart that server peer: it renews its own certificate at start (unless started with --cert-renew-at off)",
+            ),
+        }
     }
     check_node_certificates(&mut report, &nodes);
 
@@ -339,6 +364,7 @@ async fn check_store(
     client: &Client,
     config: &ClientConfig,
     readings: &mut Vec<ClockReading>,
+    peer_certificates: &mut Vec<PeerCertificate>,
 ) -> bool {
     let members = match tokio::time::timeout(CALL_TIMEOUT, client.call(RequestV1::Members)).await {
         Ok(Ok(ResponseV1::Members(members))) => members,
@@ -378,22 +404,31 @@ async fn check_store(
         let addr = m.address.clone();
         let config = config.clone();
         async move {
-            tokio::time::timeout(CALL_TIMEOUT, async {
-                let c = Client::connect_to(&addr, &config).await.ok()?;
+            let asked = tokio::time::timeout(CALL_TIMEOUT, async {
+                let c = match Client::connect_to(&addr, &config).await {
+                    Ok(c) => c,
+                    Err(e @ flotilla_api::client::ClientError::ServerCertificate { .. }) => {
+                        return (None, Some(Err(e.to_string())));
+                    }
+                    Err(_) => return (None, None),
+                };
+                let certificate = c.server_certificate_not_after().map(Ok);
                 let answered = c.call(RequestV1::WhoAmI).await.is_ok();
                 let clock = if answered { read_clock(&c).await } else { None };
                 c.close();
-                answered.then_some(clock)
+                (answered.then_some(clock), certificate)
             })
-            .await
-            .ok()
-            .flatten()
+            .await;
+            asked.unwrap_or((None, None))
         }
     });
     let results = join_all(probes.collect()).await;
     let mut answering_voters = 0;
-    for (m, answer) in members.iter().zip(results) {
+    for (m, (answer, certificate)) in members.iter().zip(results) {
         let peer = format!("{} ({})", m.id, m.address);
+        if let Some(certificate) = certificate {
+            peer_certificates.push((peer.clone(), certificate));
+        }
         if let Some(clock) = answer {
             if let Some((offset_micros, uncertainty_micros)) = clock {
                 readings.push(ClockReading {
@@ -461,6 +496,10 @@ async fn check_store(
     report.ok("store", summary);
     true
 }
+
+/// A store peer and its server certificate (identity, end) as its
+/// handshake showed it, or why the handshake refused it.
+type PeerCertificate = (String, Result<(String, OffsetDateTime), String>);
 
 /// A peer's or node's clock against this machine's.
 #[derive(Debug, Clone)]

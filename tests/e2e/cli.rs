@@ -55,18 +55,21 @@ fn get_describe_delete_selectors_namespaces_and_watch() {
 
     // A watch prints changes made after it starts.
     let config = cluster.config();
-    let mut watch = Command::new(BIN)
-        .args([
-            "--config",
-            config.to_str().unwrap(),
-            "--server",
-            &cluster.peers[0].addr,
-        ])
-        .args(["get", "svc", "-w", "-o", "json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let spawn_cli = |args: &[&str]| {
+        Command::new(BIN)
+            .args([
+                "--config",
+                config.to_str().unwrap(),
+                "--server",
+                &cluster.peers[0].addr,
+            ])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut watch = spawn_cli(&["get", "svc", "-w", "-o", "json"]);
     let lines = BufReader::new(watch.stdout.take().unwrap()).lines();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -95,18 +98,7 @@ fn get_describe_delete_selectors_namespaces_and_watch() {
 
     // A reader that stops reading (`| head -1`) ends the CLI quietly, as
     // SIGPIPE ends a Unix tool: no panic, status 141.
-    let mut watch = Command::new(BIN)
-        .args([
-            "--config",
-            config.to_str().unwrap(),
-            "--server",
-            &cluster.peers[0].addr,
-        ])
-        .args(["get", "svc", "-w"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut watch = spawn_cli(&["get", "svc", "-w"]);
     let mut first = String::new();
     BufReader::new(watch.stdout.take().unwrap())
         .read_line(&mut first)

@@ -179,6 +179,16 @@ fn doctor_on_a_healthy_cluster_exits_0_within_3_s() {
             "no tunnel probe from {from} to {to}:\n{text}"
         );
     }
+    // Every store peer's own certificate, from its handshake.
+    for peer in &cluster.peers {
+        assert!(
+            text.lines().any(|l| l.starts_with("OK")
+                && l.contains("certificates")
+                && l.contains(&format!("({})'s certificate (peer:", peer.addr))),
+            "no certificate line for the peer at {}:\n{text}",
+            peer.addr
+        );
+    }
     // Three peers and two nodes read their clocks.
     assert!(
         text.contains("5 clocks of peers and nodes within "),

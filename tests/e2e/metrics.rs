@@ -351,19 +351,7 @@ fn a_node_reports_instances_by_phase_and_forwarder_requests() {
     );
 
     // Deleting the service drops its series.
-    let out = run_cli(
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--server",
-            &cluster.peers[0].addr,
-            "delete",
-            "service",
-            "nobody",
-        ],
-        None,
-        Duration::from_secs(20),
-    );
+    let out = cluster.cli(0, &["delete", "service", "nobody"]);
     assert!(out.status.success(), "delete: {}", stderr(&out));
     wait_for(
         "the deleted service's series gone from /metrics",
@@ -372,19 +360,7 @@ fn a_node_reports_instances_by_phase_and_forwarder_requests() {
     );
 
     // Deleting the instance takes it off the node's count.
-    let out = run_cli(
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--server",
-            &cluster.peers[0].addr,
-            "delete",
-            "instance",
-            "sleeper",
-        ],
-        None,
-        Duration::from_secs(20),
-    );
+    let out = cluster.cli(0, &["delete", "instance", "sleeper"]);
     assert!(out.status.success(), "delete: {}", stderr(&out));
     wait_for(
         "the instance gone from /metrics",

@@ -169,20 +169,10 @@ impl TunnelClient {
         };
         let sent_at = flotilla_api::meta::unix_micros_now();
         let started = std::time::Instant::now();
-        let exchange = async {
-            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-            write_frame(&mut send, &frame)
-                .await
-                .map_err(|e| e.to_string())?;
-            let _ = send.finish();
-            read_frame::<_, TunnelResponse>(&mut recv, MAX_FRAME)
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| "the peer closed the stream".to_string())
-        };
         // A connection whose peer went away silently would hold a probe
         // until QUIC's idle timeout; a silent probe drops it instead.
-        let answer = match tokio::time::timeout(PROBE_ANSWER_TIMEOUT, exchange).await {
+        let answer = match tokio::time::timeout(PROBE_ANSWER_TIMEOUT, exchange(&conn, &frame)).await
+        {
             Ok(a) => a,
             Err(_) => Err(format!("no answer within {PROBE_ANSWER_TIMEOUT:?}")),
         };
@@ -231,18 +221,7 @@ impl TunnelClient {
             headers: headers_of(&parts.headers),
             body: body.to_vec(),
         };
-        let exchange = async {
-            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-            write_frame(&mut send, &frame)
-                .await
-                .map_err(|e| e.to_string())?;
-            let _ = send.finish();
-            read_frame::<_, TunnelResponse>(&mut recv, MAX_FRAME)
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| "the peer closed the stream".to_string())
-        };
-        let answer = match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
+        let answer = match tokio::time::timeout(REQUEST_TIMEOUT, exchange(&conn, &frame)).await {
             Ok(Ok(a)) => a,
             Ok(Err(e)) => {
                 self.forget(addr).await;
@@ -274,6 +253,22 @@ impl TunnelClient {
             }),
         }
     }
+}
+
+/// One request on its own stream of `conn`, and its answer.
+async fn exchange(
+    conn: &quinn::Connection,
+    frame: &TunnelRequest,
+) -> Result<TunnelResponse, String> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    write_frame(&mut send, frame)
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = send.finish();
+    read_frame::<_, TunnelResponse>(&mut recv, MAX_FRAME)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "the peer closed the stream".to_string())
 }
 
 /// Serves one tunnel connection from a peer node (already authenticated).

@@ -572,6 +572,46 @@ impl ApiServer {
         }
     }
 
+    /// The stored object an update made at resourceVersion `expected` (any
+    /// when `None`) applies to. No read barrier up front: only when this
+    /// replica's view says no (it may lag) is it brought up to date, once,
+    /// and `Ok(None)` asks the caller to read again.
+    async fn stored_for_update(
+        &self,
+        kind: Kind,
+        ns: &str,
+        name: &str,
+        expected: Option<u64>,
+        synced: &mut bool,
+    ) -> ApiResult<Option<StoredValue>> {
+        let stored = self.read_stored(kind, ns, name)?;
+        let behind = match (&stored, expected) {
+            (None, _) => true,
+            (Some(s), Some(expected)) => expected > s.mod_revision,
+            (Some(_), None) => false,
+        };
+        if behind && !*synced {
+            self.store.read_barrier().await.map_err(store_error)?;
+            *synced = true;
+            return Ok(None);
+        }
+        let Some(stored) = stored else {
+            return Err(not_found(kind, ns, name));
+        };
+        if let Some(expected) = expected.filter(|e| *e != stored.mod_revision) {
+            return Err(conflict(
+                kind,
+                ns,
+                name,
+                &format!(
+                    "resourceVersion {expected} was given, the object is at {}",
+                    stored.mod_revision
+                ),
+            ));
+        }
+        Ok(Some(stored))
+    }
+
     fn read_stored(
         &self,
         kind: Kind,
@@ -805,33 +845,12 @@ impl ApiServer {
         // view says no (it may lag) is it brought up to date and asked again.
         let mut synced = false;
         for _ in 0..CAS_RETRIES {
-            let stored = match self.read_stored(kind, &ns, &name)? {
-                Some(s) => s,
-                None if !synced => {
-                    self.store.read_barrier().await.map_err(store_error)?;
-                    synced = true;
-                    continue;
-                }
-                None => return Err(not_found(kind, &ns, &name)),
+            let Some(stored) = self
+                .stored_for_update(kind, &ns, &name, expected, &mut synced)
+                .await?
+            else {
+                continue;
             };
-            if let Some(expected) = expected {
-                if expected > stored.mod_revision && !synced {
-                    self.store.read_barrier().await.map_err(store_error)?;
-                    synced = true;
-                    continue;
-                }
-                if expected != stored.mod_revision {
-                    return Err(conflict(
-                        kind,
-                        &ns,
-                        &name,
-                        &format!(
-                            "resourceVersion {expected} was given, the object is at {}",
-                            stored.mod_revision
-                        ),
-                    ));
-                }
-            }
             let current = decode_object(&stored)?;
             check_mirror(caller, &current)?;
             let next = if status {
@@ -904,33 +923,12 @@ impl ApiServer {
         let expected = parse_revision(resource_version, "resourceVersion")?;
         let mut synced = false;
         for _ in 0..CAS_RETRIES {
-            let stored = match self.read_stored(kind, &ns, name)? {
-                Some(s) => s,
-                None if !synced => {
-                    self.store.read_barrier().await.map_err(store_error)?;
-                    synced = true;
-                    continue;
-                }
-                None => return Err(not_found(kind, &ns, name)),
+            let Some(stored) = self
+                .stored_for_update(kind, &ns, name, expected, &mut synced)
+                .await?
+            else {
+                continue;
             };
-            if let Some(expected) = expected {
-                if expected > stored.mod_revision && !synced {
-                    self.store.read_barrier().await.map_err(store_error)?;
-                    synced = true;
-                    continue;
-                }
-                if expected != stored.mod_revision {
-                    return Err(conflict(
-                        kind,
-                        &ns,
-                        name,
-                        &format!(
-                            "resourceVersion {expected} was given, the object is at {}",
-                            stored.mod_revision
-                        ),
-                    ));
-                }
-            }
             let current = decode_object(&stored)?;
             check_mirror(caller, &current)?;
             let Object::Instance(mut instance) = current else {

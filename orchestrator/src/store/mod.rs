@@ -835,73 +835,59 @@ mod tests {
         store.shutdown().await;
     }
 
-    #[tokio::test]
-    async fn a_watch_sees_changes_in_order_and_too_old_outside_the_window() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = StoreConfig::new(1, dir.path().to_path_buf());
-        config.history = 5;
+    /// A one-peer store, leading.
+    async fn single_peer(config: StoreConfig) -> Arc<Store> {
         let store = Store::open(config, peer_net()).await.unwrap();
         store.initialize("127.0.0.1:1").await.unwrap();
         store
             .wait_for_leader(Duration::from_secs(10))
             .await
             .unwrap();
-        let first = store
-            .propose(put("/w/0", "v", Precondition::None))
+        store
+    }
+
+    async fn put_now(store: &Store, key: &str) -> u64 {
+        store
+            .propose(put(key, "v", Precondition::None))
             .await
-            .unwrap();
-        let mut stream = store.reader().watch(first.revision).unwrap();
+            .unwrap()
+            .revision
+    }
+
+    #[tokio::test]
+    async fn a_watch_sees_changes_in_order_and_too_old_outside_the_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = StoreConfig::new(1, dir.path().to_path_buf());
+        config.history = 5;
+        let store = single_peer(config).await;
+        let first = put_now(&store, "/w/0").await;
+        let mut stream = store.reader().watch(first).unwrap();
         for i in 1..4 {
-            store
-                .propose(put(&format!("/w/{i}"), "v", Precondition::None))
-                .await
-                .unwrap();
+            put_now(&store, &format!("/w/{i}")).await;
         }
         for i in 1..4 {
             let c = stream.next().await.unwrap().unwrap();
             assert_eq!(c.key, format!("/w/{i}"));
         }
         for i in 4..12 {
-            store
-                .propose(put(&format!("/w/{i}"), "v", Precondition::None))
-                .await
-                .unwrap();
+            put_now(&store, &format!("/w/{i}")).await;
         }
-        assert!(store.reader().watch(first.revision).is_err());
+        assert!(store.reader().watch(first).is_err());
         store.shutdown().await;
     }
 
     #[tokio::test]
     async fn a_watch_under_a_segment_sees_only_its_keys_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(StoreConfig::new(1, dir.path().to_path_buf()), peer_net())
-            .await
-            .unwrap();
-        store.initialize("127.0.0.1:1").await.unwrap();
-        store
-            .wait_for_leader(Duration::from_secs(10))
-            .await
-            .unwrap();
-        let first = store
-            .propose(put("/a/0", "v", Precondition::None))
-            .await
-            .unwrap();
-        store
-            .propose(put("/b/0", "v", Precondition::None))
-            .await
-            .unwrap();
+        let store = single_peer(StoreConfig::new(1, dir.path().to_path_buf())).await;
+        let first = put_now(&store, "/a/0").await;
+        put_now(&store, "/b/0").await;
         // Made after two changes: /b/0 comes from the window, the rest live.
-        let mut only_b = store
-            .reader()
-            .watch_under(first.revision, Some("b"))
-            .unwrap();
-        let mut all = store.reader().watch(first.revision).unwrap();
+        let mut only_b = store.reader().watch_under(first, Some("b")).unwrap();
+        let mut all = store.reader().watch(first).unwrap();
         for i in 1..4 {
             for top in ["a", "b"] {
-                store
-                    .propose(put(&format!("/{top}/{i}"), "v", Precondition::None))
-                    .await
-                    .unwrap();
+                put_now(&store, &format!("/{top}/{i}")).await;
             }
         }
         for i in 0..4 {
