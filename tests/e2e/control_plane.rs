@@ -311,6 +311,44 @@ fn a_binding_is_compare_and_swap_and_binds_once() {
 }
 
 #[test]
+fn a_restarted_follower_is_replicated_to_again_within_seconds() {
+    let mut cluster = Cluster::start(3, &[]);
+    let leader = cluster.leader(0).expect("a leader");
+    let follower = (0..3).find(|i| *i != leader).unwrap();
+    let rt = rt();
+    let writer = rt.block_on(cluster.client(leader));
+    let create = |name: &str| {
+        let obj = parse_manifests(&service_manifest(name)).unwrap().remove(0);
+        rt.block_on(writer.create(obj)).unwrap();
+    };
+    create("before-restart");
+    // The leader's connection to the old process is now dead; QUIC alone
+    // would notice only at its idle timeout (10 s).
+    cluster.peers[follower].restart();
+    let restarted = Instant::now();
+    create("after-restart");
+    let reader = rt.block_on(cluster.client(follower));
+    wait_for(
+        "the restarted follower to have the write",
+        Duration::from_secs(20),
+        || {
+            let (items, _) = rt
+                .block_on(reader.list_with(Kind::Service, Some("default"), "", Consistency::Stale))
+                .ok()?;
+            items
+                .iter()
+                .any(|o| o.meta().name == "after-restart")
+                .then_some(())
+        },
+    );
+    let took = restarted.elapsed();
+    assert!(
+        took < Duration::from_secs(6),
+        "replicated to again after {took:?}"
+    );
+}
+
+#[test]
 fn snapshots_compact_the_log_and_catch_up_a_lagging_peer() {
     let mut cluster = Cluster::start(3, &["--snapshot-every", "20"]);
     cluster.peers[2].kill9();

@@ -137,7 +137,15 @@ pub struct PeerNet {
     client_config: Mutex<quinn::ClientConfig>,
     slots: Mutex<HashMap<PeerId, Slot>>,
     seen: Mutex<HashMap<PeerId, Instant>>,
+    /// When each peer last answered a call of ours.
+    answered: Mutex<HashMap<PeerId, Instant>>,
 }
+
+/// A connection whose calls have gone unanswered this long is dropped at the
+/// next timeout and dialled again. A restarted peer cannot tell us the old
+/// connection is gone (its reset token died with the old process), so QUIC
+/// alone would keep timing out until its idle timeout (10 s).
+const UNANSWERED_REDIAL: Duration = Duration::from_secs(2);
 
 impl PeerNet {
     /// Uses `endpoint` (the server's own) to dial peers with `client_config`.
@@ -147,6 +155,7 @@ impl PeerNet {
             client_config: Mutex::new(client_config),
             slots: Mutex::new(HashMap::new()),
             seen: Mutex::new(HashMap::new()),
+            answered: Mutex::new(HashMap::new()),
         }
     }
 
@@ -254,16 +263,31 @@ impl PeerNet {
         match tokio::time::timeout(remaining, exchange).await {
             Ok(Ok(resp)) => {
                 self.mark_seen(peer);
+                self.answered
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(peer, Instant::now());
                 Ok(resp)
             }
             Ok(Err(reason)) => {
                 self.forget(peer).await;
                 Err(CallError::Failed { peer, reason })
             }
-            Err(_) => Err(CallError::Timeout {
-                peer,
-                after: timeout,
-            }),
+            Err(_) => {
+                let silent = self
+                    .answered
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&peer)
+                    .is_none_or(|t| t.elapsed() > UNANSWERED_REDIAL);
+                if silent {
+                    self.forget(peer).await;
+                }
+                Err(CallError::Timeout {
+                    peer,
+                    after: timeout,
+                })
+            }
         }
     }
 }
