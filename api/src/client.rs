@@ -273,6 +273,60 @@ pub fn transport_config() -> Arc<quinn::TransportConfig> {
     Arc::new(t)
 }
 
+/// Bytes of a stateless-reset key.
+const RESET_KEY_LEN: usize = 64;
+
+/// The QUIC endpoint settings of a process that listens (a server peer, a
+/// node). Its stateless-reset key is kept in `key_path`, made at the first
+/// start, and its connection ids are keyed from it too: after a restart the
+/// process recognises the ids its previous run gave out and can tell peers
+/// still talking to that run that their connection is gone (a stateless
+/// reset), so they dial again at once instead of waiting out the idle
+/// timeout.
+pub fn listening_endpoint_config(
+    key_path: &std::path::Path,
+) -> std::io::Result<quinn::EndpointConfig> {
+    let key = match std::fs::read(key_path) {
+        Ok(key) if key.len() == RESET_KEY_LEN => key,
+        Ok(_) => new_reset_key(key_path)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => new_reset_key(key_path)?,
+        Err(e) => return Err(e),
+    };
+    let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key);
+    let derived = ring::hmac::sign(&reset_key, b"flotilla connection ids");
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&derived.as_ref()[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    let mut config = quinn::EndpointConfig::new(Arc::new(reset_key));
+    config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    Ok(config)
+}
+
+/// A random reset key, written (owner-only, atomically) to `path`.
+fn new_reset_key(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    use rand::RngCore;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut key = vec![0u8; RESET_KEY_LEN];
+    rand::thread_rng().fill_bytes(&mut key);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let partial = path.with_extension("partial");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&partial)?;
+    file.write_all(&key)?;
+    file.sync_all()?;
+    std::fs::rename(&partial, path)?;
+    Ok(key)
+}
+
 /// Dials `addr` with a rustls client config and returns the connection, with the
 /// endpoint that owns it.
 pub async fn dial(

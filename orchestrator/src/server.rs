@@ -200,6 +200,7 @@ struct Paths {
     peer: PathBuf,
     admin: PathBuf,
     store: PathBuf,
+    quic_reset_key: PathBuf,
 }
 
 impl Paths {
@@ -212,6 +213,7 @@ impl Paths {
             peer: dir.join("peer.json"),
             admin: dir.join("admin.config"),
             store: dir.join("store"),
+            quic_reset_key: dir.join("quic-reset.key"),
         }
     }
 }
@@ -416,16 +418,15 @@ impl Server {
         let server_config = quic_server_config(&identity.ca.cert_pem, &certs.current())?;
         let runtime = quinn::default_runtime()
             .ok_or_else(|| ServerError::DataDir("no async runtime for QUIC".into()))?;
-        let endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
-            Some(server_config),
-            socket,
-            runtime,
+        let endpoint_config = flotilla_api::client::listening_endpoint_config(
+            &paths.quic_reset_key,
         )
-        .map_err(|source| ServerError::Bind {
-            addr: bind.clone(),
-            source,
-        })?;
+        .map_err(|e| ServerError::DataDir(format!("{}: {e}", paths.quic_reset_key.display())))?;
+        let endpoint = quinn::Endpoint::new(endpoint_config, Some(server_config), socket, runtime)
+            .map_err(|source| ServerError::Bind {
+                addr: bind.clone(),
+                source,
+            })?;
         let peer_client = quic_peer_client_config(&identity.ca.cert_pem, &certs.current())?;
         let net = Arc::new(PeerNet::new(endpoint.clone(), peer_client));
 

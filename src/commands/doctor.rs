@@ -1129,6 +1129,41 @@ mod tests {
         assert_eq!(human(time::Duration::seconds(-5)), "0s");
     }
 
+    fn reading(who: &str, offset_ms: i64, uncertainty_ms: i64) -> ClockReading {
+        ClockReading {
+            who: who.into(),
+            offset_micros: offset_ms * 1000,
+            uncertainty_micros: uncertainty_ms * 1000,
+        }
+    }
+
+    #[test]
+    fn clocks_are_compared_furthest_apart_after_their_errors() {
+        let status = |readings: &[ClockReading]| {
+            let mut r = Report::default();
+            check_skew(&mut r, readings);
+            (r.checks[0].status, r.checks[0].message.clone())
+        };
+        // 1.2 s apart, but 0.3 s of it may be the round trips: not surely 1 s.
+        let (s, m) = status(&[reading("a", 0, 100), reading("b", 1200, 200)]);
+        assert_eq!(s, Status::Ok, "{m}");
+        assert!(
+            m.contains("2 clocks of peers and nodes within 1200 ms"),
+            "{m}"
+        );
+        let (s, m) = status(&[
+            reading("peer 1", -800, 1),
+            reading("node n", 300, 1),
+            reading("peer 2", 0, 1),
+        ]);
+        assert_eq!(s, Status::Warn, "{m}");
+        assert!(m.starts_with("node n is 1.1 s ahead of peer 1"), "{m}");
+        let (s, _) = status(&[reading("a", 0, 1), reading("b", 12_000, 1)]);
+        assert_eq!(s, Status::Fail);
+        let (s, _) = status(&[]);
+        assert_eq!(s, Status::Ok);
+    }
+
     #[test]
     fn certificates_warn_under_30_days_and_fail_when_expired() {
         let mut r = Report::default();

@@ -349,6 +349,33 @@ fn a_restarted_follower_is_replicated_to_again_within_seconds() {
 }
 
 #[test]
+fn a_restarted_server_resets_connections_to_its_previous_run() {
+    let mut cluster = Cluster::start(1, &[]);
+    let rt = rt();
+    let client = rt.block_on(cluster.client(0));
+    rt.block_on(client.call(RequestV1::WhoAmI)).unwrap();
+    cluster.peers[0].restart();
+    // The new process keeps the old one's stateless-reset key, so it tells
+    // this client at once that the connection is gone; without it the call
+    // would wait out QUIC's 10 s idle timeout.
+    let started = Instant::now();
+    let answer = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(8), client.call(RequestV1::WhoAmI)).await
+    });
+    let took = started.elapsed();
+    let err = match answer {
+        Ok(Err(e)) => e,
+        Ok(Ok(r)) => panic!("the old connection answered: {r:?}"),
+        Err(_) => panic!("no answer within 8 s"),
+    };
+    assert!(took < Duration::from_secs(2), "told after {took:?}: {err}");
+    assert!(err.to_string().contains("connection"), "{err}");
+    // A new connection works.
+    let again = rt.block_on(cluster.client(0));
+    rt.block_on(again.call(RequestV1::WhoAmI)).unwrap();
+}
+
+#[test]
 fn snapshots_compact_the_log_and_catch_up_a_lagging_peer() {
     let mut cluster = Cluster::start(3, &["--snapshot-every", "20"]);
     cluster.peers[2].kill9();

@@ -43,7 +43,14 @@ pub async fn start(
         .listen
         .parse()
         .map_err(|e| AgentError::Config(format!("--listen {}: {e}", shared.config.listen)))?;
-    let endpoint = quinn::Endpoint::server(server_config, addr)
+    let key_path = shared.config.data_dir.join("quic-reset.key");
+    let endpoint_config = flotilla_api::client::listening_endpoint_config(&key_path)
+        .map_err(|e| AgentError::Config(format!("{}: {e}", key_path.display())))?;
+    let socket = std::net::UdpSocket::bind(addr)
+        .map_err(|e| AgentError::Config(format!("cannot listen on {addr}: {e}")))?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| AgentError::Config("no async runtime for QUIC".into()))?;
+    let endpoint = quinn::Endpoint::new(endpoint_config, Some(server_config), socket, runtime)
         .map_err(|e| AgentError::Config(format!("cannot listen on {addr}: {e}")))?;
     let local = endpoint
         .local_addr()
