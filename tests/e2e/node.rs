@@ -279,10 +279,16 @@ fn an_instance_created_again_during_the_old_ones_grace_period_keeps_its_log() {
     let new = instance_manifest("again", "node-1", &examples().join("ticker.wasm"), "");
     let out = cluster.cli_in(0, &["apply", "-f", "-"], Some(&new));
     assert!(out.status.success(), "{}", stderr(&out));
-    // Past the old one's grace period, the new one's log is still there and
-    // still growing.
-    std::thread::sleep(Duration::from_secs(4));
+    // The old one is killed after its grace period (it says so in the log it
+    // shares with the new one); after that, the new one's log is still there
+    // and still growing.
     let log = nodes[0].log_file("again");
+    wait_for("the old one killed", Duration::from_secs(15), || {
+        std::fs::read_to_string(&log)
+            .ok()?
+            .contains("did not stop within its grace period of 2s: killed")
+            .then_some(())
+    });
     let before = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(before.contains("tick"), "{}: {before:?}", log.display());
     wait_for("the new one's log to grow", Duration::from_secs(10), || {
