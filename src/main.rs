@@ -31,6 +31,14 @@ fn end_quietly_on_a_closed_stdout() {
     }));
 }
 
+fn is_closed_stdout(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 fn main() -> ExitCode {
     end_quietly_on_a_closed_stdout();
     let cli = commands::Cli::parse();
@@ -53,6 +61,9 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(cli.execute()) {
         Ok(code) => code,
+        // Output written with `write_all` (`logs -f | head`) meets the
+        // closed pipe as an error rather than a panic: the same quiet end.
+        Err(e) if is_closed_stdout(&e) => ExitCode::from(CLOSED_PIPE_STATUS as u8),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

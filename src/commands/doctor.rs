@@ -519,7 +519,10 @@ async fn read_clock(client: &Client) -> Option<(i64, i64)> {
     let answer = client.call(RequestV1::Clock).await;
     let half = micros(started.elapsed()) / 2;
     match answer {
-        Ok(ResponseV1::Clock { unix_micros }) => Some((unix_micros - (sent_at + half), half)),
+        Ok(ResponseV1::Clock { unix_micros }) => Some((
+            unix_micros.saturating_sub(sent_at.saturating_add(half)),
+            half,
+        )),
         _ => None,
     }
 }
@@ -538,8 +541,10 @@ fn check_skew(report: &mut Report, readings: &[ClockReading]) {
         report.ok("clocks", "no peer or node clock could be read".into());
         return;
     };
-    let spread = ahead.offset_micros - behind.offset_micros;
-    let surely = spread - ahead.uncertainty_micros - behind.uncertainty_micros;
+    let spread = ahead.offset_micros.saturating_sub(behind.offset_micros);
+    let surely = spread
+        .saturating_sub(ahead.uncertainty_micros)
+        .saturating_sub(behind.uncertainty_micros);
     let hint = "run NTP (chrony, systemd-timesyncd) on every machine; leases and certificates need clocks within a second or two";
     let apart = format!(
         "{} is {:.1} s ahead of {}",
@@ -750,13 +755,18 @@ async fn check_nodes(
         return nodes;
     }
     let probes = probe_tunnels(client, &nodes).await;
+    let mut read_nodes = std::collections::HashSet::new();
     for probe in &probes {
+        // The first Ready node also sends the probes to NotReady nodes: one
+        // reading per node.
         if let Ok(answer) = &probe.outcome {
-            readings.push(ClockReading {
-                who: format!("node {}", probe.from),
-                offset_micros: answer.from_offset_micros,
-                uncertainty_micros: answer.from_uncertainty_micros,
-            });
+            if read_nodes.insert(probe.from.as_str()) {
+                readings.push(ClockReading {
+                    who: format!("node {}", probe.from),
+                    offset_micros: answer.from_offset_micros,
+                    uncertainty_micros: answer.from_uncertainty_micros,
+                });
+            }
         }
     }
     let version = env!("CARGO_PKG_VERSION");
@@ -900,7 +910,7 @@ async fn probe_tunnel(client: &Client, from: &str, to: &str) -> Result<TunnelAns
             ..
         })) => Ok(TunnelAnswer {
             round_trip: Duration::from_micros(round_trip_micros),
-            from_offset_micros: from_clock_micros - (sent_at + half),
+            from_offset_micros: from_clock_micros.saturating_sub(sent_at.saturating_add(half)),
             from_uncertainty_micros: half,
         }),
         Ok(Ok(other)) => Err(format!("unexpected answer: {other:?}")),

@@ -289,8 +289,10 @@ fn an_instance_created_again_during_the_old_ones_grace_period_keeps_its_log() {
             .contains("did not stop within its grace period of 2s: killed")
             .then_some(())
     });
-    let before = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(before.contains("tick"), "{}: {before:?}", log.display());
+    let before = wait_for("the new one's ticks", Duration::from_secs(20), || {
+        let text = std::fs::read_to_string(&log).ok()?;
+        text.contains("tick").then_some(text)
+    });
     wait_for("the new one's log to grow", Duration::from_secs(10), || {
         let now = std::fs::read_to_string(&log).ok()?;
         (now.len() > before.len()).then_some(())
@@ -353,6 +355,36 @@ fn ticker_runs_streams_logs_and_stops_on_delete() {
         seen.iter()
             .all(|l| l.starts_with("tick ") || l == "INFO  ticker starting"),
         "{seen:?}"
+    );
+    // `logs -f | head -1`: once its reader is gone, the next tick ends it
+    // quietly, with SIGPIPE's status.
+    let mut head = Command::new(BIN)
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "--server",
+            &cluster.peers[0].addr,
+            "logs",
+            "-f",
+            "ticker",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(head.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let status = wait_for("logs -f to end", Duration::from_secs(10), || {
+        head.try_wait().unwrap()
+    });
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut head.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(141), "{err}");
+    assert!(
+        !err.contains("Broken pipe") && !err.contains("panicked"),
+        "{err}"
     );
 
     let out = cluster.cli(0, &["delete", "inst", "ticker"]);

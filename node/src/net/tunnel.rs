@@ -97,8 +97,12 @@ pub struct TunnelClient {
     /// The CA and this node's certificate, read at each dial (the agent
     /// renews the certificate under it).
     tls: Option<SharedClientConfig>,
-    conns: Mutex<HashMap<String, (quinn::Endpoint, quinn::Connection)>>,
+    /// One slot per peer address, so that dialling one peer (a dead one can
+    /// take until the dial's timeout) does not hold up requests to others.
+    conns: std::sync::Mutex<HashMap<String, Slot>>,
 }
+
+type Slot = Arc<Mutex<Option<(quinn::Endpoint, quinn::Connection)>>>;
 
 impl TunnelClient {
     /// A client with this node's CA and certificate.
@@ -117,7 +121,7 @@ impl TunnelClient {
     pub fn shared(config: SharedClientConfig) -> Self {
         Self {
             tls: Some(config),
-            conns: Mutex::new(HashMap::new()),
+            conns: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -125,13 +129,23 @@ impl TunnelClient {
     pub fn disabled() -> Self {
         Self {
             tls: None,
-            conns: Mutex::new(HashMap::new()),
+            conns: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
+    fn slot(&self, addr: &str) -> Slot {
+        self.conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(addr.to_string())
+            .or_default()
+            .clone()
+    }
+
     async fn connection(&self, addr: &str) -> Result<quinn::Connection, OutboundError> {
-        let mut conns = self.conns.lock().await;
-        if let Some((_, c)) = conns.get(addr) {
+        let slot = self.slot(addr);
+        let mut cached = slot.lock().await;
+        if let Some((_, c)) = cached.as_ref() {
             if c.close_reason().is_none() {
                 return Ok(c.clone());
             }
@@ -147,12 +161,12 @@ impl TunnelClient {
         let (endpoint, conn) = dial(addr, config)
             .await
             .map_err(|e| OutboundError::Unavailable(format!("tunnel to {addr}: {e}")))?;
-        conns.insert(addr.to_string(), (endpoint, conn.clone()));
+        *cached = Some((endpoint, conn.clone()));
         Ok(conn)
     }
 
     async fn forget(&self, addr: &str) {
-        self.conns.lock().await.remove(addr);
+        *self.slot(addr).lock().await = None;
     }
 
     /// Sends a probe to the node at `addr` over the connection requests use
@@ -198,10 +212,11 @@ impl TunnelClient {
         let peer_clock = peer_clock.ok_or_else(|| {
             OutboundError::Unavailable(format!("tunnel to {addr}: the probe's answer has no clock"))
         })?;
-        let half_way = sent_at + i64::try_from(round_trip.as_micros() / 2).unwrap_or(0);
+        let half_way =
+            sent_at.saturating_add(i64::try_from(round_trip.as_micros() / 2).unwrap_or(0));
         Ok(TunnelProbe {
             round_trip,
-            peer_clock_offset_micros: peer_clock - half_way,
+            peer_clock_offset_micros: peer_clock.saturating_sub(half_way),
         })
     }
 
