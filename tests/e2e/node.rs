@@ -324,20 +324,23 @@ fn ticker_runs_streams_logs_and_stops_on_delete() {
     );
 
     let config = cluster.config();
-    let mut follow = Command::new(BIN)
-        .args([
-            "--config",
-            config.to_str().unwrap(),
-            "--server",
-            &cluster.peers[0].addr,
-            "logs",
-            "-f",
-            "ticker",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let follow_ticker = || {
+        Command::new(BIN)
+            .args([
+                "--config",
+                config.to_str().unwrap(),
+                "--server",
+                &cluster.peers[0].addr,
+                "logs",
+                "-f",
+                "ticker",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut follow = follow_ticker();
     let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
     let started = Instant::now();
     let mut seen = Vec::new();
@@ -358,20 +361,7 @@ fn ticker_runs_streams_logs_and_stops_on_delete() {
     );
     // `logs -f | head -1`: once its reader is gone, the next tick ends it
     // quietly, with SIGPIPE's status.
-    let mut head = Command::new(BIN)
-        .args([
-            "--config",
-            config.to_str().unwrap(),
-            "--server",
-            &cluster.peers[0].addr,
-            "logs",
-            "-f",
-            "ticker",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut head = follow_ticker();
     let mut first = String::new();
     BufReader::new(head.stdout.take().unwrap())
         .read_line(&mut first)
