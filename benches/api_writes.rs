@@ -3,7 +3,8 @@
 //! `flotilla server` processes on loopback.
 //!
 //! Run: `cargo bench --bench api_writes` (FLOTILLA_BENCH_SECS sets the seconds
-//! per measurement, default 10).
+//! per measurement, default 10; FLOTILLA_BENCH_COMPARE_BIN=PATH runs that
+//! binary and this build in turn, A B B A, each on a fresh cluster).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -13,7 +14,7 @@ use flotilla_api::manifest::parse_manifests;
 
 mod support;
 
-use support::{flotilla, spawn_listening, Proc};
+use support::{flotilla_bin, spawn_listening, Proc, BIN};
 
 /// A server process and the address it listens on.
 struct Peer {
@@ -21,20 +22,23 @@ struct Peer {
     addr: String,
 }
 
-fn start(dir: &Path, extra: &[&str], threads: Option<usize>) -> Peer {
+fn start(bin: &str, dir: &Path, extra: &[&str], threads: Option<usize>) -> Peer {
     // The store and the API alone: controllers would answer every Service
     // created with an Endpoints object of their own, a second write.
-    let mut cmd = flotilla(&[
-        "server",
-        "--listen",
-        "127.0.0.1:0",
-        "--no-scheduler",
-        "--no-controllers",
-        // Every Service claims a cluster IP: 10 s at 64 clients needs more
-        // than the default /16's 65,536.
-        "--service-cidr",
-        "10.0.0.0/8",
-    ]);
+    let mut cmd = flotilla_bin(
+        bin,
+        &[
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-scheduler",
+            "--no-controllers",
+            // Every Service claims a cluster IP: 10 s at 64 clients needs more
+            // than the default /16's 65,536.
+            "--service-cidr",
+            "10.0.0.0/8",
+        ],
+    );
     cmd.arg("--data-dir")
         .arg(dir)
         .args(
@@ -48,8 +52,13 @@ fn start(dir: &Path, extra: &[&str], threads: Option<usize>) -> Peer {
     Peer { _proc: proc, addr }
 }
 
-async fn cluster(dir: &Path, n: usize, threads: Option<usize>) -> (Vec<Peer>, ClientConfig) {
-    let mut peers = vec![start(&dir.join("p1"), &[], threads)];
+async fn cluster(
+    bin: &str,
+    dir: &Path,
+    n: usize,
+    threads: Option<usize>,
+) -> (Vec<Peer>, ClientConfig) {
+    let mut peers = vec![start(bin, &dir.join("p1"), &[], threads)];
     let config = ClientConfig::load(&dir.join("p1/admin.config")).unwrap();
     let client = loop {
         if let Ok(c) = Client::connect(&config).await {
@@ -73,6 +82,7 @@ async fn cluster(dir: &Path, n: usize, threads: Option<usize>) -> (Vec<Peer>, Cl
         };
         let addr = peers[0].addr.clone();
         peers.push(start(
+            bin,
             &dir.join(format!("p{}", i + 1)),
             &["--join", &addr, "--token", &token],
             threads,
@@ -92,6 +102,7 @@ async fn cluster(dir: &Path, n: usize, threads: Option<usize>) -> (Vec<Peer>, Cl
 }
 
 struct Measured {
+    build: &'static str,
     peers: usize,
     threads: Option<usize>,
     clients: usize,
@@ -161,42 +172,59 @@ fn main() {
         .ok()
         .and_then(|c| c.parse().ok())
         .map_or(vec![1, 64], |c| vec![c]);
+    // With FLOTILLA_BENCH_COMPARE_BIN, that binary and this build take turns
+    // (A B B A) on every configuration, each turn on a fresh cluster.
+    let turns: Vec<(&'static str, String)> = match std::env::var("FLOTILLA_BENCH_COMPARE_BIN") {
+        Ok(other) => vec![
+            ("baseline", other.clone()),
+            ("this build", BIN.to_string()),
+            ("this build", BIN.to_string()),
+            ("baseline", other),
+        ],
+        Err(_) => vec![("this build", BIN.to_string())],
+    };
     for (peers, threads) in [(1usize, None), (3, None), (3, Some(1usize))] {
         let name = format!("{peers}x{}", threads.unwrap_or(0));
         if only.as_ref().is_some_and(|o| *o != name) {
             continue;
         }
-        let dir = tempfile::tempdir().unwrap();
-        rt.block_on(async {
-            let (_peers, config) = cluster(dir.path(), peers, threads).await;
-            // Warm up connections and the log.
-            let _ = measure(&config, 4, 1, "warm").await;
-            for &clients in &client_counts {
-                let (n, elapsed, lat) = measure(
-                    &config,
-                    clients,
-                    secs,
-                    &format!("p{peers}t{}c{clients}", threads.unwrap_or(0)),
-                )
-                .await;
-                let p = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)];
-                results.push(Measured {
-                    peers,
-                    threads,
-                    clients,
-                    creates: n,
-                    secs: elapsed,
-                    p50: p(0.5),
-                    p99: p(0.99),
-                });
-            }
-        });
+        for (build, bin) in &turns {
+            let dir = tempfile::tempdir().unwrap();
+            rt.block_on(async {
+                let (_peers, config) = cluster(bin, dir.path(), peers, threads).await;
+                // Warm up connections and the log.
+                let _ = measure(&config, 4, 1, "warm").await;
+                for &clients in &client_counts {
+                    let (n, elapsed, lat) = measure(
+                        &config,
+                        clients,
+                        secs,
+                        &format!("p{peers}t{}c{clients}", threads.unwrap_or(0)),
+                    )
+                    .await;
+                    let p = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)];
+                    results.push(Measured {
+                        build,
+                        peers,
+                        threads,
+                        clients,
+                        creates: n,
+                        secs: elapsed,
+                        p50: p(0.5),
+                        p99: p(0.99),
+                    });
+                }
+            });
+        }
     }
-    println!("| peers | server worker threads | clients | creates/s | p50 | p99 | creates |");
-    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| build | peers | server worker threads | clients | creates/s | p50 | p99 | creates |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
     for r in &results {
         println!(
-            "| {} | {} | {} | {:.0} | {:.2} ms | {:.2} ms | {} |",
+            "| {} | {} | {} | {} | {:.0} | {:.2} ms | {:.2} ms | {} |",
+            r.build,
             r.peers,
             r.threads
                 .map_or("default (2)".to_string(), |t| t.to_string()),

@@ -9,6 +9,7 @@ use std::ops::RangeBounds;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
+use openraft::raft::AppendEntriesRequest;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
     Entry, ErrorSubject, ErrorVerb, OptionalSend, RaftLogId, RaftLogReader, StorageIOError, Vote,
@@ -23,6 +24,45 @@ struct Inner {
     purged: Option<LogId>,
     committed: Option<LogId>,
     vote: Option<Vote<PeerId>>,
+    /// Where this peer, while it leads, sends its new entries before they are
+    /// on its own disk (see [`LogStore::replicate_early`]).
+    early: Option<(PeerId, tokio::sync::mpsc::UnboundedSender<EarlyAppend>)>,
+}
+
+/// A leader's new entries as the append its followers would get from it.
+pub type EarlyAppend = AppendEntriesRequest<TypeConfig>;
+
+impl Inner {
+    /// The append a leader sends for `entries`, when this peer leads the
+    /// term that made them and knows the entry before them.
+    fn early_append(&self, entries: &[Entry<TypeConfig>]) -> Option<EarlyAppend> {
+        let (me, _) = self.early.as_ref()?;
+        let vote = self.vote?;
+        let first = entries.first()?;
+        let own_term = vote.is_committed() && vote.leader_id().voted_for() == Some(*me);
+        if !own_term
+            || entries
+                .iter()
+                .any(|e| e.log_id.leader_id != *vote.leader_id())
+        {
+            return None;
+        }
+        let prev_log_id = match first.log_id.index.checked_sub(1) {
+            None => None,
+            Some(prev) => Some(
+                self.entries
+                    .get(&prev)
+                    .map(|e| e.log_id)
+                    .or(self.purged.filter(|p| p.index == prev))?,
+            ),
+        };
+        Some(AppendEntriesRequest {
+            vote,
+            prev_log_id,
+            entries: entries.to_vec(),
+            leader_commit: self.committed,
+        })
+    }
 }
 
 /// The raft log store; clones share the same log.
@@ -123,6 +163,7 @@ impl LogStore {
                 purged,
                 committed,
                 vote,
+                early: None,
             })),
         })
     }
@@ -131,6 +172,20 @@ impl LogStore {
         // A panic while holding the lock leaves the log as the backend last wrote
         // it; the in-memory copy is still a prefix of it, so go on.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// From now on, entries this peer appends as leader are also sent to
+    /// `tx` as an append for its followers, as soon as they are written and
+    /// before they are synced.
+    ///
+    /// openraft 0.9 waits for the leader's own fsync before it replicates, so
+    /// without this the leader's and the followers' fsyncs run one after the
+    /// other. A follower treats the early append like any append from its
+    /// leader; when openraft's own append of the same entries arrives, they
+    /// are already there. The leader still counts itself only once its fsync
+    /// is done, so nothing commits on fewer durable copies than before.
+    pub fn replicate_early(&self, me: PeerId, tx: tokio::sync::mpsc::UnboundedSender<EarlyAppend>) {
+        self.lock().early = Some((me, tx));
     }
 
     /// The index of the last entry known committed (0 before any).
@@ -234,6 +289,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .backend
             .append(&encoded)
             .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        if let Some(early) = inner.early_append(&entries) {
+            if let Some((_, tx)) = &inner.early {
+                let _ = tx.send(early);
+            }
+        }
         for e in entries {
             inner.entries.insert(e.log_id.index, e);
         }

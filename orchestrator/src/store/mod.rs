@@ -17,6 +17,7 @@ pub mod network;
 pub mod state_machine;
 pub mod types;
 pub mod wal;
+pub mod write_behind;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -38,6 +39,7 @@ use self::types::Proposal;
 pub use self::types::{
     Action, Command, CommandResponse, Op, PeerId, Precondition, Raft, Rejection, StoredValue,
 };
+use self::write_behind::WriteBehind;
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -131,7 +133,9 @@ impl Store {
     pub async fn open(config: StoreConfig, net: Arc<PeerNet>) -> Result<Arc<Self>> {
         let (wal, recovered) = wal::Wal::open(&config.dir.join("wal"))?;
         let log = LogStore::open(Box::new(wal), recovered)?;
-        let backend = Arc::new(SledBackend::open(&config.dir.join("state"))?);
+        let backend = Arc::new(WriteBehind::new(Box::new(SledBackend::open(
+            &config.dir.join("state"),
+        )?))?);
         let sm = StateMachine::open(backend, config.history)?;
         let reader = sm.reader();
         let raft_config = openraft::Config {
@@ -170,6 +174,9 @@ impl Store {
             proposals,
         });
         tokio::spawn(run_proposer(Arc::downgrade(&store), rx, in_flight));
+        let (early_tx, early_rx) = mpsc::unbounded_channel();
+        store.log.replicate_early(store.id, early_tx);
+        tokio::spawn(run_early_replication(Arc::downgrade(&store), early_rx));
         Ok(store)
     }
 
@@ -694,6 +701,48 @@ impl Store {
     /// Stops raft.
     pub async fn shutdown(&self) {
         let _ = self.raft.shutdown().await;
+    }
+}
+
+/// How long an early append may take; openraft's own append follows anyway.
+const EARLY_APPEND_TIMEOUT: Duration = Duration::from_secs(1);
+/// Early appends go only to followers that answered this recently: one that
+/// does not answer gets openraft's appends alone, not a pile of early ones.
+const EARLY_APPEND_IF_ANSWERED: Duration = Duration::from_secs(1);
+
+/// Sends each early append (see [`LogStore::replicate_early`]) to every other
+/// voter that answers, without waiting for one before the next; answers are
+/// not needed, since openraft's own append of the same entries follows.
+async fn run_early_replication(
+    store: std::sync::Weak<Store>,
+    mut rx: mpsc::UnboundedReceiver<log_store::EarlyAppend>,
+) {
+    while let Some(rpc) = rx.recv().await {
+        let Some(store) = store.upgrade() else {
+            return;
+        };
+        let followers: Vec<(PeerId, String)> = {
+            let metrics = store.raft.metrics();
+            let metrics = metrics.borrow();
+            let membership = metrics.membership_config.membership();
+            membership
+                .voter_ids()
+                .filter(|id| {
+                    *id != store.id && store.net.answered_within(*id, EARLY_APPEND_IF_ANSWERED)
+                })
+                .filter_map(|id| membership.get_node(&id).map(|n| (id, n.addr.clone())))
+                .collect()
+        };
+        let request = Arc::new(PeerRequest::Append(rpc));
+        for (peer, addr) in followers {
+            let (store, request) = (store.clone(), request.clone());
+            tokio::spawn(async move {
+                let _ = store
+                    .net
+                    .call(peer, &addr, &request, EARLY_APPEND_TIMEOUT)
+                    .await;
+            });
+        }
     }
 }
 

@@ -185,6 +185,15 @@ impl PeerNet {
         ids
     }
 
+    /// Whether `peer` answered a call of ours within `within`.
+    pub fn answered_within(&self, peer: PeerId, within: Duration) -> bool {
+        self.answered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&peer)
+            .is_some_and(|t| t.elapsed() <= within)
+    }
+
     fn slot(&self, peer: PeerId) -> Slot {
         self.slots
             .lock()
