@@ -713,6 +713,10 @@ const EARLY_APPEND_IF_ANSWERED: Duration = Duration::from_secs(1);
 /// Sends each early append (see [`LogStore::replicate_early`]) to every other
 /// voter that answers, without waiting for one before the next; answers are
 /// not needed, since openraft's own append of the same entries follows.
+///
+/// Only while this peer commits one entry at a time: with several in flight,
+/// one entry's fsync already overlaps another's replication, and a second
+/// copy of every entry would only cost CPU.
 async fn run_early_replication(
     store: std::sync::Weak<Store>,
     mut rx: mpsc::UnboundedReceiver<log_store::EarlyAppend>,
@@ -721,6 +725,9 @@ async fn run_early_replication(
         let Some(store) = store.upgrade() else {
             return;
         };
+        if store.in_flight.available_permits() + 1 < PROPOSALS_IN_FLIGHT {
+            continue;
+        }
         let followers: Vec<(PeerId, String)> = {
             let metrics = store.raft.metrics();
             let metrics = metrics.borrow();

@@ -1,5 +1,6 @@
 //! A [`StateBackend`] that takes writes into memory and hands them to the
-//! backend below in batches, every [`FLUSH_EVERY`].
+//! backend below in batches, every [`FLUSH_EVERY`] or every [`FLUSH_KEYS`]
+//! keys, whichever comes first.
 //!
 //! sled makes every atomic batch its own pair of log-buffer writes, which cost
 //! more than the rest of applying a raft entry. Batching many entries into one
@@ -22,6 +23,10 @@ use super::types::StoredValue;
 
 /// How often pending writes go to the backend below.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
+/// Pending keys that wake the flusher before its time. sled holds every read
+/// while it applies a batch, so batches stay small enough not to stall the
+/// reads of the raft apply path.
+pub const FLUSH_KEYS: usize = 256;
 /// Pending keys beyond which a write flushes at once rather than wait.
 const MAX_PENDING: usize = 50_000;
 
@@ -193,6 +198,9 @@ impl StateBackend for WriteBehind {
             }
             pending.seq += 1;
             pending.meta = Some((pending.seq, meta.to_vec()));
+            if pending.entries.len() >= FLUSH_KEYS {
+                self.shared.wake.notify_one();
+            }
             pending.entries.len() >= MAX_PENDING
         };
         if must_flush {
