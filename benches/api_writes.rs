@@ -14,7 +14,7 @@ use flotilla_api::manifest::parse_manifests;
 
 mod support;
 
-use support::{flotilla_bin, spawn_listening, Proc, BIN};
+use support::{bare_server, spawn_listening, Proc, BIN};
 
 /// A server process and the address it listens on.
 struct Peer {
@@ -23,21 +23,13 @@ struct Peer {
 }
 
 fn start(bin: &str, dir: &Path, extra: &[&str], threads: Option<usize>) -> Peer {
-    // The store and the API alone: controllers would answer every Service
-    // created with an Endpoints object of their own, a second write.
-    let mut cmd = flotilla_bin(
+    // No controllers: they would answer every Service created with an
+    // Endpoints object of their own, a second write.
+    let mut cmd = bare_server(
         bin,
-        &[
-            "server",
-            "--listen",
-            "127.0.0.1:0",
-            "--no-scheduler",
-            "--no-controllers",
-            // Every Service claims a cluster IP: 10 s at 64 clients needs more
-            // than the default /16's 65,536.
-            "--service-cidr",
-            "10.0.0.0/8",
-        ],
+        // Every Service claims a cluster IP: 10 s at 64 clients needs more
+        // than the default /16's 65,536.
+        &["--service-cidr", "10.0.0.0/8"],
     );
     cmd.arg("--data-dir")
         .arg(dir)

@@ -25,7 +25,7 @@ use flotilla_api::wire::{EventType, RequestV1, ResponseV1};
 
 mod support;
 
-use support::{flotilla_bin, spawn_listening, Proc, BIN};
+use support::{bare_server, spawn_listening, Proc, BIN};
 
 /// `(module (func (export "_start")))`: the hollow runtime never runs it.
 const MODULE: &[u8] = &[
@@ -42,19 +42,8 @@ fn env_usize(name: &str, default: usize) -> usize {
 }
 
 fn start_server(bin: &str, dir: &Path) -> (Proc, String) {
-    let mut cmd = flotilla_bin(
-        bin,
-        &[
-            "server",
-            "--listen",
-            "127.0.0.1:0",
-            "--no-scheduler",
-            "--no-controllers",
-            // 1,000 nodes need more than the default /16's 256 node ranges.
-            "--cluster-cidr",
-            "10.0.0.0/8",
-        ],
-    );
+    // 1,000 nodes need more than the default /16's 256 node ranges.
+    let mut cmd = bare_server(bin, &["--cluster-cidr", "10.0.0.0/8"]);
     cmd.arg("--data-dir").arg(dir);
     spawn_listening(cmd)
 }

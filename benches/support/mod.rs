@@ -46,6 +46,23 @@ pub fn flotilla(args: &[&str]) -> Command {
     flotilla_bin(BIN, args)
 }
 
+/// `flotilla server` of `bin` on a free loopback port, with the store and
+/// the API alone (no scheduler, no controllers), plus `extra`.
+pub fn bare_server(bin: &str, extra: &[&str]) -> Command {
+    let mut cmd = flotilla_bin(
+        bin,
+        &[
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-scheduler",
+            "--no-controllers",
+        ],
+    );
+    cmd.args(extra);
+    cmd
+}
+
 /// [`flotilla`] of another build of the binary.
 pub fn flotilla_bin(bin: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new(bin);
