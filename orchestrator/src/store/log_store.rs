@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io;
 use std::ops::RangeBounds;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
 use openraft::raft::AppendEntriesRequest;
@@ -26,7 +26,14 @@ struct Inner {
     vote: Option<Vote<PeerId>>,
     /// Where this peer, while it leads, sends its new entries before they are
     /// on its own disk (see [`LogStore::replicate_early`]).
-    early: Option<(PeerId, tokio::sync::mpsc::UnboundedSender<EarlyAppend>)>,
+    early: Option<EarlyReplication>,
+}
+
+struct EarlyReplication {
+    me: PeerId,
+    tx: tokio::sync::mpsc::UnboundedSender<EarlyAppend>,
+    /// Writes this peer is committing; early appends only while it is one.
+    committing: Arc<AtomicUsize>,
 }
 
 /// A leader's new entries as the append its followers would get from it.
@@ -36,7 +43,11 @@ impl Inner {
     /// The append a leader sends for `entries`, when this peer leads the
     /// term that made them and knows the entry before them.
     fn early_append(&self, entries: &[Entry<TypeConfig>]) -> Option<EarlyAppend> {
-        let (me, _) = self.early.as_ref()?;
+        let early = self.early.as_ref()?;
+        if early.committing.load(Ordering::Relaxed) > 1 {
+            return None;
+        }
+        let me = &early.me;
         let vote = self.vote?;
         let first = entries.first()?;
         let own_term = vote.is_committed() && vote.leader_id().voted_for() == Some(*me);
@@ -184,8 +195,47 @@ impl LogStore {
     /// leader; when openraft's own append of the same entries arrives, they
     /// are already there. The leader still counts itself only once its fsync
     /// is done, so nothing commits on fewer durable copies than before.
-    pub fn replicate_early(&self, me: PeerId, tx: tokio::sync::mpsc::UnboundedSender<EarlyAppend>) {
-        self.lock().early = Some((me, tx));
+    ///
+    /// Only while `committing` (the writes this peer is committing) is at
+    /// most one: with several in flight, one entry's fsync already overlaps
+    /// another's replication, and a second copy of every entry would only
+    /// cost CPU.
+    pub fn replicate_early(
+        &self,
+        me: PeerId,
+        tx: tokio::sync::mpsc::UnboundedSender<EarlyAppend>,
+        committing: Arc<AtomicUsize>,
+    ) {
+        self.lock().early = Some(EarlyReplication { me, tx, committing });
+    }
+
+    /// Makes a vote this peer holds as leader an ordinary vote for itself, so
+    /// that after a restart it leads again only after an election, in a new
+    /// term.
+    ///
+    /// openraft 0.9 would resume leading in the old term, numbering new
+    /// entries from the end of its log on disk. With early replication a
+    /// follower may hold an entry of that term the leader lost in a crash
+    /// before its fsync; the same log id would then name two different
+    /// entries. An election cannot pass that follower by: its log is longer.
+    pub fn step_down_after_restart(&self, me: PeerId) -> io::Result<()> {
+        let mut inner = self.lock();
+        let Some(vote) = inner.vote else {
+            return Ok(());
+        };
+        if !vote.is_committed() || vote.leader_id().voted_for() != Some(me) {
+            return Ok(());
+        }
+        let plain = Vote::new(vote.leader_id().get_term(), me);
+        let bytes = postcard::to_allocvec(&plain).map_err(io::Error::other)?;
+        inner.backend.save_vote(&bytes)?;
+        inner.vote = Some(plain);
+        Ok(())
+    }
+
+    /// The vote last saved.
+    pub fn vote(&self) -> Option<Vote<PeerId>> {
+        self.lock().vote
     }
 
     /// The index of the last entry known committed (0 before any).
@@ -290,8 +340,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .append(&encoded)
             .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
         if let Some(early) = inner.early_append(&entries) {
-            if let Some((_, tx)) = &inner.early {
-                let _ = tx.send(early);
+            if let Some(replication) = &inner.early {
+                let _ = replication.tx.send(early);
             }
         }
         for e in entries {

@@ -21,6 +21,7 @@ pub mod write_behind;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -104,6 +105,8 @@ pub struct Store {
     log: LogStore,
     proposals: mpsc::UnboundedSender<Pending>,
     in_flight: Arc<Semaphore>,
+    /// Writes being committed by this peer as leader, its own and forwarded.
+    committing: Arc<AtomicUsize>,
 }
 
 type Pending = (Command, oneshot::Sender<Result<CommandResponse>>);
@@ -133,6 +136,7 @@ impl Store {
     pub async fn open(config: StoreConfig, net: Arc<PeerNet>) -> Result<Arc<Self>> {
         let (wal, recovered) = wal::Wal::open(&config.dir.join("wal"))?;
         let log = LogStore::open(Box::new(wal), recovered)?;
+        log.step_down_after_restart(config.id)?;
         let backend = Arc::new(WriteBehind::new(Box::new(SledBackend::open(
             &config.dir.join("state"),
         )?))?);
@@ -172,10 +176,13 @@ impl Store {
             config,
             log,
             proposals,
+            committing: Arc::new(AtomicUsize::new(0)),
         });
         tokio::spawn(run_proposer(Arc::downgrade(&store), rx, in_flight));
         let (early_tx, early_rx) = mpsc::unbounded_channel();
-        store.log.replicate_early(store.id, early_tx);
+        store
+            .log
+            .replicate_early(store.id, early_tx, store.committing.clone());
         tokio::spawn(run_early_replication(Arc::downgrade(&store), early_rx));
         Ok(store)
     }
@@ -455,6 +462,7 @@ impl Store {
         deadline: Instant,
     ) -> std::result::Result<Vec<CommandResponse>, ForwardError> {
         let remaining = deadline.saturating_duration_since(Instant::now());
+        let _counted = Committing::start(&self.committing);
         match tokio::time::timeout(remaining, self.raft.client_write(proposal)).await {
             Ok(Ok(resp)) => Ok(resp.data),
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
@@ -704,6 +712,22 @@ impl Store {
     }
 }
 
+/// Counts one write being committed while it lives.
+struct Committing<'a>(&'a AtomicUsize);
+
+impl<'a> Committing<'a> {
+    fn start(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for Committing<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// How long an early append may take; openraft's own append follows anyway.
 const EARLY_APPEND_TIMEOUT: Duration = Duration::from_secs(1);
 /// Early appends go only to followers that answered this recently: one that
@@ -713,10 +737,6 @@ const EARLY_APPEND_IF_ANSWERED: Duration = Duration::from_secs(1);
 /// Sends each early append (see [`LogStore::replicate_early`]) to every other
 /// voter that answers, without waiting for one before the next; answers are
 /// not needed, since openraft's own append of the same entries follows.
-///
-/// Only while this peer commits one entry at a time: with several in flight,
-/// one entry's fsync already overlaps another's replication, and a second
-/// copy of every entry would only cost CPU.
 async fn run_early_replication(
     store: std::sync::Weak<Store>,
     mut rx: mpsc::UnboundedReceiver<log_store::EarlyAppend>,
@@ -725,9 +745,6 @@ async fn run_early_replication(
         let Some(store) = store.upgrade() else {
             return;
         };
-        if store.in_flight.available_permits() + 1 < PROPOSALS_IN_FLIGHT {
-            continue;
-        }
         let followers: Vec<(PeerId, String)> = {
             let metrics = store.raft.metrics();
             let metrics = metrics.borrow();
@@ -888,6 +905,31 @@ mod tests {
         store.read_barrier().await.unwrap();
         let after = store.reader().scan("/k/").unwrap();
         assert_eq!(before, after, "every key and revision is back after reopen");
+        store.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_restarted_leader_leads_again_only_in_a_new_term() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig::new(1, dir.path().to_path_buf());
+        let store = single_peer(config.clone()).await;
+        put_now(&store, "/k/before").await;
+        let first_term = store.raft().metrics().borrow().current_term;
+        store.shutdown().await;
+        drop(store);
+
+        let store = Store::open(config, peer_net()).await.unwrap();
+        assert_eq!(
+            store.wait_for_leader(Duration::from_secs(10)).await,
+            Some(1)
+        );
+        let term = store.raft().metrics().borrow().current_term;
+        assert!(
+            term > first_term,
+            "leads again in term {term}, as before the restart"
+        );
+        put_now(&store, "/k/after").await;
+        assert_eq!(store.reader().scan("/k/").unwrap().len(), 2);
         store.shutdown().await;
     }
 

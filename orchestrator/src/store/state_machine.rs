@@ -111,6 +111,39 @@ pub struct Shared {
     applied: watch::Sender<u64>,
     /// Revision of the last applied change (what lists and watches speak).
     revision: std::sync::atomic::AtomicU64,
+    /// Held while a snapshot is compared with the stored one and saved.
+    saving_snapshot: Mutex<()>,
+}
+
+impl Shared {
+    /// Saves a snapshot unless the stored one is newer: openraft builds
+    /// snapshots in a task of their own, so a build can finish after an
+    /// install of a newer snapshot from the leader.
+    fn save_snapshot_unless_older(
+        &self,
+        meta: &SnapshotMeta<PeerId, openraft::BasicNode>,
+        data: &[u8],
+    ) -> Result<(), StorageError> {
+        let _one = self
+            .saving_snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let stored = self
+            .backend
+            .load_snapshot()
+            .map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        if let Some((stored_meta, _)) = stored {
+            let stored_meta: SnapshotMeta<PeerId, openraft::BasicNode> =
+                postcard::from_bytes(&stored_meta).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+            if stored_meta.last_log_id > meta.last_log_id {
+                return Ok(());
+            }
+        }
+        let encoded = postcard::to_allocvec(meta).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        self.backend
+            .save_snapshot(&encoded, data)
+            .map_err(|e| snap_err(ErrorVerb::Write, e))
+    }
 }
 
 /// A cheap, cloneable reader of the applied state.
@@ -297,6 +330,7 @@ impl StateMachine {
             }),
             applied: watch::channel(applied).0,
             revision: std::sync::atomic::AtomicU64::new(revision),
+            saving_snapshot: Mutex::new(()),
         });
         Ok(Self { shared, meta })
     }
@@ -543,11 +577,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .backend
             .replace_all(body.items, &encoded_meta)
             .map_err(|e| snap_err(ErrorVerb::Write, e))?;
-        let snap_meta = postcard::to_allocvec(meta).map_err(|e| snap_err(ErrorVerb::Write, e))?;
-        self.shared
-            .backend
-            .save_snapshot(&snap_meta, &data)
-            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        self.shared.save_snapshot_unless_older(meta, &data)?;
         let applied = meta.last_log_id.map_or(0, |l| l.index);
         let body_revision = self.meta.revision;
         self.shared
@@ -615,17 +645,13 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             last_membership: self.meta.membership.clone(),
             snapshot_id,
         };
-        let encoded = postcard::to_allocvec(&meta).map_err(|e| snap_err(ErrorVerb::Write, e))?;
         // The snapshot is durable, and so is the key space it was taken from, before
         // raft may purge the log it replaces.
         self.shared
             .backend
             .flush()
             .map_err(|e| snap_err(ErrorVerb::Write, e))?;
-        self.shared
-            .backend
-            .save_snapshot(&encoded, &data)
-            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        self.shared.save_snapshot_unless_older(&meta, &data)?;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),

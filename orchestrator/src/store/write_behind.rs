@@ -39,7 +39,9 @@ struct Pending {
     meta: Option<(u64, Vec<u8>)>,
     seq: u64,
     stopping: bool,
-    /// A background flush that failed; later writes report it.
+    /// A flush that failed. The key space below may then hold less than was
+    /// applied, so every later write and flush fails with it, and raft stops
+    /// this peer's state machine rather than go on over it.
     failed: Option<String>,
 }
 
@@ -59,8 +61,19 @@ impl Shared {
     /// Moves everything pending to the backend below in one atomic write.
     fn flush_pending(&self) -> io::Result<()> {
         let _one = self.flushing.lock().unwrap_or_else(|p| p.into_inner());
+        let result = self.flush_pending_once();
+        if let Err(e) = &result {
+            self.pending().failed.get_or_insert_with(|| e.to_string());
+        }
+        result
+    }
+
+    fn flush_pending_once(&self) -> io::Result<()> {
         let (changes, written, meta) = {
             let pending = self.pending();
+            if let Some(failed) = &pending.failed {
+                return Err(earlier_failure(failed));
+            }
             let Some((meta_seq, meta)) = pending.meta.clone() else {
                 return Ok(());
             };
@@ -85,6 +98,12 @@ impl Shared {
         }
         Ok(())
     }
+}
+
+fn earlier_failure(failed: &str) -> io::Error {
+    io::Error::other(format!(
+        "an earlier write of the key space failed: {failed}"
+    ))
 }
 
 /// The write-behind key space over another backend.
@@ -127,7 +146,7 @@ fn run_flusher(shared: &Shared) {
         }
         if let Err(e) = shared.flush_pending() {
             tracing::error!(error = %e, "writing the state machine's key space failed");
-            shared.pending().failed = Some(e.to_string());
+            return;
         }
     }
 }
@@ -187,9 +206,7 @@ impl StateBackend for WriteBehind {
         let must_flush = {
             let mut pending = self.shared.pending();
             if let Some(failed) = &pending.failed {
-                return Err(io::Error::other(format!(
-                    "an earlier write of the key space failed: {failed}"
-                )));
+                return Err(earlier_failure(failed));
             }
             for (key, value) in changes {
                 pending.seq += 1;
@@ -222,12 +239,17 @@ impl StateBackend for WriteBehind {
             .flushing
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        {
-            let mut pending = self.shared.pending();
-            pending.entries.clear();
-            pending.meta = None;
+        // Readers wait while the snapshot goes in: with pending writes gone
+        // and the backend below not yet replaced, they would see older
+        // values than they may have seen already.
+        let mut pending = self.shared.pending();
+        if let Some(failed) = &pending.failed {
+            return Err(earlier_failure(failed));
         }
-        self.shared.below.replace_all(items, meta)
+        self.shared.below.replace_all(items, meta)?;
+        pending.entries.clear();
+        pending.meta = None;
+        Ok(())
     }
 
     fn save_snapshot(&self, meta: &[u8], data: &[u8]) -> io::Result<()> {
