@@ -14,7 +14,7 @@ use flotilla_api::manifest::parse_manifests;
 
 mod support;
 
-use support::{bare_server, spawn_listening, Proc, BIN};
+use support::{bare_server, spawn_listening, turns, Proc};
 
 /// A server process and the address it listens on.
 struct Peer {
@@ -168,17 +168,8 @@ fn main() {
         .ok()
         .and_then(|c| c.parse().ok())
         .map_or(vec![1, 64], |c| vec![c]);
-    // With FLOTILLA_BENCH_COMPARE_BIN, that binary and this build take turns
-    // (A B B A) on every configuration, each turn on a fresh cluster.
-    let turns: Vec<(&'static str, String)> = match std::env::var("FLOTILLA_BENCH_COMPARE_BIN") {
-        Ok(other) => vec![
-            ("baseline", other.clone()),
-            ("this build", BIN.to_string()),
-            ("this build", BIN.to_string()),
-            ("baseline", other),
-        ],
-        Err(_) => vec![("this build", BIN.to_string())],
-    };
+    // Every configuration, each turn on a fresh cluster.
+    let turns = turns();
     for (peers, threads) in [(1usize, None), (3, None), (3, Some(1usize))] {
         let name = format!("{peers}x{}", threads.unwrap_or(0));
         if only.as_ref().is_some_and(|o| *o != name) {

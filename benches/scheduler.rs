@@ -25,7 +25,7 @@ use flotilla_api::wire::{EventType, RequestV1, ResponseV1};
 
 mod support;
 
-use support::{bare_server, spawn_listening, Proc, BIN};
+use support::{bare_server, spawn_listening, turns, Proc};
 
 /// `(module (func (export "_start")))`: the hollow runtime never runs it.
 const MODULE: &[u8] = &[
@@ -98,17 +98,8 @@ fn instance(digest: &str, name: &str) -> Object {
 async fn main() {
     let nodes = env_usize("FLOTILLA_BENCH_NODES", 1000);
     let instances = env_usize("FLOTILLA_BENCH_INSTANCES", 10_000);
-    // With FLOTILLA_BENCH_COMPARE_BIN, that binary and this build take turns
-    // (A B B A), each a whole run: its own server, nodes and scheduler.
-    let turns: Vec<(&str, String)> = match std::env::var("FLOTILLA_BENCH_COMPARE_BIN") {
-        Ok(other) => vec![
-            ("baseline", other.clone()),
-            ("this build", BIN.to_string()),
-            ("this build", BIN.to_string()),
-            ("baseline", other),
-        ],
-        Err(_) => vec![("this build", BIN.to_string())],
-    };
+    // Each turn a whole run: its own server, nodes and scheduler.
+    let turns = turns();
     let mut results: Vec<(&str, Results)> = Vec::new();
     for (label, bin) in &turns {
         println!("== {label}: {bin}");

@@ -63,6 +63,21 @@ pub fn bare_server(bin: &str, extra: &[&str]) -> Command {
     cmd
 }
 
+/// Which builds take turns: with FLOTILLA_BENCH_COMPARE_BIN=PATH, that binary
+/// and this build, A B B A, so that drift over the run falls on both alike;
+/// else this build alone.
+pub fn turns() -> Vec<(&'static str, String)> {
+    match std::env::var("FLOTILLA_BENCH_COMPARE_BIN") {
+        Ok(other) => vec![
+            ("baseline", other.clone()),
+            ("this build", BIN.to_string()),
+            ("this build", BIN.to_string()),
+            ("baseline", other),
+        ],
+        Err(_) => vec![("this build", BIN.to_string())],
+    }
+}
+
 /// [`flotilla`] of another build of the binary.
 pub fn flotilla_bin(bin: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new(bin);
