@@ -897,11 +897,7 @@ mod tests {
         store.shutdown().await;
         drop(store);
 
-        let store = Store::open(config, peer_net()).await.unwrap();
-        assert_eq!(
-            store.wait_for_leader(Duration::from_secs(10)).await,
-            Some(1)
-        );
+        let store = reopened(config).await;
         store.read_barrier().await.unwrap();
         let after = store.reader().scan("/k/").unwrap();
         assert_eq!(before, after, "every key and revision is back after reopen");
@@ -918,11 +914,7 @@ mod tests {
         store.shutdown().await;
         drop(store);
 
-        let store = Store::open(config, peer_net()).await.unwrap();
-        assert_eq!(
-            store.wait_for_leader(Duration::from_secs(10)).await,
-            Some(1)
-        );
+        let store = reopened(config).await;
         let term = store.raft().metrics().borrow().current_term;
         assert!(
             term > first_term,
@@ -931,6 +923,16 @@ mod tests {
         put_now(&store, "/k/after").await;
         assert_eq!(store.reader().scan("/k/").unwrap().len(), 2);
         store.shutdown().await;
+    }
+
+    /// A one-peer store opened again on its directory, once it leads.
+    async fn reopened(config: StoreConfig) -> Arc<Store> {
+        let store = Store::open(config, peer_net()).await.unwrap();
+        assert_eq!(
+            store.wait_for_leader(Duration::from_secs(10)).await,
+            Some(1)
+        );
+        store
     }
 
     /// A one-peer store, leading.
