@@ -9,8 +9,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use flotilla_api::client::{Client, ClientConfig};
 use flotilla_api::manifest::parse_manifests;
+use flotilla_client::{Client, ClientConfig};
 
 mod support;
 
@@ -65,11 +65,11 @@ async fn cluster(
     };
     for i in 1..n {
         let token = match client
-            .call(flotilla_api::wire::RequestV1::CreateToken { ttl_seconds: 600 })
+            .call(flotilla_client::wire::RequestV1::CreateToken { ttl_seconds: 600 })
             .await
             .unwrap()
         {
-            flotilla_api::wire::ResponseV1::Token(t) => t,
+            flotilla_client::wire::ResponseV1::Token(t) => t,
             other => panic!("{other:?}"),
         };
         let addr = peers[0].addr.clone();
@@ -81,8 +81,8 @@ async fn cluster(
         ));
     }
     loop {
-        if let Ok(flotilla_api::wire::ResponseV1::Members(m)) =
-            client.call(flotilla_api::wire::RequestV1::Members).await
+        if let Ok(flotilla_client::wire::ResponseV1::Members(m)) =
+            client.call(flotilla_client::wire::RequestV1::Members).await
         {
             if m.iter().filter(|m| m.role != "learner").count() == n {
                 break;

@@ -10,11 +10,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use flotilla_api::client::{Client, ClientConfig};
 use flotilla_api::instance::InstancePhase;
 use flotilla_api::manifest::parse_manifests;
 use flotilla_api::object::{Kind, Object};
-use flotilla_api::wire::{EventType, Propagation, RequestV1, ResponseV1};
+use flotilla_client::wire::{EventType, Propagation, RequestV1, ResponseV1};
+use flotilla_client::{Client, ClientConfig};
 
 mod support;
 

@@ -16,12 +16,12 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use flotilla_api::client::{Client, ClientConfig};
 use flotilla_api::instance::Instance;
 use flotilla_api::meta::ObjectMeta;
 use flotilla_api::object::{Kind, Object};
 use flotilla_api::quantity::Quantity;
-use flotilla_api::wire::{EventType, RequestV1, ResponseV1};
+use flotilla_client::wire::{EventType, RequestV1, ResponseV1};
+use flotilla_client::{Client, ClientConfig};
 
 mod support;
 
@@ -345,7 +345,8 @@ async fn create_all(
                     match client.create(instance(&digest, &name)).await {
                         Ok(_) => break,
                         Err(e)
-                            if e.code() == Some(flotilla_api::wire::ErrorCode::AlreadyExists) =>
+                            if e.code()
+                                == Some(flotilla_client::wire::ErrorCode::AlreadyExists) =>
                         {
                             break
                         }
@@ -377,7 +378,7 @@ async fn connect(config: &ClientConfig) -> Client {
 /// Waits until every `bench-<tag>-*` instance is bound; the first and last
 /// binding times.
 async fn wait_bound(
-    watch: &mut flotilla_api::client::WatchStream,
+    watch: &mut flotilla_client::WatchStream,
     tag: &str,
     count: usize,
 ) -> (Instant, Instant) {

@@ -4,10 +4,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::deployment::{check_rolling_update, check_selector_and_template, IntOrPercent};
-use crate::instance::{short_module, InstanceTemplate, RestartPolicy};
+use crate::instance::{InstanceTemplate, RestartPolicy};
 use crate::labels::Selector;
 use crate::meta::{Condition, ObjectMeta};
-use crate::node::or_none;
 use crate::validation::ValidationErrors;
 
 /// A daemon set (Kubernetes' `DaemonSet`).
@@ -150,35 +149,5 @@ impl DaemonSet {
                 ru.max_unavailable,
             );
         }
-    }
-
-    pub(crate) fn columns(&self, wide: bool, age: String) -> Vec<(&'static str, String)> {
-        let s = &self.status;
-        let selector: Vec<String> = self
-            .spec
-            .template
-            .spec
-            .node_selector
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        let mut cols = vec![
-            ("NAME", self.metadata.name.clone()),
-            ("DESIRED", s.desired_number_scheduled.to_string()),
-            ("CURRENT", s.current_number_scheduled.to_string()),
-            ("READY", s.number_ready.to_string()),
-            ("UP-TO-DATE", s.updated_number_scheduled.to_string()),
-            ("AVAILABLE", s.number_available.to_string()),
-            ("NODE SELECTOR", or_none(&selector.join(","))),
-            ("AGE", age),
-        ];
-        if wide {
-            cols.push((
-                "MODULE",
-                or_none(&short_module(&self.spec.template.spec.module)),
-            ));
-            cols.push(("SELECTOR", or_none(&self.spec.selector.to_string())));
-        }
-        cols
     }
 }

@@ -7,10 +7,9 @@ use std::fmt;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::instance::{short_module, InstanceTemplate, RestartPolicy};
+use crate::instance::{InstanceTemplate, RestartPolicy};
 use crate::labels::Selector;
 use crate::meta::{Condition, ObjectMeta};
-use crate::node::or_none;
 use crate::validation::ValidationErrors;
 
 /// Condition type: at least `replicas - maxUnavailable` instances are available.
@@ -344,28 +343,6 @@ impl Deployment {
                 ),
             );
         }
-    }
-
-    pub(crate) fn columns(&self, wide: bool, age: String) -> Vec<(&'static str, String)> {
-        let s = &self.status;
-        let mut cols = vec![
-            ("NAME", self.metadata.name.clone()),
-            (
-                "READY",
-                format!("{}/{}", s.ready_replicas, self.spec.replicas),
-            ),
-            ("UP-TO-DATE", s.updated_replicas.to_string()),
-            ("AVAILABLE", s.available_replicas.to_string()),
-            ("AGE", age),
-        ];
-        if wide {
-            cols.push((
-                "MODULE",
-                or_none(&short_module(&self.spec.template.spec.module)),
-            ));
-            cols.push(("SELECTOR", or_none(&self.spec.selector.to_string())));
-        }
-        cols
     }
 }
 

@@ -1,7 +1,6 @@
 //! Human durations: `30s`, `5m`, `1h30m`, `500ms`, `2d`, `1.5h`.
 //!
 //! A [`Duration`] keeps the text the user wrote (that is what it serializes to).
-//! Also home of [`format_age`], the short age shown by `flotilla get`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -187,21 +186,6 @@ impl<'de> Deserialize<'de> for Duration {
     }
 }
 
-/// The short age `flotilla get` shows: `5s`, `3m`, `2h`, `4d` (whole units,
-/// rounded down).
-pub fn format_age(d: std::time::Duration) -> String {
-    let s = d.as_secs();
-    if s < 60 {
-        format!("{s}s")
-    } else if s < 3_600 {
-        format!("{}m", s / 60)
-    } else if s < 86_400 {
-        format!("{}h", s / 3_600)
-    } else {
-        format!("{}d", s / 86_400)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,14 +244,10 @@ mod tests {
     }
 
     #[test]
-    fn serde_and_age() {
+    fn serde_round_trip() {
         let d: Duration = serde_json::from_str(r#""1h30m""#).expect("json");
         assert_eq!(serde_json::to_string(&d).expect("ser"), r#""1h30m""#);
         let bytes = postcard::to_stdvec(&d).expect("encode");
         assert_eq!(postcard::from_bytes::<Duration>(&bytes).expect("decode"), d);
-        assert_eq!(format_age(Std::from_secs(5)), "5s");
-        assert_eq!(format_age(Std::from_secs(190)), "3m");
-        assert_eq!(format_age(Std::from_secs(7_300)), "2h");
-        assert_eq!(format_age(Std::from_secs(4 * 86_400 + 5)), "4d");
     }
 }

@@ -88,37 +88,4 @@ impl Endpoints {
             }
         }
     }
-
-    pub(crate) fn columns(&self, _wide: bool, age: String) -> Vec<(&'static str, String)> {
-        const SHOWN: usize = 3;
-        let all: Vec<String> = self
-            .ready_addresses()
-            .flat_map(|(a, ports)| {
-                let ip = if a.ip.contains(':') {
-                    format!("[{}]", a.ip)
-                } else {
-                    a.ip.clone()
-                };
-                if ports.is_empty() {
-                    vec![ip]
-                } else {
-                    ports.iter().map(|p| format!("{ip}:{}", p.port)).collect()
-                }
-            })
-            .collect();
-        let mut text = all
-            .iter()
-            .take(SHOWN)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join(",");
-        if all.len() > SHOWN {
-            text.push_str(&format!(" + {} more...", all.len() - SHOWN));
-        }
-        vec![
-            ("NAME", self.metadata.name.clone()),
-            ("ENDPOINTS", crate::node::or_none(&text)),
-            ("AGE", age),
-        ]
-    }
 }

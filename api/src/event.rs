@@ -6,7 +6,7 @@ use std::fmt;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::meta::{elapsed_since, now_timestamp, ObjectMeta, ObjectReference};
+use crate::meta::{now_timestamp, ObjectMeta, ObjectReference};
 use crate::namespace::DEFAULT_NAMESPACE;
 use crate::object::Kind;
 use crate::validation::{check_timestamp, ValidationErrors};
@@ -117,31 +117,5 @@ impl Event {
         }
         check_timestamp(errs, "firstTimestamp", &self.first_timestamp);
         check_timestamp(errs, "lastTimestamp", &self.last_timestamp);
-    }
-
-    /// Columns in `kubectl get events` order: LAST SEEN, TYPE, REASON, OBJECT,
-    /// MESSAGE (wide adds SOURCE, COUNT and NAME).
-    pub(crate) fn columns(&self, wide: bool, _age: String) -> Vec<(&'static str, String)> {
-        let last = if self.last_timestamp.is_empty() {
-            &self.metadata.creation_timestamp
-        } else {
-            &self.last_timestamp
-        };
-        let last_seen = elapsed_since(last, time::OffsetDateTime::now_utc())
-            .map(crate::duration::format_age)
-            .unwrap_or_else(|| "<unknown>".to_owned());
-        let mut cols = vec![
-            ("LAST SEEN", last_seen),
-            ("TYPE", self.type_.to_string()),
-            ("REASON", self.reason.clone()),
-            ("OBJECT", self.involved_object.to_string()),
-            ("MESSAGE", self.message.clone()),
-        ];
-        if wide {
-            cols.push(("SOURCE", crate::node::or_none(&self.source.component)));
-            cols.push(("COUNT", self.count.to_string()));
-            cols.push(("NAME", self.metadata.name.clone()));
-        }
-        cols
     }
 }

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use crate::labels::Selector;
 use crate::meta::{condition_is_true, Condition, ObjectMeta};
 use crate::module::is_valid_digest;
-use crate::node::{or_none, Taint, TaintEffect};
+use crate::node::{Taint, TaintEffect};
 use crate::quantity::Quantity;
 use crate::service::Protocol;
 use crate::validation::{
@@ -1033,18 +1033,6 @@ impl Instance {
         }
     }
 
-    /// What `flotilla get` shows as STATUS: `Terminating`, the status reason
-    /// (e.g. `CrashLoopBackOff`) or the phase.
-    pub fn status_text(&self) -> String {
-        if self.metadata.is_being_deleted() {
-            "Terminating".to_owned()
-        } else if !self.status.reason.is_empty() {
-            self.status.reason.clone()
-        } else {
-            self.status.phase.to_string()
-        }
-    }
-
     pub(crate) fn validate_into(&self, errs: &mut ValidationErrors) {
         self.spec.check(errs, "spec");
         if !self.status.instance_ip.is_empty() && !is_ip(&self.status.instance_ip) {
@@ -1054,40 +1042,6 @@ impl Instance {
             );
         }
         check_timestamp(errs, "status.startTime", &self.status.start_time);
-    }
-
-    pub(crate) fn columns(&self, wide: bool, age: String) -> Vec<(&'static str, String)> {
-        let mut cols = vec![
-            ("NAME", self.metadata.name.clone()),
-            (
-                "READY",
-                if self.is_ready() { "1/1" } else { "0/1" }.to_owned(),
-            ),
-            ("STATUS", self.status_text()),
-            ("RESTARTS", self.status.restart_count.to_string()),
-            ("NODE", or_none(self.node())),
-            ("AGE", age),
-        ];
-        if wide {
-            cols.push(("IP", or_none(&self.status.instance_ip)));
-            cols.push(("MODULE", or_none(&short_module(&self.spec.module))));
-            let world = if self.status.world == World::Auto {
-                self.spec.world
-            } else {
-                self.status.world
-            };
-            cols.push(("WORLD", world.to_string()));
-        }
-        cols
-    }
-}
-
-/// `sha256:0123456789ab` (12 hex digits) for a digest, the text otherwise.
-pub(crate) fn short_module(module: &str) -> String {
-    if is_valid_digest(module) {
-        module.chars().take("sha256:".len() + 12).collect()
-    } else {
-        module.to_owned()
     }
 }
 

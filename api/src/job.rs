@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::instance::{InstanceTemplate, RestartPolicy};
 use crate::labels::Selector;
-use crate::meta::{condition_is_true, elapsed_since, parse_timestamp, Condition, ObjectMeta};
+use crate::meta::{condition_is_true, Condition, ObjectMeta};
 use crate::validation::{check_timestamp, ValidationErrors};
 
 /// Condition type: the job reached its completions.
@@ -127,47 +127,5 @@ impl Job {
         }
         check_timestamp(errs, "status.startTime", &self.status.start_time);
         check_timestamp(errs, "status.completionTime", &self.status.completion_time);
-    }
-
-    pub(crate) fn columns(&self, wide: bool, age: String) -> Vec<(&'static str, String)> {
-        let s = &self.status;
-        let status = if condition_is_true(&s.conditions, CONDITION_COMPLETE) {
-            "Complete"
-        } else if condition_is_true(&s.conditions, CONDITION_FAILED) {
-            "Failed"
-        } else if s.start_time.is_empty() {
-            "Pending"
-        } else {
-            "Running"
-        };
-        let duration = match parse_timestamp(&s.completion_time) {
-            Some(end) => elapsed_since(&s.start_time, end),
-            None => elapsed_since(&s.start_time, time::OffsetDateTime::now_utc()),
-        }
-        .map(crate::duration::format_age)
-        .unwrap_or_else(|| "<none>".to_owned());
-        let mut cols = vec![
-            ("NAME", self.metadata.name.clone()),
-            ("STATUS", status.to_owned()),
-            (
-                "COMPLETIONS",
-                format!("{}/{}", s.succeeded, self.spec.completions),
-            ),
-            ("DURATION", duration),
-            ("AGE", age),
-        ];
-        if wide {
-            cols.push((
-                "MODULE",
-                crate::node::or_none(&crate::instance::short_module(
-                    &self.spec.template.spec.module,
-                )),
-            ));
-            cols.push((
-                "SELECTOR",
-                crate::node::or_none(&self.spec.selector.to_string()),
-            ));
-        }
-        cols
     }
 }

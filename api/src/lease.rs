@@ -6,7 +6,6 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::meta::{parse_timestamp, ObjectMeta};
-use crate::node::or_none;
 use crate::validation::{check_timestamp, ValidationErrors};
 
 /// Namespace holding node heartbeat leases (one per node, named after it).
@@ -63,14 +62,6 @@ impl Lease {
         }
         check_timestamp(errs, "spec.acquireTime", &self.spec.acquire_time);
         check_timestamp(errs, "spec.renewTime", &self.spec.renew_time);
-    }
-
-    pub(crate) fn columns(&self, _wide: bool, age: String) -> Vec<(&'static str, String)> {
-        vec![
-            ("NAME", self.metadata.name.clone()),
-            ("HOLDER", or_none(&self.spec.holder_identity)),
-            ("AGE", age),
-        ]
     }
 }
 

@@ -1,14 +1,15 @@
 //! flotilla-api: the data and its rules, nothing that runs a cluster. The object
-//! model (one file per kind), validation, manifests, quantities and durations, the
-//! wire protocol, the client every component uses, and TLS identities.
+//! model (one file per kind), validation, defaults, manifests, quantities,
+//! durations, labels and fields.
 //!
-//! Must never: touch the store, spawn daemons, or depend on the orchestrator or node
-//! crates.
+//! Must never: touch the store, spawn daemons, do I/O beyond reading manifest
+//! files, or depend on networking, an async runtime or TLS (the wire protocol
+//! and the client are `flotilla-client`'s; a test checks the dependency tree).
+//! Presentation (table columns, ages) is the CLI's.
 
 #![warn(missing_docs)]
 
 pub mod cidr;
-pub mod client;
 pub mod daemonset;
 pub mod deployment;
 pub mod duration;
@@ -27,7 +28,4 @@ pub mod node;
 pub mod object;
 pub mod quantity;
 pub mod service;
-pub mod tls;
-pub mod token;
 pub mod validation;
-pub mod wire;

@@ -87,24 +87,6 @@ pub fn digest_of(bytes: &[u8]) -> String {
     format!("{DIGEST_PREFIX}{}", hex::encode(Sha256::digest(bytes)))
 }
 
-/// `1.5MiB`-style size for tables.
-pub fn format_size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if bytes < 1024 {
-        return format!("{bytes}B");
-    }
-    let mut value = bytes as f64 / 1024.0;
-    let mut unit = UNITS[0];
-    for u in &UNITS[1..] {
-        if value < 1024.0 {
-            break;
-        }
-        value /= 1024.0;
-        unit = u;
-    }
-    format!("{value:.1}{unit}")
-}
-
 impl Module {
     /// The conventional object name for a digest: `sha256-<64 hex>` (a valid
     /// module name, unlike the digest itself with its colon).
@@ -128,17 +110,6 @@ impl Module {
             errs.push("spec.size", "must be > 0");
         }
     }
-
-    pub(crate) fn columns(&self, _wide: bool, age: String) -> Vec<(&'static str, String)> {
-        vec![
-            ("NAME", self.metadata.name.clone()),
-            ("DIGEST", crate::instance::short_module(&self.spec.digest)),
-            ("TYPE", self.spec.module_type.to_string()),
-            ("SIZE", format_size(self.spec.size)),
-            ("SOURCE", crate::node::or_none(&self.spec.source)),
-            ("AGE", age),
-        ]
-    }
 }
 
 #[cfg(test)]
@@ -161,12 +132,5 @@ mod tests {
         assert!(is_valid_module_name("hello"));
         assert!(!is_valid_module_name(&format!("sha256-{}", "a".repeat(63))));
         assert!(!is_valid_module_name("sha256:abc"));
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(format_size(10), "10B");
-        assert_eq!(format_size(1536), "1.5KiB");
-        assert_eq!(format_size(3 << 20), "3.0MiB");
     }
 }

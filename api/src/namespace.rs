@@ -54,17 +54,4 @@ impl fmt::Display for NamespacePhase {
     }
 }
 
-impl Namespace {
-    pub(crate) fn columns(&self, _wide: bool, age: String) -> Vec<(&'static str, String)> {
-        let phase = if self.metadata.is_being_deleted() {
-            NamespacePhase::Terminating
-        } else {
-            self.status.phase
-        };
-        vec![
-            ("NAME", self.metadata.name.clone()),
-            ("STATUS", phase.to_string()),
-            ("AGE", age),
-        ]
-    }
-}
+impl Namespace {}

@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::meta::{condition_is_true, find_condition, Condition, ObjectMeta};
+use crate::meta::{condition_is_true, Condition, ObjectMeta};
 use crate::quantity::Quantity;
 use crate::validation::{is_ipv4_cidr, is_qualified_name, ValidationErrors, QUALIFIED_NAME_RULE};
 
@@ -241,20 +241,6 @@ impl Node {
         condition_is_true(&self.status.conditions, CONDITION_READY)
     }
 
-    /// `Ready`, `NotReady` or `Unknown`, with `,SchedulingDisabled` when cordoned.
-    pub fn status_text(&self) -> String {
-        let ready = match find_condition(&self.status.conditions, CONDITION_READY) {
-            Some(c) if c.status == crate::meta::ConditionStatus::True => "Ready",
-            Some(c) if c.status == crate::meta::ConditionStatus::False => "NotReady",
-            _ => "Unknown",
-        };
-        if self.spec.unschedulable {
-            format!("{ready},SchedulingDisabled")
-        } else {
-            ready.to_owned()
-        }
-    }
-
     /// The first address of type `InternalIP`, else the first address.
     pub fn internal_ip(&self) -> Option<&str> {
         self.status
@@ -278,39 +264,6 @@ impl Node {
                 ),
             );
         }
-    }
-
-    pub(crate) fn columns(&self, wide: bool, age: String) -> Vec<(&'static str, String)> {
-        let alloc = &self.status.allocatable;
-        let mut cols = vec![
-            ("NAME", self.metadata.name.clone()),
-            ("STATUS", self.status_text()),
-            ("CPU", alloc.cpu.to_string()),
-            ("MEMORY", alloc.memory.to_string()),
-            ("INSTANCES", alloc.instances.to_string()),
-            ("AGE", age),
-            ("VERSION", or_none(&self.status.node_info.flotilla_version)),
-        ];
-        if wide {
-            cols.push((
-                "INTERNAL-IP",
-                self.internal_ip().unwrap_or("<none>").to_owned(),
-            ));
-            cols.push(("INSTANCE-CIDR", or_none(&self.spec.instance_cidr)));
-            cols.push(("WASMTIME", or_none(&self.status.node_info.wasmtime_version)));
-            let taints: Vec<String> = self.spec.taints.iter().map(Taint::to_string).collect();
-            cols.push(("TAINTS", or_none(&taints.join(","))));
-        }
-        cols
-    }
-}
-
-/// `<none>` for an empty column value, like kubectl.
-pub(crate) fn or_none(s: &str) -> String {
-    if s.is_empty() {
-        "<none>".to_owned()
-    } else {
-        s.to_owned()
     }
 }
 
@@ -336,19 +289,5 @@ mod tests {
         ] {
             assert!(Taint::parse(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn status_text() {
-        let mut n = Node::default();
-        assert_eq!(n.status_text(), "Unknown");
-        n.status.conditions.push(Condition {
-            type_: CONDITION_READY.into(),
-            status: crate::meta::ConditionStatus::True,
-            ..Condition::default()
-        });
-        n.spec.unschedulable = true;
-        assert!(n.is_ready());
-        assert_eq!(n.status_text(), "Ready,SchedulingDisabled");
     }
 }

@@ -8,7 +8,6 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::meta::{Condition, ObjectMeta};
-use crate::node::or_none;
 use crate::validation::{
     check_labels, is_dns1123_subdomain, is_port_name, ValidationErrors, PORT_NAME_RULE,
 };
@@ -282,42 +281,6 @@ impl Service {
                 format!("{:?} must start with '/'", ing.path),
             );
         }
-    }
-
-    pub(crate) fn columns(&self, wide: bool, age: String) -> Vec<(&'static str, String)> {
-        let ports: Vec<String> = self
-            .spec
-            .ports
-            .iter()
-            .map(|p| match &p.target_port {
-                Some(t) if *t != TargetPort::Number(p.port) => {
-                    format!("{}:{t}/{}", p.port, p.protocol)
-                }
-                _ => format!("{}/{}", p.port, p.protocol),
-            })
-            .collect();
-        let ingress = if self.has_ingress() {
-            format!("{}{}", self.spec.ingress.host, self.spec.ingress.path)
-        } else {
-            String::new()
-        };
-        let mut cols = vec![
-            ("NAME", self.metadata.name.clone()),
-            ("CLUSTER-IP", or_none(&self.spec.cluster_ip)),
-            ("PORT(S)", or_none(&ports.join(","))),
-            ("INGRESS", or_none(&ingress)),
-            ("AGE", age),
-        ];
-        if wide {
-            let sel: Vec<String> = self
-                .spec
-                .selector
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
-            cols.push(("SELECTOR", or_none(&sel.join(","))));
-        }
-        cols
     }
 }
 

@@ -21,9 +21,11 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use flotilla_api::client::{ClientConfig, SharedClientConfig};
-use flotilla_api::tls::{self, CertInfo, CertificateAuthority, IssuedCert, RenewAt};
-use flotilla_api::tls::{ALPN_API, ALPN_RAFT};
+use flotilla_client::tls::{self, CertInfo, IssuedCert, RenewAt};
+use flotilla_client::{ClientConfig, SharedClientConfig};
+
+use crate::ca::{self, CertificateAuthority};
+use flotilla_client::tls::{ALPN_API, ALPN_RAFT};
 
 use crate::apiserver::ApiServer;
 use crate::server::{io_err, write_private, Result, ServerError};
@@ -49,7 +51,7 @@ impl CertPolicy {
             ))
         };
         let lifetime = time::Duration::try_from(lifetime).map_err(|_| out_of_range())?;
-        if lifetime < time::Duration::SECOND || lifetime > tls::MAX_CERT_LIFETIME {
+        if lifetime < time::Duration::SECOND || lifetime > ca::MAX_CERT_LIFETIME {
             return Err(out_of_range());
         }
         Ok(Self { lifetime, renew_at })
@@ -298,7 +300,7 @@ pub(crate) fn quic_server_config(ca_pem: &str, cert: &IssuedCert) -> Result<quin
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)
         .map_err(|e| ServerError::DataDir(format!("tls: {e}")))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    config.transport_config(flotilla_api::client::transport_config());
+    config.transport_config(flotilla_client::transport_config());
     Ok(config)
 }
 
@@ -311,7 +313,7 @@ pub(crate) fn quic_peer_client_config(
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(peer_tls)
         .map_err(|e| ServerError::DataDir(format!("tls: {e}")))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
-    config.transport_config(flotilla_api::client::transport_config());
+    config.transport_config(flotilla_client::transport_config());
     Ok(config)
 }
 

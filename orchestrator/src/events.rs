@@ -5,10 +5,10 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use flotilla_api::client::Client;
 use flotilla_api::event::{Event, EventType};
 use flotilla_api::meta::{now_timestamp, ObjectMeta};
 use flotilla_api::object::{Kind, Object};
+use flotilla_client::Client;
 
 /// Bound on remembered events; past it the memory starts over (a repeat then
 /// writes a new event, which is harmless).

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use flotilla_api::client::{Client, ClientError};
 use flotilla_api::object::{Kind, Object};
-use flotilla_api::wire::{EventType, WatchEvent};
+use flotilla_client::wire::{EventType, WatchEvent};
+use flotilla_client::{Client, ClientError};
 
 type Key = (String, String);
 

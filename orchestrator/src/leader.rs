@@ -10,11 +10,11 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use flotilla_api::client::{Client, ClientError, SharedClientConfig};
 use flotilla_api::lease::Lease;
 use flotilla_api::meta::now_timestamp;
 use flotilla_api::object::{Kind, Object};
-use flotilla_api::wire::ErrorCode;
+use flotilla_client::wire::ErrorCode;
+use flotilla_client::{Client, ClientError, SharedClientConfig};
 use flotilla_telemetry::{Family, Gauge, Readiness, Registry};
 
 /// Namespace of the leader-election leases.

@@ -5,6 +5,7 @@
 //! Must never: run workloads, or let anything but the apiserver touch the store.
 
 pub mod apiserver;
+pub mod ca;
 pub mod certs;
 pub mod controllers;
 pub mod events;

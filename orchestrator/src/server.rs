@@ -21,10 +21,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use flotilla_api::client::{Client, ClientError};
-use flotilla_api::tls::{self, CertificateAuthority, IssuedCert, ALPN_API, ALPN_RAFT};
-use flotilla_api::token::JoinToken;
-use flotilla_api::wire::{read_frame, write_frame, RequestV1, ResponseV1};
+use flotilla_client::tls::{self, IssuedCert, ALPN_API, ALPN_RAFT};
+use flotilla_client::{Client, ClientError};
+
+use crate::ca::{self, CertificateAuthority};
+use flotilla_client::token::JoinToken;
+use flotilla_client::wire::{read_frame, write_frame, RequestV1, ResponseV1};
 use flotilla_telemetry::{Readiness, Telemetry};
 
 use crate::apiserver::{ApiMetrics, ApiServer};
@@ -67,7 +69,7 @@ pub enum ServerError {
     Join(String),
     /// The join token is malformed.
     #[error("{0}")]
-    Token(#[from] flotilla_api::token::TokenError),
+    Token(#[from] flotilla_client::token::TokenError),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
@@ -140,7 +142,7 @@ impl ServerConfig {
             leader_lease: Duration::from_secs(15),
             ranges: crate::apiserver::NetworkRanges::default(),
             telemetry: Telemetry::default(),
-            cert_lifetime: tls::DEFAULT_CERT_LIFETIME.unsigned_abs(),
+            cert_lifetime: ca::DEFAULT_CERT_LIFETIME.unsigned_abs(),
             cert_renew_at: tls::RenewAt::default(),
         }
     }
@@ -418,10 +420,10 @@ impl Server {
         let server_config = quic_server_config(&identity.ca.cert_pem, &certs.current())?;
         let runtime = quinn::default_runtime()
             .ok_or_else(|| ServerError::DataDir("no async runtime for QUIC".into()))?;
-        let endpoint_config = flotilla_api::client::listening_endpoint_config(
-            &paths.quic_reset_key,
-        )
-        .map_err(|e| ServerError::DataDir(format!("{}: {e}", paths.quic_reset_key.display())))?;
+        let endpoint_config = flotilla_client::listening_endpoint_config(&paths.quic_reset_key)
+            .map_err(|e| {
+                ServerError::DataDir(format!("{}: {e}", paths.quic_reset_key.display()))
+            })?;
         let endpoint = quinn::Endpoint::new(endpoint_config, Some(server_config), socket, runtime)
             .map_err(|source| ServerError::Bind {
                 addr: bind.clone(),

@@ -115,7 +115,7 @@ fn read_module(path: &Path) -> anyhow::Result<Vec<u8>> {
 
 /// Uploads every module named by a local path and puts its digest in the spec.
 async fn upload_modules(
-    client: &flotilla_api::client::Client,
+    client: &flotilla_client::Client,
     objects: &mut [(Object, PathBuf)],
 ) -> anyhow::Result<()> {
     let mut uploaded: std::collections::HashMap<PathBuf, String> = Default::default();

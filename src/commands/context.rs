@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{anyhow, Context as _};
-use flotilla_api::client::{Client, ClientConfig};
+use flotilla_client::{Client, ClientConfig};
 
 /// Global options of client verbs.
 pub struct Context {

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use flotilla_api::object::Kind;
-use flotilla_api::wire::Propagation;
+use flotilla_client::wire::Propagation;
 
 use super::apply::load_manifests;
 use super::Context;

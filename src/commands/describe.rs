@@ -2,13 +2,13 @@
 
 use std::process::ExitCode;
 
+use super::columns::format_age;
 use clap::Args;
-use flotilla_api::client::Client;
-use flotilla_api::duration::format_age;
 use flotilla_api::event::Event;
 use flotilla_api::meta::{elapsed_since, ObjectMeta};
 use flotilla_api::namespace::DEFAULT_NAMESPACE;
 use flotilla_api::object::{Kind, Object};
+use flotilla_client::Client;
 
 use super::Context;
 

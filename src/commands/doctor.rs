@@ -15,12 +15,12 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use flotilla_api::client::{Client, ClientConfig};
 use flotilla_api::lease::NODE_LEASE_NAMESPACE;
 use flotilla_api::meta::{find_condition, parse_timestamp, ConditionStatus};
 use flotilla_api::node::{CONDITION_READY, CONDITION_SERVICE_FORWARDER};
 use flotilla_api::object::{Kind, Object};
-use flotilla_api::wire::{Consistency, RequestV1, ResponseV1};
+use flotilla_client::wire::{Consistency, RequestV1, ResponseV1};
+use flotilla_client::{Client, ClientConfig};
 use flotilla_orchestrator::leader::SYSTEM_NAMESPACE;
 use flotilla_orchestrator::server::{CONTROLLERS_LEASE, SCHEDULER_LEASE};
 use serde::Serialize;
@@ -180,7 +180,7 @@ async fn diagnose(ctx: &Context) -> Report {
             return report;
         }
     };
-    match flotilla_api::tls::seconds_until_expiry(&config.client_cert) {
+    match flotilla_client::tls::seconds_until_expiry(&config.client_cert) {
         Ok(left) if left <= 0 => report.add(
             "config",
             Status::Fail,
@@ -207,7 +207,7 @@ async fn diagnose(ctx: &Context) -> Report {
     let t = Instant::now();
     let client = match tokio::time::timeout(CALL_TIMEOUT, Client::connect(&config)).await {
         Ok(Ok(client)) => client,
-        Ok(Err(e @ flotilla_api::client::ClientError::ServerCertificate { .. })) => {
+        Ok(Err(e @ flotilla_client::ClientError::ServerCertificate { .. })) => {
             // The server answers, but with a certificate no client accepts.
             report.ok(
                 "apiserver",
@@ -407,7 +407,7 @@ async fn check_store(
             let asked = tokio::time::timeout(CALL_TIMEOUT, async {
                 let c = match Client::connect_to(&addr, &config).await {
                     Ok(c) => c,
-                    Err(e @ flotilla_api::client::ClientError::ServerCertificate { .. }) => {
+                    Err(e @ flotilla_client::ClientError::ServerCertificate { .. }) => {
                         return (None, Some(Err(e.to_string())));
                     }
                     Err(_) => return (None, None),
@@ -612,7 +612,7 @@ async fn check_election(
     .await;
     let lease = match got {
         Ok(Ok(Object::Lease(lease))) => lease,
-        Ok(Err(e)) if e.code() == Some(flotilla_api::wire::ErrorCode::NotFound) => {
+        Ok(Err(e)) if e.code() == Some(flotilla_client::wire::ErrorCode::NotFound) => {
             report.add(
                 link,
                 Status::Fail,
@@ -679,7 +679,7 @@ async fn get_with(
     namespace: &str,
     name: &str,
     consistency: Consistency,
-) -> Result<Object, flotilla_api::client::ClientError> {
+) -> Result<Object, flotilla_client::ClientError> {
     match client
         .call(RequestV1::Get {
             kind,
@@ -690,7 +690,7 @@ async fn get_with(
         .await?
     {
         ResponseV1::Object(o) => Ok(o),
-        other => Err(flotilla_api::client::ClientError::Unexpected(format!(
+        other => Err(flotilla_client::ClientError::Unexpected(format!(
             "{other:?}"
         ))),
     }
@@ -1038,7 +1038,7 @@ fn check_local_certificates(report: &mut Report, config: &ClientConfig) {
             &config.client_cert,
         ),
     ] {
-        match flotilla_api::tls::seconds_until_expiry(pem) {
+        match flotilla_client::tls::seconds_until_expiry(pem) {
             Ok(left) => certificate_line(report, what, left),
             Err(e) => report.add(
                 "certificates",

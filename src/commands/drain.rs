@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use clap::Args;
-use flotilla_api::client::Client;
 use flotilla_api::event::EventType;
 use flotilla_api::instance::{Instance, InstancePhase, MIRROR_ANNOTATION};
 use flotilla_api::object::{Kind, Object};
-use flotilla_api::wire::{ErrorCode, Propagation};
+use flotilla_client::wire::{ErrorCode, Propagation};
+use flotilla_client::Client;
 use flotilla_orchestrator::events::Recorder;
 
 use super::Context;

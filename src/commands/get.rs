@@ -4,9 +4,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use flotilla_api::client::ClientError;
 use flotilla_api::object::Kind;
-use flotilla_api::wire::ErrorCode;
+use flotilla_client::wire::ErrorCode;
+use flotilla_client::ClientError;
 
 use super::output::{list_value, print_value, table, Format};
 use super::Context;
@@ -68,7 +68,7 @@ impl GetArgs {
                     ns_filter,
                     &self.selector,
                     &self.field_selector,
-                    flotilla_api::wire::Consistency::Linearizable,
+                    flotilla_client::wire::Consistency::Linearizable,
                 )
                 .await?;
             revision = rev;

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Args;
-use flotilla_api::wire::{read_frame, RequestV1, Response, ResponseV1, MAX_FRAME};
+use flotilla_client::wire::{read_frame, RequestV1, Response, ResponseV1, MAX_FRAME};
 
 use super::Context;
 

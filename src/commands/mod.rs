@@ -2,6 +2,7 @@
 
 mod apply;
 mod cluster;
+mod columns;
 mod context;
 mod controllers;
 mod delete;

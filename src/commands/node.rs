@@ -87,7 +87,7 @@ pub struct AgentArgs {
     /// When to renew the node's certificate: a fraction of its validity
     /// period (0.667, or 67%), or `off`.
     #[arg(long, default_value = "0.667", value_name = "FRACTION|off")]
-    cert_renew_at: flotilla_api::tls::RenewAt,
+    cert_renew_at: flotilla_client::tls::RenewAt,
 }
 
 impl AgentArgs {

@@ -77,8 +77,7 @@ impl Format {
 /// A table of objects of one kind.
 pub fn table(objects: &[Object], wide: bool, with_namespace: bool) -> Table {
     let header: Vec<&'static str> = match objects.first() {
-        Some(o) => o
-            .summary_columns(wide)
+        Some(o) => super::columns::columns(o, wide)
             .into_iter()
             .map(|(h, _)| h)
             .collect(),
@@ -95,7 +94,7 @@ pub fn table(objects: &[Object], wide: bool, with_namespace: bool) -> Table {
         if with_namespace {
             row.push(o.meta().namespace.clone());
         }
-        row.extend(o.summary_columns(wide).into_iter().map(|(_, v)| v));
+        row.extend(super::columns::columns(o, wide).into_iter().map(|(_, v)| v));
         t.row(row);
     }
     t

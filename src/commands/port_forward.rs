@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::anyhow;
 use clap::Args;
-use flotilla_api::wire::{read_frame, RequestV1, Response, ResponseV1, MAX_FRAME};
+use flotilla_client::wire::{read_frame, RequestV1, Response, ResponseV1, MAX_FRAME};
 
 use super::Context;
 

@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
 use clap::{Args, Subcommand};
-use flotilla_api::client::Client;
 use flotilla_api::deployment::{Deployment, CONDITION_PROGRESSING};
 use flotilla_api::meta::find_condition;
 use flotilla_api::object::{Kind, Object};
+use flotilla_client::Client;
 
 use super::Context;
 

@@ -64,7 +64,7 @@ pub struct ServerArgs {
     /// When to renew this peer's certificates: a fraction of their validity
     /// period (0.667, or 67%), or `off`.
     #[arg(long, default_value = "0.667", value_name = "FRACTION|off")]
-    cert_renew_at: flotilla_api::tls::RenewAt,
+    cert_renew_at: flotilla_client::tls::RenewAt,
     #[command(flatten)]
     metrics: super::metrics_flag::MetricsArgs,
 }

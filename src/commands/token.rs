@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use flotilla_api::duration::Duration;
-use flotilla_api::wire::{RequestV1, ResponseV1};
+use flotilla_client::wire::{RequestV1, ResponseV1};
 
 use super::Context;
 

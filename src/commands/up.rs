@@ -7,8 +7,8 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Args;
-use flotilla_api::client::{Client, ClientConfig};
-use flotilla_api::wire::{RequestV1, ResponseV1};
+use flotilla_client::wire::{RequestV1, ResponseV1};
+use flotilla_client::{Client, ClientConfig};
 use flotilla_node::agent::{Agent, AgentConfig};
 use flotilla_orchestrator::server::{Server, ServerConfig};
 use flotilla_telemetry::Telemetry;

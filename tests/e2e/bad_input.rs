@@ -2,8 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use flotilla_api::client::Client;
-use flotilla_api::tls;
+use flotilla_client::tls;
+use flotilla_client::Client;
 use tokio::io::AsyncWriteExt;
 
 use crate::harness::{free_udp_addr, run_cli, service_manifest, stderr, stdout, Cluster};
@@ -72,14 +72,14 @@ fn garbage_on_the_wire_leaves_every_server_serving() {
                 let _ = sock.send_to(&junk, &p.addr).await;
             }
         }
-        let config = flotilla_api::client::ClientConfig::load(&cluster.config()).unwrap();
+        let config = flotilla_client::ClientConfig::load(&cluster.config()).unwrap();
         let cert = tls::IssuedCert {
             cert_pem: config.client_cert.clone(),
             key_pem: config.client_key.clone(),
         };
         for p in &cluster.peers {
             // Authenticated API streams carrying random bytes, an oversized length and a truncated frame.
-            let (_ep, conn) = flotilla_api::client::dial(
+            let (_ep, conn) = flotilla_client::dial(
                 &p.addr,
                 tls::client_config(&config.ca_cert, Some(&cert), tls::ALPN_API).unwrap(),
             )
@@ -103,7 +103,7 @@ fn garbage_on_the_wire_leaves_every_server_serving() {
                     tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(1 << 20)).await;
             }
             // Anonymous raft connections get closed; a peer certificate is required.
-            if let Ok((_ep, conn)) = flotilla_api::client::dial(
+            if let Ok((_ep, conn)) = flotilla_client::dial(
                 &p.addr,
                 tls::client_config(&config.ca_cert, None, tls::ALPN_RAFT).unwrap(),
             )
@@ -114,7 +114,7 @@ fn garbage_on_the_wire_leaves_every_server_serving() {
                 }
             }
             // The admin (not a peer) speaking raft with garbage and an oversized frame.
-            if let Ok((_ep, conn)) = flotilla_api::client::dial(
+            if let Ok((_ep, conn)) = flotilla_client::dial(
                 &p.addr,
                 tls::client_config(&config.ca_cert, Some(&cert), tls::ALPN_RAFT).unwrap(),
             )

@@ -8,9 +8,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use flotilla_api::client::{Client, ClientConfig, ClientError};
 use flotilla_api::meta::parse_timestamp;
-use flotilla_api::tls::{CertInfo, CertificateAuthority};
+use flotilla_client::tls::CertInfo;
+use flotilla_client::{Client, ClientConfig, ClientError};
+use flotilla_orchestrator::ca::CertificateAuthority;
 use time::OffsetDateTime;
 
 use crate::harness::{run_cli, stderr, stdout, wait_for, Cluster, ServerProc, BIN};

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use flotilla_api::manifest::parse_manifests;
 use flotilla_api::object::Kind;
-use flotilla_api::wire::Propagation;
+use flotilla_client::wire::Propagation;
 
 use crate::harness::{service_manifest, stderr, stdout, wait_for, Cluster, BIN};
 
@@ -150,7 +150,7 @@ fn finalizers_hold_a_delete_until_they_are_removed() {
         let err = c.get(Kind::Service, "default", "held").await.unwrap_err();
         assert_eq!(
             err.code(),
-            Some(flotilla_api::wire::ErrorCode::NotFound),
+            Some(flotilla_client::wire::ErrorCode::NotFound),
             "{err}"
         );
     });

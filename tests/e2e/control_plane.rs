@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use flotilla_api::manifest::parse_manifests;
 use flotilla_api::object::Kind;
-use flotilla_api::wire::{Consistency, ErrorCode, RequestV1, ResponseV1};
+use flotilla_client::wire::{Consistency, ErrorCode, RequestV1, ResponseV1};
 
 use crate::harness::{service_manifest, stderr, stdout, wait_for, Cluster};
 

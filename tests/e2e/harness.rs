@@ -7,7 +7,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{mpsc, OnceLock};
 use std::time::{Duration, Instant};
 
-use flotilla_api::client::{Client, ClientConfig};
+use flotilla_client::{Client, ClientConfig};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_flotilla");
 

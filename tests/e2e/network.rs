@@ -383,18 +383,18 @@ fn services_route_across_nodes_through_ingress_names_and_addresses() {
             .as_str()
             .unwrap()
             .to_string();
-        let config = flotilla_api::client::ClientConfig::load(&cluster.config()).unwrap();
-        let cert = flotilla_api::tls::IssuedCert {
+        let config = flotilla_client::ClientConfig::load(&cluster.config()).unwrap();
+        let cert = flotilla_client::tls::IssuedCert {
             cert_pem: config.client_cert.clone(),
             key_pem: config.client_key.clone(),
         };
-        let tls = flotilla_api::tls::client_config(
+        let tls = flotilla_client::tls::client_config(
             &config.ca_cert,
             Some(&cert),
-            flotilla_api::tls::ALPN_TUNNEL,
+            flotilla_client::tls::ALPN_TUNNEL,
         )
         .unwrap();
-        let (_endpoint, conn) = flotilla_api::client::dial(&addr, tls).await.unwrap();
+        let (_endpoint, conn) = flotilla_client::dial(&addr, tls).await.unwrap();
         let attempt = async {
             let (mut send, mut recv) = conn.open_bi().await?;
             send.write_all(b"\0\0\0\x01x").await?;

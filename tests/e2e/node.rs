@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use flotilla_api::wire::{
+use flotilla_client::wire::{
     read_frame, write_frame, RequestV1, Response, ResponseV1, UploadChunk, MAX_FRAME,
 };
 

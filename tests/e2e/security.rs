@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use flotilla_api::client::Client;
-use flotilla_api::tls::CertificateAuthority;
-use flotilla_api::wire::RequestV1;
+use flotilla_client::wire::RequestV1;
+use flotilla_client::Client;
+use flotilla_orchestrator::ca::CertificateAuthority;
 
 use crate::harness::{stderr, Cluster, ServerProc};
 
@@ -13,7 +13,7 @@ fn a_client_certificate_from_another_ca_is_refused() {
     let cluster = Cluster::start(1, &[]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let config = flotilla_api::client::ClientConfig::load(&cluster.config()).unwrap();
+        let config = flotilla_client::ClientConfig::load(&cluster.config()).unwrap();
         let rogue_ca = CertificateAuthority::generate("rogue").unwrap();
         let rogue = rogue_ca.issue("user:admin", &[]).unwrap();
         let result = async {

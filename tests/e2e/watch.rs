@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use flotilla_api::manifest::parse_manifests;
 use flotilla_api::object::Kind;
-use flotilla_api::wire::{ErrorCode, EventType};
+use flotilla_client::wire::{ErrorCode, EventType};
 
 use crate::harness::{service_manifest, Cluster};
 
@@ -84,10 +84,7 @@ fn watch_from_a_revision_is_ordered_across_a_leader_change_and_too_old_after_com
     });
 }
 
-async fn wait_for_err(
-    client: &flotilla_api::client::Client,
-    from: u64,
-) -> (Option<ErrorCode>, String) {
+async fn wait_for_err(client: &flotilla_client::Client, from: u64) -> (Option<ErrorCode>, String) {
     let mut stream = client
         .watch(Some(Kind::Service), None, "", from)
         .await

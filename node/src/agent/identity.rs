@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use flotilla_api::client::{Client, ClientConfig};
-use flotilla_api::tls;
-use flotilla_api::token::JoinToken;
-use flotilla_api::wire::{RequestV1, ResponseV1};
+use flotilla_client::tls;
+use flotilla_client::token::JoinToken;
+use flotilla_client::wire::{RequestV1, ResponseV1};
+use flotilla_client::{Client, ClientConfig};
 
 use super::{AgentError, Result};
 

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 
-use flotilla_api::tls::{self, IssuedCert, ALPN_NODE, ALPN_TUNNEL};
-use flotilla_api::wire::{
+use flotilla_client::tls::{self, IssuedCert, ALPN_NODE, ALPN_TUNNEL};
+use flotilla_client::wire::{
     read_frame, write_frame, ApiError, ErrorCode, Request, RequestV1, Response, ResponseV1,
     MAX_FRAME,
 };
@@ -27,7 +27,7 @@ pub fn quic_config(ca_pem: &str, cert: &IssuedCert) -> Result<quinn::ServerConfi
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)
         .map_err(|e| AgentError::Config(format!("node listener tls: {e}")))?;
     let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    server_config.transport_config(flotilla_api::client::transport_config());
+    server_config.transport_config(flotilla_client::transport_config());
     Ok(server_config)
 }
 
@@ -44,7 +44,7 @@ pub async fn start(
         .parse()
         .map_err(|e| AgentError::Config(format!("--listen {}: {e}", shared.config.listen)))?;
     let key_path = shared.config.data_dir.join("quic-reset.key");
-    let endpoint_config = flotilla_api::client::listening_endpoint_config(&key_path)
+    let endpoint_config = flotilla_client::listening_endpoint_config(&key_path)
         .map_err(|e| AgentError::Config(format!("{}: {e}", key_path.display())))?;
     let socket = std::net::UdpSocket::bind(addr)
         .map_err(|e| AgentError::Config(format!("cannot listen on {addr}: {e}")))?;

@@ -128,7 +128,7 @@ pub struct AgentConfig {
     pub telemetry: Telemetry,
     /// When the node renews its certificate (a fraction of its validity
     /// period, or off).
-    pub cert_renew_at: flotilla_api::tls::RenewAt,
+    pub cert_renew_at: flotilla_client::tls::RenewAt,
 }
 
 impl AgentConfig {
@@ -153,7 +153,7 @@ impl AgentConfig {
             ingress: None,
             service_forwarder: true,
             telemetry: Telemetry::default(),
-            cert_renew_at: flotilla_api::tls::RenewAt::default(),
+            cert_renew_at: flotilla_client::tls::RenewAt::default(),
         }
     }
 }
@@ -163,7 +163,7 @@ pub(crate) struct Shared {
     config: AgentConfig,
     ctx: Arc<Context>,
     running: Mutex<HashMap<Key, Supervisor>>,
-    link: Option<Arc<link::ApiLink>>,
+    link: Option<Arc<flotilla_client::Link>>,
     logs_dir: PathBuf,
 }
 
@@ -211,7 +211,7 @@ impl Agent {
         };
         let link = identity.as_ref().map(|id| {
             let max_delay = (config.lease_interval / 4).min(Duration::from_secs(5));
-            Arc::new(link::ApiLink::new(
+            Arc::new(link::node_link(
                 id.client.clone(),
                 &config.name,
                 id.path.clone(),
@@ -282,9 +282,10 @@ impl Agent {
             None => (String::new(), None, None),
         };
         tasks.extend(listener_task);
-        if let Some(link) = &link {
+        if let (Some(link), Some(id)) = (&link, &identity) {
             tasks.push(tokio::spawn(renewal::run(renewal::Renewal {
                 link: link.clone(),
+                path: id.path.clone(),
                 listener: listener_endpoint,
                 renew_at: config.cert_renew_at,
             })));

@@ -6,18 +6,18 @@ use std::sync::Arc;
 
 use flotilla_api::module::digest_of;
 
-use super::link::ApiLink;
 use super::{AgentError, Result};
+use flotilla_client::Link;
 
 /// The node's module cache.
 pub struct ModuleCache {
     dir: PathBuf,
-    link: Option<Arc<ApiLink>>,
+    link: Option<Arc<Link>>,
 }
 
 impl ModuleCache {
     /// A cache in `dir`, filled through `link`.
-    pub fn new(dir: PathBuf, link: Option<Arc<ApiLink>>) -> std::io::Result<Self> {
+    pub fn new(dir: PathBuf, link: Option<Arc<Link>>) -> std::io::Result<Self> {
         std::fs::create_dir_all(&dir)?;
         Ok(Self { dir, link })
     }

@@ -8,14 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_api::cidr::Cidr;
-use flotilla_api::client::{Client, ClientError};
 use flotilla_api::event::{Event, EventType as EventKind};
 use flotilla_api::meta::ObjectMeta;
 use flotilla_api::object::{Kind, Object};
-use flotilla_api::wire::{EventType, WatchEvent};
+use flotilla_client::wire::{EventType, WatchEvent};
+use flotilla_client::{Client, ClientError};
 
-use super::link::ApiLink;
 use crate::net::{Network, Tables};
+use flotilla_client::Link;
 
 fn apply(tables: &mut Tables, object: &Object, deleted: bool) {
     match object {
@@ -118,7 +118,7 @@ async fn follow(net: &Network, client: &Client) -> Result<(), ClientError> {
 }
 
 /// Runs until the agent stops.
-pub async fn run(net: Arc<Network>, link: Arc<ApiLink>) {
+pub async fn run(net: Arc<Network>, link: Arc<Link>) {
     loop {
         let Some(client) = link.client().await else {
             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -133,7 +133,7 @@ pub async fn run(net: Arc<Network>, link: Arc<ApiLink>) {
 }
 
 /// Records an `EgressDenied` event about the instance, in the background.
-pub fn record_denial(link: Arc<ApiLink>, namespace: &str, name: &str, message: &str) {
+pub fn record_denial(link: Arc<Link>, namespace: &str, name: &str, message: &str) {
     let about = ObjectMeta::new(namespace, name);
     let message = message.to_string();
     tokio::spawn(async move {

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_api::client::Client;
 use flotilla_api::lease::NODE_LEASE_NAMESPACE;
 use flotilla_api::meta::{now_timestamp, set_condition, Condition, ConditionStatus};
 use flotilla_api::node::{
@@ -12,11 +11,12 @@ use flotilla_api::node::{
     LABEL_HOSTNAME,
 };
 use flotilla_api::object::{Kind, Object};
-use flotilla_api::wire::ErrorCode;
+use flotilla_client::wire::ErrorCode;
+use flotilla_client::Client;
 use flotilla_telemetry::Readiness;
 
-use super::link::ApiLink;
 use super::Shared;
+use flotilla_client::Link;
 
 /// Longest a heartbeat may take before the link counts as broken.
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -24,7 +24,7 @@ const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Runs forever; `registered` says whether the last heartbeat went through.
 pub async fn run(
     shared: Arc<Shared>,
-    link: Arc<ApiLink>,
+    link: Arc<Link>,
     endpoints: NodeDaemonEndpoints,
     registered: Readiness,
 ) {
@@ -84,7 +84,7 @@ async fn heartbeat(
     shared: &Shared,
     client: &Client,
     endpoints: &NodeDaemonEndpoints,
-) -> Result<(), flotilla_api::client::ClientError> {
+) -> Result<(), flotilla_client::ClientError> {
     let listen_addr = endpoints.tunnel.as_str();
     let config = &shared.config;
     let name = &config.name;
@@ -139,7 +139,9 @@ async fn heartbeat(
         n.status.node_info.certificate_not_after = shared
             .link
             .as_ref()
-            .and_then(|l| flotilla_api::tls::CertInfo::from_pem(&l.config().get().client_cert).ok())
+            .and_then(|l| {
+                flotilla_client::tls::CertInfo::from_pem(&l.config().get().client_cert).ok()
+            })
             .map(|c| c.not_after_rfc3339())
             .unwrap_or_default();
         let (forwarding, reason, message) = if config.service_forwarder {
@@ -183,7 +185,7 @@ async fn renew_lease(
     client: &Client,
     name: &str,
     interval: Duration,
-) -> Result<(), flotilla_api::client::ClientError> {
+) -> Result<(), flotilla_client::ClientError> {
     let now = now_timestamp();
     let duration = (interval.as_secs() as u32).max(1) * 4;
     match client.get(Kind::Lease, NODE_LEASE_NAMESPACE, name).await {

@@ -20,11 +20,11 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use flotilla_api::client::Client;
-use flotilla_api::tls::{self, CertInfo, IssuedCert, RenewAt};
-use flotilla_api::wire::{RequestV1, ResponseV1};
+use flotilla_client::tls::{self, CertInfo, IssuedCert, RenewAt};
+use flotilla_client::wire::{RequestV1, ResponseV1};
+use flotilla_client::Client;
 
-use super::link::ApiLink;
+use flotilla_client::Link;
 
 /// Longest a renewal request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -46,7 +46,10 @@ enum State {
 pub struct Renewal {
     /// The link, whose configuration holds the certificate (and is what new
     /// connections, the tunnel's among them, read).
-    pub link: Arc<ApiLink>,
+    pub link: Arc<Link>,
+    /// Where the node's credentials are kept (rewritten with the new
+    /// certificate).
+    pub path: std::path::PathBuf,
     /// The node's listener, given the new certificate too.
     pub listener: Option<quinn::Endpoint>,
     /// When to renew.
@@ -93,7 +96,7 @@ impl Renewal {
                     tracing::info!(
                         identity = %new.identity,
                         not_after = %new.not_after_rfc3339(),
-                        path = %self.link.path().display(),
+                        path = %self.path.as_path().display(),
                         "renewed the node's certificate"
                     );
                     State::Waiting
@@ -154,8 +157,8 @@ impl Renewal {
         config.client_cert = cert.cert_pem.clone();
         config.client_key = cert.key_pem.clone();
         config
-            .save(self.link.path())
-            .map_err(|e| format!("{}: {e}", self.link.path().display()))?;
+            .save(self.path.as_path())
+            .map_err(|e| format!("{}: {e}", self.path.as_path().display()))?;
         if let Some(listener) = &self.listener {
             let quic =
                 super::listener::quic_config(&config.ca_cert, &cert).map_err(|e| e.to_string())?;

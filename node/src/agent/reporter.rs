@@ -8,13 +8,13 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use flotilla_api::object::Object;
-use flotilla_api::wire::ErrorCode;
+use flotilla_client::wire::ErrorCode;
 
-use super::link::ApiLink;
 use super::supervisor::{Key, StatusReport};
+use flotilla_client::Link;
 
 /// Runs until the supervisors are gone.
-pub async fn run(link: Arc<ApiLink>, mut rx: mpsc::UnboundedReceiver<StatusReport>) {
+pub async fn run(link: Arc<Link>, mut rx: mpsc::UnboundedReceiver<StatusReport>) {
     let mut pending: BTreeMap<Key, StatusReport> = BTreeMap::new();
     loop {
         if pending.is_empty() {

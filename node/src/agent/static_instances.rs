@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use flotilla_api::instance::Instance;
 use flotilla_api::manifest::{manifest_files, parse_manifests};
 use flotilla_api::object::{Kind, Object};
-use flotilla_api::wire::{ErrorCode, Propagation};
+use flotilla_client::wire::{ErrorCode, Propagation};
 
 use super::modules::ModuleCache;
 use super::supervisor::Key;

@@ -11,11 +11,11 @@ use tokio::sync::watch;
 
 use flotilla_api::instance::Instance;
 use flotilla_api::object::{Kind, Object};
-use flotilla_api::wire::{Consistency, EventType};
+use flotilla_client::wire::{Consistency, EventType};
 
-use super::link::ApiLink;
 use super::supervisor::Key;
 use super::Shared;
+use flotilla_client::Link;
 
 const DESIRED_FILE: &str = "desired.bin";
 
@@ -49,11 +49,7 @@ fn bound_here(i: &Instance, node: &str) -> bool {
 pub use flotilla_api::instance::MIRROR_ANNOTATION;
 
 /// Runs forever.
-pub async fn run(
-    shared: Arc<Shared>,
-    link: Arc<ApiLink>,
-    tx: watch::Sender<BTreeMap<Key, Instance>>,
-) {
+pub async fn run(shared: Arc<Shared>, link: Arc<Link>, tx: watch::Sender<BTreeMap<Key, Instance>>) {
     let node = shared.config.name.clone();
     let dir = shared.config.data_dir.clone();
     loop {

@@ -12,9 +12,9 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use flotilla_api::client::{dial, ClientConfig, SharedClientConfig};
-use flotilla_api::tls::{self, IssuedCert, ALPN_TUNNEL};
-use flotilla_api::wire::{read_frame, write_frame, MAX_FRAME};
+use flotilla_client::tls::{self, IssuedCert, ALPN_TUNNEL};
+use flotilla_client::wire::{read_frame, write_frame, MAX_FRAME};
+use flotilla_client::{dial, ClientConfig, SharedClientConfig};
 
 use super::{Network, REQUEST_TIMEOUT};
 use crate::runtime::OutboundError;

@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use flotilla_api::cidr::Cidr;
 use flotilla_api::object::Object;
-use flotilla_api::wire::ErrorCode;
+use flotilla_client::wire::{ApiError, ErrorCode};
 
-use super::{internal, ApiError, ApiResult, ApiServer};
+use super::errors::{internal, ApiResult};
+use super::ApiServer;
 use crate::store::{Action, Op, Precondition};
 
 const NODE_RANGES: &str = "/_ipam/node-ranges/";

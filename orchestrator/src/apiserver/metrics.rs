@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use flotilla_api::object::Kind;
-use flotilla_api::wire::{ApiError, ErrorCode, RequestV1};
+use flotilla_client::wire::{ApiError, ErrorCode, RequestV1};
 use flotilla_telemetry::{Counter, Family, Gauge, Histogram, Registry};
 
 type RequestLabels = [(&'static str, &'static str); 3];

@@ -1,16 +1,16 @@
-//! Module blobs: uploaded as a chunked stream, checked against their digest and
-//! the Wasm validator before anything is stored, then stored content-addressed
-//! through the store, so every store peer holds every module.
+//! Module blobs: uploaded as a chunked stream (the transport reads it),
+//! checked against their digest and the Wasm validator before anything is
+//! stored, then stored content-addressed through the store, so every store
+//! peer holds every module.
 
 use flotilla_api::module::{digest_of, is_valid_digest, Module, ModuleType};
 use flotilla_api::object::{Kind, Object};
-use flotilla_api::wire::{
-    read_frame, write_frame, ApiError, ErrorCode, Response, ResponseV1, UploadChunk, MAX_FRAME,
-    MODULE_CHUNK,
-};
+use flotilla_client::wire::{ApiError, ErrorCode, MODULE_CHUNK};
 
+use super::errors::{internal, store_error, ApiResult};
 use super::keys::blob_prefix;
-use super::{decode_object, internal, key_for, store_error, ApiResult, ApiServer};
+use super::stored::decode_object;
+use super::ApiServer;
 use crate::store::{Action, Command, Op, Precondition};
 
 fn invalid(msg: String) -> ApiError {
@@ -35,13 +35,8 @@ pub fn validate_wasm(bytes: &[u8]) -> Result<ModuleType, String> {
 }
 
 impl ApiServer {
-    pub(super) async fn serve_upload(
-        &self,
-        recv: &mut quinn::RecvStream,
-        digest: &str,
-        size: u64,
-        source: &str,
-    ) -> ApiResult<Object> {
+    /// Checks what an upload announces before any byte of it is read.
+    pub(super) fn check_upload(&self, digest: &str, size: u64, source: &str) -> ApiResult<()> {
         if !is_valid_digest(digest) {
             return Err(invalid(format!(
                 "digest: \"{digest}\" is not a digest (expected sha256:<64 hex>)"
@@ -53,26 +48,19 @@ impl ApiServer {
                 self.max_module_bytes
             )));
         }
-        let mut bytes = Vec::with_capacity(size as usize);
-        while (bytes.len() as u64) < size {
-            let chunk: UploadChunk = read_frame(recv, MAX_FRAME)
-                .await
-                .map_err(|e| invalid(format!("upload of {source}: {e}")))?
-                .ok_or_else(|| {
-                    invalid(format!(
-                        "upload of {source} ended after {} of {size} bytes",
-                        bytes.len()
-                    ))
-                })?;
-            if chunk.data.len() > MODULE_CHUNK
-                || bytes.len() as u64 + chunk.data.len() as u64 > size
-            {
-                return Err(invalid(format!(
-                    "upload of {source} sent more than the {size} bytes it announced"
-                )));
-            }
-            bytes.extend_from_slice(&chunk.data);
-        }
+        Ok(())
+    }
+
+    /// Stores the uploaded `bytes` of a module announced as `digest`: they
+    /// must hash to it and be valid Wasm. Storing a module already there
+    /// answers the stored one.
+    pub(super) async fn store_module(
+        &self,
+        digest: &str,
+        size: u64,
+        source: &str,
+        bytes: Vec<u8>,
+    ) -> ApiResult<Object> {
         let actual = digest_of(&bytes);
         if actual != digest {
             return Err(invalid(format!(
@@ -82,7 +70,7 @@ impl ApiServer {
         let module_type = validate_wasm(&bytes).map_err(|e| invalid(format!("{source}: {e}")))?;
 
         let name = Module::name_for_digest(digest);
-        self.store.read_barrier().await.map_err(store_error)?;
+        self.sync().await?;
         if let Some(existing) = self.read(Kind::Module, "", &name)? {
             return Ok(existing);
         }
@@ -114,34 +102,25 @@ impl ApiServer {
         }
     }
 
-    pub(super) async fn serve_download(
-        &self,
-        send: &mut quinn::SendStream,
-        digest: &str,
-    ) -> ApiResult<ResponseV1> {
+    /// A stored module's bytes, in the chunks they were stored in.
+    pub(super) async fn module_chunks(&self, digest: &str) -> ApiResult<Vec<Vec<u8>>> {
         if !is_valid_digest(digest) {
             return Err(invalid(format!(
                 "digest: \"{digest}\" is not a digest (expected sha256:<64 hex>)"
             )));
         }
-        self.store.read_barrier().await.map_err(store_error)?;
+        self.sync().await?;
         let name = Module::name_for_digest(digest);
         let stored = self.read_stored(Kind::Module, "", &name)?.ok_or_else(|| {
             ApiError::new(ErrorCode::NotFound, format!("module {digest} not found"))
         })?;
-        let _module = decode_object(&stored)?;
+        decode_object(&stored)?;
         let hex = digest.trim_start_matches("sha256:");
         let chunks = self
             .store
             .reader()
             .scan(&blob_prefix(hex))
             .map_err(internal)?;
-        for (_, chunk) in chunks {
-            write_frame(send, &Response::V1(ResponseV1::ModuleChunk(chunk.value)))
-                .await
-                .map_err(internal)?;
-        }
-        let _ = key_for;
-        Ok(ResponseV1::Ok)
+        Ok(chunks.into_iter().map(|(_, chunk)| chunk.value).collect())
     }
 }

@@ -1,129 +1,35 @@
-//! Nodes: joining with a token (the node gets `node:NAME` by CSR), renewing
-//! that certificate with itself (as the kubelet rotates its client
-//! certificate), and the requests the apiserver carries through to a node's
-//! own listener (logs, port-forward, tunnel probes), as kube-apiserver does
-//! to the kubelet.
+//! The requests the apiserver carries through to a node's own listener
+//! (logs, port-forward, tunnel probes), as kube-apiserver does to the
+//! kubelet.
 
-use flotilla_api::client::dial;
 use flotilla_api::node::Node;
 use flotilla_api::object::{Kind, Object};
-use flotilla_api::tls::{self, ALPN_NODE};
-use flotilla_api::token::JoinToken;
-use flotilla_api::wire::{
+use flotilla_client::dial;
+use flotilla_client::tls::{self, ALPN_NODE};
+use flotilla_client::wire::{
     read_frame, write_frame, ApiError, ErrorCode, Request, RequestV1, Response, ResponseV1,
     MAX_FRAME,
 };
 
-use super::{not_found, store_error, tokens, ApiResult, ApiServer, Caller};
+use super::errors::{not_found, ApiResult};
+use super::ApiServer;
 
 fn unavailable(msg: String) -> ApiError {
     ApiError::new(ErrorCode::Unavailable, msg)
 }
 
-fn valid_node_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        })
-}
-
 impl ApiServer {
-    pub(super) async fn join_node(
-        &self,
-        token: &str,
-        name: &str,
-        csr_pem: &str,
-    ) -> ApiResult<ResponseV1> {
-        let token = JoinToken::parse(token)
-            .map_err(|e| ApiError::new(ErrorCode::Unauthorized, format!("join refused: {e}")))?;
-        tokens::check(&self.store, &token).await?;
-        if !valid_node_name(name) {
-            return Err(ApiError::new(
-                ErrorCode::Invalid,
-                format!("--name: \"{name}\" is not a valid node name (lowercase letters, digits, '-' and '.', at most 253 characters)"),
-            ));
-        }
-        let cert_pem = self
-            .ca
-            .sign_csr_for(csr_pem, &format!("node:{name}"), &[], self.cert_lifetime)
-            .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("csr: {e}")))?;
-        Ok(ResponseV1::JoinedNode {
-            cert_pem,
-            ca_cert_pem: self.ca.cert_pem.clone(),
-        })
-    }
-
-    /// Signs a new certificate for the identity the caller's connection
-    /// proves, and only that one: `node:NAME` gets `node:NAME`. Peers renew
-    /// their own from the CA key they hold; other identities get new
-    /// credentials from an operator.
-    pub(super) fn renew_certificate(
-        &self,
-        caller: &Caller,
-        cert_not_after: Option<time::OffsetDateTime>,
-        csr_pem: &str,
-    ) -> ApiResult<ResponseV1> {
-        let Caller::Identity(identity) = caller else {
-            return Err(ApiError::new(
-                ErrorCode::Unauthorized,
-                "renewing a certificate needs the current certificate: anonymous callers may only join",
-            ));
-        };
-        if !identity.starts_with("node:") {
-            return Err(ApiError::new(
-                ErrorCode::Forbidden,
-                format!(
-                    "only nodes renew their certificates through the apiserver; {identity} cannot"
-                ),
-            ));
-        }
-        let now = time::OffsetDateTime::now_utc();
-        if let Some(not_after) = cert_not_after.filter(|t| *t < now) {
-            return Err(ApiError::new(
-                ErrorCode::Unauthorized,
-                format!(
-                    "the certificate of {identity} on this connection expired at {}; join again with a new token",
-                    flotilla_api::meta::format_timestamp(not_after)
-                ),
-            ));
-        }
-        let cert_pem = self
-            .ca
-            .sign_csr_for(csr_pem, identity, &[], self.cert_lifetime)
-            .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("csr: {e}")))?;
-        tracing::info!(%identity, "renewed a node certificate");
-        Ok(ResponseV1::RenewedCertificate { cert_pem })
-    }
-
-    /// Finds the node running an instance and relays the request and every byte
-    /// after it, both ways, until either side ends.
-    pub(super) async fn proxy_to_node(
-        &self,
-        send: &mut quinn::SendStream,
-        recv: &mut quinn::RecvStream,
-        req: RequestV1,
-    ) -> ApiResult<()> {
-        let (namespace, name) = match &req {
-            RequestV1::Logs {
-                namespace, name, ..
-            }
-            | RequestV1::PortForward { namespace, name } => (namespace.clone(), name.clone()),
-            _ => return Err(ApiError::new(ErrorCode::BadRequest, "not a node request")),
-        };
+    /// The node an instance runs on, as far as this peer knows: it must be
+    /// bound and its node registered.
+    pub(super) async fn node_for_instance(&self, namespace: &str, name: &str) -> ApiResult<String> {
         let namespace = if namespace.is_empty() {
-            "default".to_string()
+            "default"
         } else {
             namespace
         };
-        self.store.read_barrier().await.map_err(store_error)?;
-        let Some(Object::Instance(instance)) = self.read(Kind::Instance, &namespace, &name)? else {
-            return Err(not_found(Kind::Instance, &namespace, &name));
+        self.sync().await?;
+        let Some(Object::Instance(instance)) = self.read(Kind::Instance, namespace, name)? else {
+            return Err(not_found(Kind::Instance, namespace, name));
         };
         let node_name = if instance.status.node_name.is_empty() {
             instance.spec.node_name.clone()
@@ -143,6 +49,26 @@ impl ApiServer {
                 "instance \"{name}\" is bound to node \"{node_name}\", which has not registered"
             )));
         }
+        Ok(node_name)
+    }
+
+    /// Finds the node running the instance of a logs or port-forward request
+    /// and relays the request and every byte after it, both ways, until
+    /// either side ends.
+    pub(super) async fn proxy_to_node(
+        &self,
+        send: &mut quinn::SendStream,
+        recv: &mut quinn::RecvStream,
+        req: RequestV1,
+    ) -> ApiResult<()> {
+        let (namespace, name) = match &req {
+            RequestV1::Logs {
+                namespace, name, ..
+            }
+            | RequestV1::PortForward { namespace, name } => (namespace.clone(), name.clone()),
+            _ => return Err(ApiError::new(ErrorCode::BadRequest, "not a node request")),
+        };
+        let node_name = self.node_for_instance(&namespace, &name).await?;
         let (_endpoint, conn) = self.dial_node(&node_name).await?;
         let (mut node_send, mut node_recv) = conn
             .open_bi()

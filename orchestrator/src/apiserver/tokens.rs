@@ -3,12 +3,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use flotilla_api::tls::CertificateAuthority;
-use flotilla_api::token::JoinToken;
-use flotilla_api::wire::{ApiError, ErrorCode};
+use crate::ca::CertificateAuthority;
+use flotilla_client::token::JoinToken;
+use flotilla_client::wire::{ApiError, ErrorCode};
 
+use super::errors::store_error;
 use super::keys::token_key;
-use super::store_error;
 use crate::store::{Action, Command, Op, Precondition, Store};
 
 #[derive(Serialize, Deserialize)]

@@ -20,8 +20,8 @@ use tokio::sync::mpsc;
 
 use flotilla_api::object::{Kind, Object};
 
-use super::decode_object;
 use super::keys::kind_prefix;
+use super::stored::decode_object;
 use crate::store::state_machine::{Change, StateReader};
 
 /// Changes a node's watcher may have queued before it is dropped as too slow.

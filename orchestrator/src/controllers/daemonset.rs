@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 
-use flotilla_api::client::ClientError;
 use flotilla_api::daemonset::DaemonSet;
 use flotilla_api::deployment::LABEL_TEMPLATE_HASH;
 use flotilla_api::event::EventType;
@@ -16,6 +15,7 @@ use flotilla_api::node::{
     Node, TaintEffect, TAINT_NOT_READY, TAINT_UNREACHABLE, TAINT_UNSCHEDULABLE,
 };
 use flotilla_api::object::{Kind, Object};
+use flotilla_client::ClientError;
 
 use super::{is_available, is_terminal, Ctx, Snapshot};
 

@@ -7,7 +7,6 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use flotilla_api::client::ClientError;
 use flotilla_api::deployment::{
     Deployment, DeploymentRevision, DeploymentStatus, DeploymentStrategyType, CONDITION_AVAILABLE,
     CONDITION_PROGRESSING, LABEL_TEMPLATE_HASH,
@@ -16,6 +15,7 @@ use flotilla_api::event::EventType;
 use flotilla_api::instance::Instance;
 use flotilla_api::meta::{now_timestamp, set_condition, Condition, ConditionStatus};
 use flotilla_api::object::{Kind, Object};
+use flotilla_client::ClientError;
 
 use super::{is_available, is_terminal, Ctx, Snapshot};
 

@@ -6,13 +6,13 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use flotilla_api::client::ClientError;
 use flotilla_api::endpoints::{EndpointAddress, EndpointPort, EndpointSubset, Endpoints};
 use flotilla_api::instance::Instance;
 use flotilla_api::meta::{ObjectMeta, ObjectReference};
 use flotilla_api::object::{Kind, Object};
 use flotilla_api::service::{Service, TargetPort};
-use flotilla_api::wire::{ErrorCode, Propagation};
+use flotilla_client::wire::{ErrorCode, Propagation};
+use flotilla_client::ClientError;
 
 use super::{is_terminal, owner_ref, Ctx, Snapshot};
 

@@ -5,10 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use flotilla_api::client::ClientError;
 use flotilla_api::meta::parse_timestamp;
 use flotilla_api::object::{Kind, Object};
-use flotilla_api::wire::{ErrorCode, RequestV1};
+use flotilla_client::wire::{ErrorCode, RequestV1};
+use flotilla_client::ClientError;
 
 use super::Ctx;
 

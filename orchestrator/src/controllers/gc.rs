@@ -6,10 +6,10 @@
 
 use std::collections::HashSet;
 
-use flotilla_api::client::ClientError;
 use flotilla_api::meta::{ObjectMeta, OwnerReference, FOREGROUND_FINALIZER};
 use flotilla_api::object::{Kind, Object};
-use flotilla_api::wire::ErrorCode;
+use flotilla_client::wire::ErrorCode;
+use flotilla_client::ClientError;
 
 use super::{Ctx, Snapshot};
 

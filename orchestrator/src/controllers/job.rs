@@ -5,13 +5,13 @@
 
 use std::time::Duration;
 
-use flotilla_api::client::ClientError;
 use flotilla_api::event::EventType;
 use flotilla_api::instance::InstancePhase;
 use flotilla_api::job::{Job, CONDITION_COMPLETE, CONDITION_FAILED};
 use flotilla_api::meta::{elapsed_since, now_timestamp, set_condition, Condition, ConditionStatus};
 use flotilla_api::object::{Kind, Object};
-use flotilla_api::wire::{ErrorCode, Propagation};
+use flotilla_client::wire::{ErrorCode, Propagation};
+use flotilla_client::ClientError;
 
 use super::{Ctx, Snapshot};
 

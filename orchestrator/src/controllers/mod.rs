@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use tokio::sync::watch;
 
-use flotilla_api::client::{Client, ClientError, SharedClientConfig};
 use flotilla_api::daemonset::DaemonSet;
 use flotilla_api::deployment::{Deployment, LABEL_TEMPLATE_HASH};
 use flotilla_api::endpoints::Endpoints;
@@ -36,7 +35,8 @@ use flotilla_api::meta::{elapsed_since, find_condition, ObjectMeta, OwnerReferen
 use flotilla_api::node::Node;
 use flotilla_api::object::{Kind, Object};
 use flotilla_api::service::Service;
-use flotilla_api::wire::{ErrorCode, Propagation};
+use flotilla_client::wire::{ErrorCode, Propagation};
+use flotilla_client::{Client, ClientError, SharedClientConfig};
 use flotilla_telemetry::{Counter, Family, Histogram, Registry};
 
 use crate::events::Recorder;

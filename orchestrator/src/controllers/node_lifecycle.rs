@@ -8,7 +8,6 @@
 
 use std::time::{Duration, Instant};
 
-use flotilla_api::client::ClientError;
 use flotilla_api::event::EventType;
 use flotilla_api::instance::{Instance, CONDITION_READY, MIRROR_ANNOTATION};
 use flotilla_api::meta::{
@@ -18,6 +17,7 @@ use flotilla_api::node::{
     Node, Taint, TaintEffect, CONDITION_READY as NODE_READY, TAINT_NOT_READY, TAINT_UNREACHABLE,
 };
 use flotilla_api::object::{Kind, Object};
+use flotilla_client::ClientError;
 
 use super::{is_terminal, Ctx, Snapshot};
 

@@ -26,13 +26,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use flotilla_api::client::{Client, ClientError, SharedClientConfig};
 use flotilla_api::event::EventType;
 use flotilla_api::instance::{Instance, InstanceAffinityTerm, InstancePhase, CONDITION_SCHEDULED};
 use flotilla_api::meta::{set_condition, Condition, ConditionStatus};
 use flotilla_api::node::{Node, TaintEffect};
 use flotilla_api::object::{Kind, Object};
-use flotilla_api::wire::ErrorCode;
+use flotilla_client::wire::ErrorCode;
+use flotilla_client::{Client, ClientError, SharedClientConfig};
 use flotilla_telemetry::{Counter, Family, Gauge, Histogram, Registry};
 
 use crate::events::Recorder;

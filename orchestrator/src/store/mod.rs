@@ -823,12 +823,12 @@ mod tests {
     use super::*;
 
     fn peer_net() -> Arc<PeerNet> {
-        let ca = flotilla_api::tls::CertificateAuthority::generate("test").unwrap();
+        let ca = crate::ca::CertificateAuthority::generate("test").unwrap();
         let cert = ca.issue("peer:1", &[]).unwrap();
-        let tls = flotilla_api::tls::client_config(
+        let tls = flotilla_client::tls::client_config(
             &ca.cert_pem,
             Some(&cert),
-            flotilla_api::tls::ALPN_RAFT,
+            flotilla_client::tls::ALPN_RAFT,
         )
         .unwrap();
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();

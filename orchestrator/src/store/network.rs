@@ -17,9 +17,9 @@ use openraft::raft::{
 use openraft::BasicNode;
 use serde::{Deserialize, Serialize};
 
-use flotilla_api::client::resolve;
-use flotilla_api::tls::SERVER_NAME;
-use flotilla_api::wire::{read_frame, write_frame};
+use flotilla_client::resolve;
+use flotilla_client::tls::SERVER_NAME;
+use flotilla_client::wire::{read_frame, write_frame};
 
 use super::types::{CommandResponse, PeerId, Proposal, TypeConfig};
 

@@ -114,6 +114,17 @@ pub enum Rejection {
     },
 }
 
+impl Rejection {
+    /// The key whose precondition failed.
+    pub fn key(&self) -> &str {
+        match self {
+            Rejection::Exists { key }
+            | Rejection::Missing { key }
+            | Rejection::Conflict { key, .. } => key,
+        }
+    }
+}
+
 /// What applying a command produced.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct CommandResponse {

@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::object::{Kind, Object};
+use flotilla_api::object::{Kind, Object};
 
 /// Largest frame a peer may send (16 MiB).
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;

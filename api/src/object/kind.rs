@@ -1,0 +1,148 @@
+//! [`Kind`], the tag of every object: names as manifests and the CLI spell
+//! them, and what each kind is (namespaced, owner of instances, dotted names).
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// The kind of an object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Kind {
+    /// [`Namespace`] (cluster-scoped).
+    Namespace,
+    /// [`Node`] (cluster-scoped).
+    Node,
+    /// [`Lease`].
+    Lease,
+    /// [`Instance`].
+    Instance,
+    /// [`Deployment`].
+    Deployment,
+    /// [`DaemonSet`].
+    DaemonSet,
+    /// [`Job`].
+    Job,
+    /// [`Service`].
+    Service,
+    /// [`Endpoints`].
+    Endpoints,
+    /// [`Event`].
+    Event,
+    /// [`Module`] (cluster-scoped).
+    Module,
+}
+
+/// A kind name that is not one of [`Kind::ALL`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown kind {0:?} (known kinds: {kinds})", kinds = known_kinds())]
+pub struct UnknownKind(pub String);
+
+fn known_kinds() -> String {
+    Kind::ALL
+        .iter()
+        .map(|k| k.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl Kind {
+    /// Every kind, in a stable order.
+    pub const ALL: [Kind; 11] = [
+        Kind::Namespace,
+        Kind::Node,
+        Kind::Lease,
+        Kind::Instance,
+        Kind::Deployment,
+        Kind::DaemonSet,
+        Kind::Job,
+        Kind::Service,
+        Kind::Endpoints,
+        Kind::Event,
+        Kind::Module,
+    ];
+
+    /// Parses a kind name as the CLI accepts it: case-insensitive, singular,
+    /// plural or short (`instance`, `instances`, `inst`, `deploy`, `svc`, `ns`, …).
+    pub fn parse(s: &str) -> Result<Kind, UnknownKind> {
+        let kind = match s.to_ascii_lowercase().as_str() {
+            "namespace" | "namespaces" | "ns" => Kind::Namespace,
+            "node" | "nodes" | "no" => Kind::Node,
+            "lease" | "leases" => Kind::Lease,
+            "instance" | "instances" | "inst" => Kind::Instance,
+            "deployment" | "deployments" | "deploy" => Kind::Deployment,
+            "daemonset" | "daemonsets" | "ds" => Kind::DaemonSet,
+            "job" | "jobs" => Kind::Job,
+            "service" | "services" | "svc" => Kind::Service,
+            "endpoints" | "endpoint" | "ep" => Kind::Endpoints,
+            "event" | "events" | "ev" => Kind::Event,
+            "module" | "modules" | "mod" => Kind::Module,
+            _ => return Err(UnknownKind(s.to_owned())),
+        };
+        Ok(kind)
+    }
+
+    /// The kind's name as in manifests, e.g. `Instance`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Kind::Namespace => "Namespace",
+            Kind::Node => "Node",
+            Kind::Lease => "Lease",
+            Kind::Instance => "Instance",
+            Kind::Deployment => "Deployment",
+            Kind::DaemonSet => "DaemonSet",
+            Kind::Job => "Job",
+            Kind::Service => "Service",
+            Kind::Endpoints => "Endpoints",
+            Kind::Event => "Event",
+            Kind::Module => "Module",
+        }
+    }
+
+    /// Lowercase plural, e.g. `instances`.
+    pub fn plural(&self) -> &'static str {
+        match self {
+            Kind::Namespace => "namespaces",
+            Kind::Node => "nodes",
+            Kind::Lease => "leases",
+            Kind::Instance => "instances",
+            Kind::Deployment => "deployments",
+            Kind::DaemonSet => "daemonsets",
+            Kind::Job => "jobs",
+            Kind::Service => "services",
+            Kind::Endpoints => "endpoints",
+            Kind::Event => "events",
+            Kind::Module => "modules",
+        }
+    }
+
+    /// True for the workload kinds whose controllers own instances.
+    pub fn owns_instances(&self) -> bool {
+        matches!(self, Kind::Deployment | Kind::DaemonSet | Kind::Job)
+    }
+
+    /// False for the cluster-scoped kinds Namespace, Node and Module.
+    pub fn namespaced(&self) -> bool {
+        !matches!(self, Kind::Namespace | Kind::Node | Kind::Module)
+    }
+
+    /// True when names of this kind may be DNS subdomains (with dots) rather
+    /// than DNS labels: nodes (host names), leases (named after nodes), events
+    /// (`<object>.<suffix>`) and modules (`sha256-<hex>`).
+    pub fn allows_dotted_names(&self) -> bool {
+        matches!(self, Kind::Node | Kind::Lease | Kind::Event | Kind::Module)
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Kind {
+    type Err = UnknownKind;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Kind::parse(s)
+    }
+}

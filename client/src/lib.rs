@@ -1,0 +1,27 @@
+//! flotilla-client: how a program talks to a Flotilla cluster. The wire
+//! protocol (length-prefixed postcard frames on QUIC streams), the [`Client`]
+//! every component uses (the CLI, nodes, the scheduler, the controllers), the
+//! client configuration file, dialling, TLS identities as their holders see
+//! them, join tokens, the self-healing [`Link`], and the one list-then-watch
+//! loop, [`watcher`].
+//!
+//! Must never: sign certificates (only the orchestrator holds the CA), touch
+//! the store, or decide anything about objects beyond carrying them.
+
+mod client;
+mod config;
+mod dial;
+mod error;
+pub mod link;
+pub mod tls;
+pub mod token;
+pub mod watcher;
+pub mod wire;
+
+pub use client::{Client, WatchStream};
+pub use config::{ClientConfig, SharedClientConfig};
+pub use dial::{
+    client_bind_addr, dial, listening_endpoint_config, resolve, transport_config, CONNECT_TIMEOUT,
+};
+pub use error::ClientError;
+pub use link::Link;

@@ -1,0 +1,199 @@
+//! The QUIC transport of the API: one bidirectional stream per request, a
+//! length-prefixed postcard frame each way (a stream of frames for watches,
+//! logs and module chunks). It authenticates each connection once, from the
+//! certificate the handshake verified, decodes each request once, hands it
+//! to the router, and writes what comes back. It counts every request in the
+//! metrics.
+//!
+//! Must never: decide anything about a request (the router and the verbs
+//! do), or keep reading a peer's bytes past the caps.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use flotilla_client::tls;
+use flotilla_client::wire::{
+    read_frame, write_frame, ApiError, ErrorCode, Request, Response, ResponseV1, UploadChunk,
+    MAX_FRAME, MODULE_CHUNK,
+};
+
+use super::authz::Caller;
+use super::errors::ApiResult;
+use super::metrics::{self, code_label, result_of};
+use super::router::Routed;
+use super::watch::WatchFeed;
+use super::ApiServer;
+
+fn invalid(msg: String) -> ApiError {
+    ApiError::new(ErrorCode::Invalid, msg)
+}
+
+impl ApiServer {
+    /// Serves every stream of one client connection.
+    pub async fn serve_connection(self: Arc<Self>, conn: quinn::Connection) {
+        let caller = Caller::from_certificate(tls::connection_certificate(&conn));
+        loop {
+            let (send, recv) = match conn.accept_bi().await {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+            let this = self.clone();
+            let caller = caller.clone();
+            tokio::spawn(async move {
+                this.serve_stream(caller, send, recv).await;
+            });
+        }
+    }
+
+    async fn serve_stream(
+        &self,
+        caller: Caller,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) {
+        let started = Instant::now();
+        let req: Request = match read_frame(&mut recv, MAX_FRAME).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(e) => {
+                let err = ApiError::new(ErrorCode::BadRequest, format!("bad request frame: {e}"));
+                self.metrics.observe("unknown", "", "BadRequest", started);
+                answer(&mut send, Err(err)).await;
+                return;
+            }
+        };
+        let Request::V1(req) = req;
+        let (verb, kind) = metrics::labels_of(&req);
+        let result = match self.route(&caller, req).await {
+            Routed::Answer(result) => {
+                let label = result_of(&result);
+                answer(&mut send, result).await;
+                label
+            }
+            Routed::Watch(Ok(feed)) => {
+                // A watch is counted when it starts, not when it ends.
+                self.metrics.observe(verb, kind, "ok", started);
+                let _open = self.metrics.watch_open();
+                send_watch(&mut send, feed).await;
+                return;
+            }
+            Routed::Watch(Err(e)) => {
+                let label = code_label(e.code);
+                answer(&mut send, Err(e)).await;
+                label
+            }
+            Routed::Upload {
+                digest,
+                size,
+                source,
+            } => {
+                let result = match self.read_upload(&mut recv, &digest, size, &source).await {
+                    Ok(bytes) => self
+                        .store_module(&digest, size, &source, bytes)
+                        .await
+                        .map(ResponseV1::Object),
+                    Err(e) => Err(e),
+                };
+                let label = result_of(&result);
+                answer(&mut send, result).await;
+                label
+            }
+            Routed::Download { digest } => {
+                let result = match self.module_chunks(&digest).await {
+                    Ok(chunks) => send_chunks(&mut send, chunks).await,
+                    Err(e) => Err(e),
+                };
+                let label = result_of(&result);
+                answer(&mut send, result).await;
+                label
+            }
+            Routed::ToNode(req) => match self.proxy_to_node(&mut send, &mut recv, req).await {
+                Ok(()) => "ok",
+                Err(e) => {
+                    let label = code_label(e.code);
+                    answer(&mut send, Err(e)).await;
+                    label
+                }
+            },
+        };
+        self.metrics.observe(verb, kind, result, started);
+    }
+
+    /// Reads an upload's chunks: exactly `size` bytes, refused as soon as the
+    /// announcement is bad or the sender goes past it.
+    async fn read_upload(
+        &self,
+        recv: &mut quinn::RecvStream,
+        digest: &str,
+        size: u64,
+        source: &str,
+    ) -> ApiResult<Vec<u8>> {
+        self.check_upload(digest, size, source)?;
+        let mut bytes = Vec::with_capacity(size as usize);
+        while (bytes.len() as u64) < size {
+            let chunk: UploadChunk = read_frame(recv, MAX_FRAME)
+                .await
+                .map_err(|e| invalid(format!("upload of {source}: {e}")))?
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "upload of {source} ended after {} of {size} bytes",
+                        bytes.len()
+                    ))
+                })?;
+            if chunk.data.len() > MODULE_CHUNK
+                || bytes.len() as u64 + chunk.data.len() as u64 > size
+            {
+                return Err(invalid(format!(
+                    "upload of {source} sent more than the {size} bytes it announced"
+                )));
+            }
+            bytes.extend_from_slice(&chunk.data);
+        }
+        Ok(bytes)
+    }
+}
+
+/// Writes the one answer of a request and ends the stream.
+async fn answer(send: &mut quinn::SendStream, result: ApiResult<ResponseV1>) {
+    let resp = result.unwrap_or_else(ResponseV1::Error);
+    let _ = write_frame(send, &Response::V1(resp)).await;
+    let _ = send.finish();
+}
+
+/// Sends a module's chunks; the closing `Ok` is the caller's answer.
+async fn send_chunks(send: &mut quinn::SendStream, chunks: Vec<Vec<u8>>) -> ApiResult<ResponseV1> {
+    for chunk in chunks {
+        write_frame(send, &Response::V1(ResponseV1::ModuleChunk(chunk)))
+            .await
+            .map_err(super::errors::internal)?;
+    }
+    Ok(ResponseV1::Ok)
+}
+
+/// Sends a watch's events until the caller stops reading or the watch ends
+/// (its error is the last frame).
+async fn send_watch(send: &mut quinn::SendStream, mut feed: WatchFeed) {
+    // Made once: a new one per change costs a lock and a registration.
+    let stopped = send.stopped();
+    tokio::pin!(stopped);
+    loop {
+        let next = tokio::select! {
+            next = feed.next() => next,
+            _ = &mut stopped => return,
+        };
+        match next {
+            Ok(event) => {
+                if write_frame(send, &Response::V1(ResponseV1::Event(event)))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Err(e) => {
+                answer(send, Err(e)).await;
+                return;
+            }
+        }
+    }
+}
