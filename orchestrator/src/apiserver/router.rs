@@ -201,3 +201,370 @@ impl ApiServer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The router driven directly: a one-peer store on disk, no listener, no
+    //! client; every request is a value in and a value out.
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use flotilla_api::instance::MIRROR_ANNOTATION;
+    use flotilla_api::manifest::parse_manifests;
+    use flotilla_api::object::{Kind, Object};
+    use flotilla_client::wire::{ApplyOutcome, Consistency, ErrorCode, Propagation, RequestV1};
+
+    use super::*;
+    use crate::apiserver::{ApiMetrics, NetworkRanges};
+    use crate::ca::CertificateAuthority;
+    use crate::store::network::PeerNet;
+    use crate::store::{Store, StoreConfig};
+
+    struct Fixture {
+        api: ApiServer,
+        _dir: tempfile::TempDir,
+    }
+
+    /// An apiserver over a fresh one-peer store. The store's peer network is
+    /// a client endpoint that never dials: one peer has no one to call.
+    async fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CertificateAuthority::generate("test").unwrap();
+        let cert = ca.issue("peer:1", &[]).unwrap();
+        let tls = flotilla_client::tls::client_config(
+            &ca.cert_pem,
+            Some(&cert),
+            flotilla_client::tls::ALPN_RAFT,
+        )
+        .unwrap();
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let net = Arc::new(PeerNet::new(
+            endpoint,
+            quinn::ClientConfig::new(Arc::new(quic)),
+        ));
+        let store = Store::open(StoreConfig::new(1, dir.path().to_path_buf()), net)
+            .await
+            .unwrap();
+        store.initialize("127.0.0.1:1").await.unwrap();
+        assert_eq!(
+            store.wait_for_leader(Duration::from_secs(10)).await,
+            Some(1)
+        );
+        let registry = flotilla_telemetry::Registry::new();
+        let api = ApiServer::new(
+            store,
+            ca,
+            "test".into(),
+            cert,
+            1 << 20,
+            NetworkRanges::default(),
+            ApiMetrics::register(&registry),
+        );
+        api.ensure_namespace("default").await.unwrap();
+        Fixture { api, _dir: dir }
+    }
+
+    fn admin() -> Caller {
+        Caller::identity("user:admin")
+    }
+
+    fn object(yaml: &str) -> Object {
+        parse_manifests(&format!("apiVersion: flotilla.dev/v1\n{yaml}"))
+            .unwrap()
+            .remove(0)
+    }
+
+    fn instance(name: &str) -> Object {
+        object(&format!(
+            "kind: Instance\nmetadata: {{name: {name}}}\nspec: {{module: \"sha256:{}\"}}",
+            "a".repeat(64)
+        ))
+    }
+
+    fn get(kind: Kind, name: &str) -> RequestV1 {
+        RequestV1::Get {
+            kind,
+            namespace: "default".into(),
+            name: name.into(),
+            consistency: Consistency::Linearizable,
+        }
+    }
+
+    fn code<T: std::fmt::Debug>(r: ApiResult<T>) -> ErrorCode {
+        r.expect_err("an error").code
+    }
+
+    #[tokio::test]
+    async fn every_request_kind_is_authorized_before_it_is_served() {
+        let f = fixture().await;
+        let anonymous = Caller::anonymous();
+        let who = f.api.handle(&anonymous, RequestV1::WhoAmI).await.unwrap();
+        assert!(matches!(who, ResponseV1::Identity(id) if id.is_empty()));
+        assert!(matches!(
+            f.api.handle(&anonymous, RequestV1::Clock).await,
+            Ok(ResponseV1::Clock { .. })
+        ));
+        // Anonymous: nothing but joins, whoami and the clock.
+        let cases = [
+            get(Kind::Instance, "x"),
+            RequestV1::Create {
+                object: instance("web"),
+            },
+            RequestV1::CreateToken { ttl_seconds: 60 },
+            RequestV1::Members,
+            RequestV1::RemoveMember { id: 1 },
+            RequestV1::RenewCertificate {
+                csr_pem: String::new(),
+            },
+        ];
+        for req in cases {
+            let label = crate::apiserver::metrics::labels_of(&req).0;
+            let err = f.api.handle(&anonymous, req).await.expect_err(label);
+            assert_eq!(err.code, ErrorCode::Unauthorized, "{label}: {err}");
+        }
+        // Streaming requests are authorized by the router too.
+        let watch = RequestV1::Watch {
+            kind: Some(Kind::Instance),
+            namespace: None,
+            label_selector: String::new(),
+            from_revision: 0,
+            field_selector: String::new(),
+        };
+        match f.api.route(&anonymous, watch.clone()).await {
+            Routed::Answer(Err(e)) => assert_eq!(e.code, ErrorCode::Unauthorized, "{e}"),
+            _ => panic!("an anonymous watch was let through"),
+        }
+        assert!(matches!(
+            f.api.route(&admin(), watch.clone()).await,
+            Routed::Watch(Ok(_))
+        ));
+        assert_eq!(code(f.api.handle(&admin(), watch).await), ErrorCode::BadRequest);
+        let upload = RequestV1::UploadModule {
+            digest: String::new(),
+            size: 0,
+            source: String::new(),
+        };
+        assert!(matches!(
+            f.api.route(&anonymous, upload.clone()).await,
+            Routed::Answer(Err(_))
+        ));
+        assert!(matches!(
+            f.api.route(&admin(), upload).await,
+            Routed::Upload { .. }
+        ));
+
+        // Identities with narrower rights.
+        let add = RequestV1::AddPeer {
+            id: 2,
+            address: "127.0.0.1:2".into(),
+        };
+        assert_eq!(
+            code(f.api.handle(&admin(), add.clone()).await),
+            ErrorCode::Forbidden
+        );
+        assert_eq!(
+            code(f.api.handle(&Caller::identity("peer:3"), add).await),
+            ErrorCode::Forbidden
+        );
+        let renew = RequestV1::RenewCertificate {
+            csr_pem: String::new(),
+        };
+        assert_eq!(
+            code(f.api.handle(&admin(), renew.clone()).await),
+            ErrorCode::Forbidden
+        );
+        // A node passes authorization; its bad CSR is the next thing to fail.
+        assert_eq!(
+            code(f.api.handle(&Caller::identity("node:a"), renew).await),
+            ErrorCode::BadRequest
+        );
+    }
+
+    #[tokio::test]
+    async fn object_verbs_answer_and_refuse_as_the_store_says() {
+        let f = fixture().await;
+        let api = &f.api;
+        let created = match api
+            .handle(
+                &admin(),
+                RequestV1::Create {
+                    object: instance("web"),
+                },
+            )
+            .await
+            .unwrap()
+        {
+            ResponseV1::Object(o) => o,
+            other => panic!("{other:?}"),
+        };
+        assert!(!created.meta().uid.is_empty());
+        let rv = created.meta().resource_version.clone();
+        assert_eq!(
+            code(
+                api.handle(
+                    &admin(),
+                    RequestV1::Create {
+                        object: instance("web")
+                    }
+                )
+                .await
+            ),
+            ErrorCode::AlreadyExists
+        );
+        let mut elsewhere = instance("lost");
+        elsewhere.meta_mut().namespace = "nowhere".into();
+        let err = api
+            .handle(&admin(), RequestV1::Create { object: elsewhere })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::NotFound);
+        assert!(err.message.contains("namespace \"nowhere\" not found"), "{err}");
+
+        // Compare-and-swap: the version read wins once, then conflicts.
+        let mut changed = created.clone();
+        changed.meta_mut().labels.insert("tier".into(), "web".into());
+        let updated = match api
+            .handle(&admin(), RequestV1::Update { object: changed.clone() })
+            .await
+            .unwrap()
+        {
+            ResponseV1::Object(o) => o,
+            other => panic!("{other:?}"),
+        };
+        assert_ne!(updated.meta().resource_version, rv);
+        let err = api
+            .handle(&admin(), RequestV1::Update { object: changed })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::Conflict);
+        assert!(err.message.contains("was modified since it was read"), "{err}");
+
+        // Apply: unchanged, then configured.
+        let (_, outcome) = api.apply(&admin(), updated.clone()).await.unwrap();
+        assert_eq!(outcome, ApplyOutcome::Unchanged);
+        let mut more = updated.clone();
+        more.meta_mut().labels.insert("more".into(), "x".into());
+        let (_, outcome) = api.apply(&admin(), more).await.unwrap();
+        assert_eq!(outcome, ApplyOutcome::Configured);
+        let (_, outcome) = api.apply(&admin(), instance("fresh")).await.unwrap();
+        assert_eq!(outcome, ApplyOutcome::Created);
+
+        // Bind: once.
+        let current = match api.handle(&admin(), get(Kind::Instance, "fresh")).await {
+            Ok(ResponseV1::Object(o)) => o,
+            other => panic!("{other:?}"),
+        };
+        let bind = |rv: String| RequestV1::Bind {
+            namespace: "default".into(),
+            name: "fresh".into(),
+            node_name: "edge-1".into(),
+            resource_version: rv,
+        };
+        let rv = current.meta().resource_version.clone();
+        assert!(matches!(
+            api.handle(&admin(), bind(rv.clone())).await,
+            Ok(ResponseV1::Bound { .. })
+        ));
+        assert_eq!(
+            code(api.handle(&admin(), bind(rv)).await),
+            ErrorCode::Conflict
+        );
+        assert_eq!(
+            code(api.handle(&admin(), bind(String::new())).await),
+            ErrorCode::Conflict,
+            "already bound"
+        );
+
+        // Delete, then it is gone.
+        let deleted = api
+            .handle(
+                &admin(),
+                RequestV1::Delete {
+                    kind: Kind::Instance,
+                    namespace: String::new(),
+                    name: "web".into(),
+                    resource_version: String::new(),
+                    propagation: Propagation::Background,
+                },
+            )
+            .await
+            .unwrap();
+        assert!(matches!(deleted, ResponseV1::Deleted { deleted: true, .. }));
+        assert_eq!(
+            code(api.handle(&admin(), get(Kind::Instance, "web")).await),
+            ErrorCode::NotFound
+        );
+        let default_ns = RequestV1::Delete {
+            kind: Kind::Namespace,
+            namespace: String::new(),
+            name: "default".into(),
+            resource_version: String::new(),
+            propagation: Propagation::Background,
+        };
+        assert_eq!(
+            code(api.handle(&admin(), default_ns).await),
+            ErrorCode::Forbidden
+        );
+    }
+
+    #[tokio::test]
+    async fn mirrors_of_static_instances_change_only_by_their_node() {
+        let f = fixture().await;
+        let mut mirror = instance("static-web");
+        mirror
+            .meta_mut()
+            .annotations
+            .insert(MIRROR_ANNOTATION.into(), "true".into());
+        if let Object::Instance(i) = &mut mirror {
+            i.spec.node_name = "edge-1".into();
+        }
+        let node = Caller::identity("node:edge-1");
+        let created = f.api.create(mirror).await.unwrap();
+        let mut changed = created.clone();
+        changed.meta_mut().labels.insert("x".into(), "y".into());
+        let err = f.api.update(&admin(), changed.clone(), false).await.unwrap_err();
+        assert_eq!(err.code, ErrorCode::Forbidden);
+        assert!(err.message.contains("--manifests-dir"), "{err}");
+        assert_eq!(
+            code(f.api.update(&Caller::identity("node:other"), changed.clone(), false).await),
+            ErrorCode::Forbidden
+        );
+        f.api.update(&node, changed, false).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn bad_input_is_a_clear_error_and_changes_nothing() {
+        let f = fixture().await;
+        let mut bad = instance("web");
+        if let Object::Instance(i) = &mut bad {
+            i.spec.module.clear();
+        }
+        let err = f
+            .api
+            .handle(&admin(), RequestV1::Create { object: bad })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::Invalid);
+        assert!(err.message.contains("spec.module: required"), "{err}");
+        let mut stale = instance("web");
+        stale.meta_mut().resource_version = "seven".into();
+        let err = f
+            .api
+            .handle(&admin(), RequestV1::Update { object: stale })
+            .await
+            .unwrap_err();
+        assert!(err.message.contains("metadata.resourceVersion"), "{err}");
+        let list = RequestV1::List {
+            kind: Kind::Instance,
+            namespace: None,
+            label_selector: "a in (".into(),
+            consistency: Consistency::Linearizable,
+            field_selector: String::new(),
+        };
+        assert_eq!(code(f.api.handle(&admin(), list).await), ErrorCode::BadRequest);
+        let (items, _) = f.api.list(Kind::Instance, None, "").unwrap();
+        assert!(items.is_empty(), "{items:?}");
+    }
+}
