@@ -33,7 +33,7 @@ fn the_object_model_depends_on_no_runtime_network_or_tls() {
     assert!(crates.contains(&"flotilla-api"), "{tree}");
     for forbidden in ["tokio", "quinn", "rustls", "rcgen", "ring", "hyper"] {
         assert!(
-            !crates.iter().any(|c| *c == forbidden),
+            !crates.contains(&forbidden),
             "flotilla-api depends on {forbidden}:\n{tree}"
         );
     }

@@ -37,7 +37,6 @@ impl ControllerFlags {
             node_grace_period: self.node_grace_period.as_std(),
             default_toleration: std::time::Duration::from_secs(self.default_toleration_seconds),
             event_ttl: self.event_ttl.as_std(),
-            ..Settings::default()
         }
     }
 }

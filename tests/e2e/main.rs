@@ -5,6 +5,7 @@ mod bad_input;
 mod certs;
 mod cli;
 mod control_plane;
+mod controllers;
 mod doctor;
 mod harness;
 mod metrics;

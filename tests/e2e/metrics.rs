@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 use crate::harness::{run_cli, service_manifest, stderr, wait_for, Cluster, BIN};
 
 /// A process whose stdout lines are collected as they come.
-struct Proc {
+pub(crate) struct Proc {
     child: Child,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
 }
 
 impl Proc {
-    fn spawn(args: &[&str]) -> Self {
+    pub(crate) fn spawn(args: &[&str]) -> Self {
         let mut child = Command::new(BIN)
             .args(args)
             .env_remove("FLOTILLA_CONFIG")
@@ -69,7 +69,7 @@ impl Proc {
     }
 
     /// The metrics endpoint's `HOST:PORT`, from the "metrics on" line.
-    fn metrics_addr(&mut self) -> String {
+    pub(crate) fn metrics_addr(&mut self) -> String {
         let url = self.after("metrics on http://", Duration::from_secs(30));
         url.trim_end_matches("/metrics").to_string()
     }
@@ -104,14 +104,14 @@ fn http_get(addr: &str, path: &str) -> (u16, String) {
 }
 
 /// The value of the series `series` (name and labels as rendered), if present.
-fn value(metrics: &str, series: &str) -> Option<f64> {
+pub(crate) fn value(metrics: &str, series: &str) -> Option<f64> {
     metrics.lines().find_map(|l| {
         let (name, v) = l.rsplit_once(' ')?;
         (name == series).then(|| v.parse().ok()).flatten()
     })
 }
 
-fn scrape(addr: &str) -> String {
+pub(crate) fn scrape(addr: &str) -> String {
     let (status, body) = http_get(addr, "/metrics");
     assert_eq!(status, 200, "/metrics: {body}");
     body

@@ -861,11 +861,11 @@ fn a_static_instance_appears_as_a_read_only_mirror() {
 }
 
 /// A `flotilla hollow-nodes` process, killed if a test ends without stopping it.
-struct HollowNodes(Child);
+pub(crate) struct HollowNodes(Child);
 
 impl HollowNodes {
     /// Starts `count` hollow nodes and waits for them all to have joined.
-    fn start(cluster: &Cluster, count: usize) -> Self {
+    pub(crate) fn start(cluster: &Cluster, count: usize) -> Self {
         let token = cluster.token("1h");
         let data_dir = cluster.dir.path().join("hollow");
         let mut child = Command::new(BIN)

@@ -16,7 +16,7 @@ use crate::node::{examples, NodeProc};
 
 const NODE_FLAGS: &[&str] = &["--lease-interval", "500ms", "--busy-timeout", "1s"];
 
-fn start_nodes(cluster: &Cluster, names: &[&str], extra: &[&[&str]]) -> Vec<NodeProc> {
+pub(crate) fn start_nodes(cluster: &Cluster, names: &[&str], extra: &[&[&str]]) -> Vec<NodeProc> {
     let token = cluster.token("1h");
     names
         .iter()
@@ -48,7 +48,7 @@ pub(crate) fn wait_nodes_ready(cluster: &Cluster, n: usize) {
     });
 }
 
-fn list(cluster: &Cluster, args: &[&str]) -> Vec<Value> {
+pub(crate) fn list(cluster: &Cluster, args: &[&str]) -> Vec<Value> {
     let mut full = vec!["get"];
     full.extend_from_slice(args);
     full.extend_from_slice(&["-o", "json"]);
@@ -63,7 +63,7 @@ fn list(cluster: &Cluster, args: &[&str]) -> Vec<Value> {
     }
 }
 
-fn condition(obj: &Value, type_: &str) -> Option<String> {
+pub(crate) fn condition(obj: &Value, type_: &str) -> Option<String> {
     obj["status"]["conditions"]
         .as_array()?
         .iter()
@@ -376,7 +376,7 @@ fn a_daemonset_follows_nodes_labels_and_tolerations() {
     });
 }
 
-fn job(
+pub(crate) fn job(
     name: &str,
     module: &Path,
     completions: u32,

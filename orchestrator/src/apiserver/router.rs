@@ -340,7 +340,10 @@ mod tests {
             f.api.route(&admin(), watch.clone()).await,
             Routed::Watch(Ok(_))
         ));
-        assert_eq!(code(f.api.handle(&admin(), watch).await), ErrorCode::BadRequest);
+        assert_eq!(
+            code(f.api.handle(&admin(), watch).await),
+            ErrorCode::BadRequest
+        );
         let upload = RequestV1::UploadModule {
             digest: String::new(),
             size: 0,
@@ -420,13 +423,24 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.code, ErrorCode::NotFound);
-        assert!(err.message.contains("namespace \"nowhere\" not found"), "{err}");
+        assert!(
+            err.message.contains("namespace \"nowhere\" not found"),
+            "{err}"
+        );
 
         // Compare-and-swap: the version read wins once, then conflicts.
         let mut changed = created.clone();
-        changed.meta_mut().labels.insert("tier".into(), "web".into());
+        changed
+            .meta_mut()
+            .labels
+            .insert("tier".into(), "web".into());
         let updated = match api
-            .handle(&admin(), RequestV1::Update { object: changed.clone() })
+            .handle(
+                &admin(),
+                RequestV1::Update {
+                    object: changed.clone(),
+                },
+            )
             .await
             .unwrap()
         {
@@ -439,7 +453,10 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.code, ErrorCode::Conflict);
-        assert!(err.message.contains("was modified since it was read"), "{err}");
+        assert!(
+            err.message.contains("was modified since it was read"),
+            "{err}"
+        );
 
         // Apply: unchanged, then configured.
         let (_, outcome) = api.apply(&admin(), updated.clone()).await.unwrap();
@@ -524,11 +541,19 @@ mod tests {
         let created = f.api.create(mirror).await.unwrap();
         let mut changed = created.clone();
         changed.meta_mut().labels.insert("x".into(), "y".into());
-        let err = f.api.update(&admin(), changed.clone(), false).await.unwrap_err();
+        let err = f
+            .api
+            .update(&admin(), changed.clone(), false)
+            .await
+            .unwrap_err();
         assert_eq!(err.code, ErrorCode::Forbidden);
         assert!(err.message.contains("--manifests-dir"), "{err}");
         assert_eq!(
-            code(f.api.update(&Caller::identity("node:other"), changed.clone(), false).await),
+            code(
+                f.api
+                    .update(&Caller::identity("node:other"), changed.clone(), false)
+                    .await
+            ),
             ErrorCode::Forbidden
         );
         f.api.update(&node, changed, false).await.unwrap();
@@ -563,7 +588,10 @@ mod tests {
             consistency: Consistency::Linearizable,
             field_selector: String::new(),
         };
-        assert_eq!(code(f.api.handle(&admin(), list).await), ErrorCode::BadRequest);
+        assert_eq!(
+            code(f.api.handle(&admin(), list).await),
+            ErrorCode::BadRequest
+        );
         let (items, _) = f.api.list(Kind::Instance, None, "").unwrap();
         assert!(items.is_empty(), "{items:?}");
     }

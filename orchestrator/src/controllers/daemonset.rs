@@ -4,6 +4,9 @@
 //! template replaces old instances a few nodes at a time (maxUnavailable).
 //! Like Kubernetes, a DaemonSet ignores cordons and tolerates the node
 //! lifecycle taints (unreachable, not-ready).
+//!
+//! Keyed by DaemonSet; a change of the DaemonSet, of an instance it owns, of
+//! the Module it names, or of any Node concerns it.
 
 use std::collections::BTreeMap;
 
@@ -15,9 +18,12 @@ use flotilla_api::node::{
     Node, TaintEffect, TAINT_NOT_READY, TAINT_UNREACHABLE, TAINT_UNSCHEDULABLE,
 };
 use flotilla_api::object::{Kind, Object};
-use flotilla_client::ClientError;
 
-use super::{is_available, is_terminal, Ctx, Snapshot};
+use super::runtime::{Action, Ctx, ObjectRef, ReconcileError, Reconciler};
+use super::triggers;
+use super::writes::{execute, module_missing, module_uploaded, new_instance, Plan, Write};
+use super::{is_available, is_terminal, until_available, Now};
+use crate::informer::{Cache, CacheChange};
 
 /// True when a DaemonSet with this template belongs on `node`.
 fn wants(ds: &DaemonSet, node: &Node) -> bool {
@@ -31,25 +37,34 @@ fn wants(ds: &DaemonSet, node: &Node) -> bool {
         })
 }
 
-pub(super) async fn reconcile(
-    ctx: &Ctx,
-    snap: &Snapshot,
+/// What the DaemonSet controller decides for one DaemonSet, from the nodes
+/// there are, the instances it owns (none being deleted) and whether its
+/// template's module was uploaded.
+pub fn decide(
     ds: &DaemonSet,
-) -> Result<(), ClientError> {
+    nodes: &[Node],
+    owned: &[Instance],
+    module_known: bool,
+    now: &Now,
+) -> Plan {
+    let mut plan = Plan::nothing();
     if ds.metadata.is_being_deleted() {
-        return Ok(());
+        return plan;
     }
     let hash = ds.spec.template.template_hash();
     let min_ready = ds.spec.min_ready_seconds;
-    let eligible: Vec<&Node> = snap.nodes.iter().filter(|n| wants(ds, n)).collect();
+    let available_now = |i: &Instance| is_available(i, min_ready, now.wall);
+    let eligible: Vec<&Node> = nodes.iter().filter(|n| wants(ds, n)).collect();
     let mut by_node: BTreeMap<&str, Vec<&Instance>> = BTreeMap::new();
-    let owned = snap.owned(&ds.metadata.uid);
     let mut created = Vec::new();
     let mut deleted = Vec::new();
-    for i in &owned {
+    let mut delete = |plan: &mut Plan, i: &Instance| {
+        plan.writes.push(Write::DeleteInstance(i.clone()));
+        deleted.push(i.metadata.name.clone());
+    };
+    for i in owned {
         if is_terminal(i) {
-            ctx.delete_instance(i).await?;
-            deleted.push(i.metadata.name.clone());
+            delete(&mut plan, i);
         } else {
             by_node
                 .entry(i.spec.node_name.as_str())
@@ -62,8 +77,7 @@ pub(super) async fn reconcile(
         if !eligible.iter().any(|n| n.metadata.name == *node) {
             misscheduled += instances.len() as u32;
             for i in instances {
-                ctx.delete_instance(i).await?;
-                deleted.push(i.metadata.name.clone());
+                delete(&mut plan, i);
             }
         }
     }
@@ -81,7 +95,7 @@ pub(super) async fn reconcile(
         .filter(|n| {
             !by_node
                 .get(n.metadata.name.as_str())
-                .is_some_and(|v| v.iter().any(|i| is_available(i, min_ready)))
+                .is_some_and(|v| v.iter().any(|i| available_now(i)))
         })
         .count();
     let (mut current, mut ready, mut updated, mut available) = (0u32, 0u32, 0u32, 0u32);
@@ -91,34 +105,47 @@ pub(super) async fn reconcile(
         // Keep one: the newest template first, then the ready one.
         here.sort_by_key(|i| (!is_new(i), !i.is_ready()));
         for extra in here.iter().skip(1) {
-            ctx.delete_instance(extra).await?;
-            deleted.push(extra.metadata.name.clone());
+            delete(&mut plan, extra);
         }
         match here.first() {
-            None => {
-                let prefix = ds.metadata.name.clone();
-                let created_name = ctx
-                    .create_instance(
+            None if !module_known => {
+                let why = module_missing(
+                    Kind::DaemonSet,
+                    &ds.metadata.name,
+                    &ds.spec.template.spec.module,
+                );
+                if plan.blocked.is_none() {
+                    plan.writes.push(Write::event(
                         Kind::DaemonSet,
                         &ds.metadata,
-                        &ds.spec.template,
-                        &prefix,
-                        Some(name),
-                    )
-                    .await?;
-                created.push(created_name);
+                        EventType::Warning,
+                        "FailedCreate",
+                        why.clone(),
+                    ));
+                }
+                plan.blocked = Some(why);
+            }
+            None => {
+                let instance = new_instance(
+                    Kind::DaemonSet,
+                    &ds.metadata,
+                    &ds.spec.template,
+                    &ds.metadata.name,
+                    Some(name),
+                );
+                created.push(instance.metadata.name.clone());
+                plan.writes.push(Write::CreateInstance(instance));
                 current += 1;
                 updated += 1;
             }
             Some(i) if !is_new(i) => {
-                let counted_available = is_available(i, min_ready);
+                let counted_available = available_now(i);
                 // An old instance that is not available costs nothing to replace.
                 if !counted_available || unavailable < max_unavailable {
                     if counted_available {
                         unavailable += 1;
                     }
-                    ctx.delete_instance(i).await?;
-                    deleted.push(i.metadata.name.clone());
+                    delete(&mut plan, i);
                 } else {
                     current += 1;
                     ready += u32::from(i.is_ready());
@@ -129,29 +156,30 @@ pub(super) async fn reconcile(
                 current += 1;
                 updated += 1;
                 ready += u32::from(i.is_ready());
-                available += u32::from(is_available(i, min_ready));
+                available += u32::from(available_now(i));
+                plan.action = plan.action.sooner(Action::requeue_after(until_available(
+                    i, min_ready, now.wall,
+                )));
             }
         }
     }
     if !created.is_empty() {
-        ctx.event(
+        plan.writes.push(Write::event(
             Kind::DaemonSet,
             &ds.metadata,
             EventType::Normal,
             "SuccessfulCreate",
-            &format!("created {}", created.join(", ")),
-        )
-        .await;
+            format!("created {}", created.join(", ")),
+        ));
     }
     if !deleted.is_empty() {
-        ctx.event(
+        plan.writes.push(Write::event(
             Kind::DaemonSet,
             &ds.metadata,
             EventType::Normal,
             "SuccessfulDelete",
-            &format!("deleted {}", deleted.join(", ")),
-        )
-        .await;
+            format!("deleted {}", deleted.join(", ")),
+        ));
     }
     let mut status = ds.status.clone();
     status.observed_generation = ds.metadata.generation;
@@ -165,7 +193,56 @@ pub(super) async fn reconcile(
     if status != ds.status {
         let mut next = ds.clone();
         next.status = status;
-        ctx.write_status(Object::DaemonSet(next)).await?;
+        plan.writes.push(Write::Status(Object::DaemonSet(next)));
     }
-    Ok(())
+    plan
+}
+
+/// The DaemonSet controller.
+pub struct DaemonSets;
+
+impl Reconciler for DaemonSets {
+    fn name(&self) -> &'static str {
+        "daemonset"
+    }
+
+    fn triggers(&self, change: &CacheChange, cache: &Cache) -> Vec<ObjectRef> {
+        let node_changed = match change {
+            CacheChange::Reset(kind) => *kind == Kind::Node,
+            CacheChange::Upserted { new, .. } => new.kind() == Kind::Node,
+            CacheChange::Removed(old) => old.kind() == Kind::Node,
+        };
+        if node_changed {
+            return triggers::all(Kind::DaemonSet, cache);
+        }
+        triggers::owner_or_self(Kind::DaemonSet, change, cache)
+    }
+
+    fn all_keys(&self, cache: &Cache) -> Vec<ObjectRef> {
+        triggers::all(Kind::DaemonSet, cache)
+    }
+
+    async fn reconcile(&self, key: &ObjectRef, ctx: &Ctx) -> Result<Action, ReconcileError> {
+        let Some(Object::DaemonSet(ds)) = ctx.cache.get(Kind::DaemonSet, &key.namespace, &key.name)
+        else {
+            return Ok(Action::await_change());
+        };
+        let nodes: Vec<Node> = ctx
+            .cache
+            .list(Kind::Node)
+            .into_iter()
+            .filter_map(|o| match o {
+                Object::Node(n) => Some(n),
+                _ => None,
+            })
+            .collect();
+        let owned: Vec<Instance> = ctx
+            .cache
+            .owned_by(&ds.metadata.uid)
+            .into_iter()
+            .filter(|i| !i.metadata.is_being_deleted())
+            .collect();
+        let module_known = module_uploaded(&ctx.cache, &ds.spec.template.spec.module);
+        execute(ctx, decide(&ds, &nodes, &owned, module_known, &Now::read())).await
+    }
 }

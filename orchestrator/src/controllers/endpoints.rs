@@ -3,18 +3,28 @@
 //! as addresses, the others as not-ready addresses, grouped by the ports they
 //! resolve the service's target ports to. Endpoints of a Service that is gone
 //! are deleted.
+//!
+//! Keyed by Service (its Endpoints share its name); a change of the Service,
+//! of its Endpoints, or of an instance its selector matches (before or after
+//! the change) concerns it.
+//!
+//! Keyed by Service (its Endpoints share its name); a change of the Service,
+//! of its Endpoints, or of an instance its selector matches (before or after
+//! the change) concerns it.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use flotilla_api::endpoints::{EndpointAddress, EndpointPort, EndpointSubset, Endpoints};
 use flotilla_api::instance::Instance;
 use flotilla_api::meta::{ObjectMeta, ObjectReference};
 use flotilla_api::object::{Kind, Object};
 use flotilla_api::service::{Service, TargetPort};
-use flotilla_client::wire::{ErrorCode, Propagation};
-use flotilla_client::ClientError;
 
-use super::{is_terminal, owner_ref, Ctx, Snapshot};
+use super::is_terminal;
+use super::runtime::{Action, Ctx, ObjectRef, ReconcileError, Reconciler};
+use super::triggers;
+use super::writes::{execute, owner_ref, Plan, Write};
+use crate::informer::{Cache, CacheChange};
 
 /// The instance's ports for the service's, or `None` when a named target port
 /// is not among the instance's ports.
@@ -83,66 +93,133 @@ fn desired(svc: &Service, instances: &[Instance]) -> Vec<EndpointSubset> {
     subsets
 }
 
-pub(super) async fn reconcile(ctx: &Ctx, snap: &Snapshot) -> Result<(), ClientError> {
-    let mut wanted = HashSet::new();
-    for svc in &snap.services {
-        if svc.spec.selector.is_empty() || svc.metadata.is_being_deleted() {
-            continue;
-        }
-        wanted.insert((svc.metadata.namespace.clone(), svc.metadata.name.clone()));
-        let subsets = desired(svc, &snap.instances);
-        let current = snap.endpoints.iter().find(|e| {
-            e.metadata.namespace == svc.metadata.namespace && e.metadata.name == svc.metadata.name
-        });
-        match current {
-            Some(e) if e.subsets == subsets => {}
-            Some(e) => {
-                let mut next = e.clone();
-                next.subsets = subsets;
-                next.metadata.resource_version.clear();
-                ctx.write(Object::Endpoints(next)).await?;
-            }
-            None => {
-                let mut meta = ObjectMeta::new(&svc.metadata.namespace, &svc.metadata.name);
-                meta.labels = svc.metadata.labels.clone();
-                meta.owner_references = vec![owner_ref(Kind::Service, &svc.metadata)];
-                let endpoints = Endpoints {
-                    metadata: meta,
-                    subsets,
-                };
-                match ctx.client.create(Object::Endpoints(endpoints)).await {
-                    Ok(o) => ctx.cache.wrote(o),
-                    Err(e) if e.code() == Some(ErrorCode::AlreadyExists) => {}
-                    Err(e) => return Err(e),
+/// What the Endpoints controller decides for the Service `key`, from the
+/// Service (gone: `None`), its Endpoints and the instances of its namespace.
+pub fn decide(svc: Option<&Service>, current: Option<&Endpoints>, instances: &[Instance]) -> Plan {
+    let mut plan = Plan::nothing();
+    let wanted = svc.filter(|s| !s.spec.selector.is_empty() && !s.metadata.is_being_deleted());
+    match (wanted, current) {
+        (Some(svc), current) => {
+            let subsets = desired(svc, instances);
+            match current {
+                Some(e) if e.subsets == subsets => {}
+                Some(e) => {
+                    let mut next = e.clone();
+                    next.subsets = subsets;
+                    next.metadata.resource_version.clear();
+                    plan.writes.push(Write::Update(Object::Endpoints(next)));
+                }
+                None => {
+                    let mut meta = ObjectMeta::new(&svc.metadata.namespace, &svc.metadata.name);
+                    meta.labels = svc.metadata.labels.clone();
+                    meta.owner_references = vec![owner_ref(Kind::Service, &svc.metadata)];
+                    plan.writes.push(Write::Create(Object::Endpoints(Endpoints {
+                        metadata: meta,
+                        subsets,
+                    })));
                 }
             }
         }
-    }
-    for e in &snap.endpoints {
-        let owned_by_service = e
-            .metadata
-            .owner_references
-            .iter()
-            .any(|r| r.kind == Kind::Service.as_str());
-        if owned_by_service
-            && !wanted.contains(&(e.metadata.namespace.clone(), e.metadata.name.clone()))
-        {
-            match ctx
-                .client
-                .delete(
-                    Kind::Endpoints,
-                    &e.metadata.namespace,
-                    &e.metadata.name,
-                    Propagation::Background,
-                )
-                .await
-            {
-                Ok(_) => {}
-                Err(err) if err.code() == Some(ErrorCode::NotFound) => {}
-                Err(err) => return Err(err),
+        (None, Some(e)) => {
+            let owned_by_service = e
+                .metadata
+                .owner_references
+                .iter()
+                .any(|r| r.kind == Kind::Service.as_str());
+            if owned_by_service {
+                let mut gone = e.clone();
+                gone.metadata.resource_version.clear();
+                plan.writes.push(Write::Delete(Object::Endpoints(gone)));
             }
-            ctx.cache.removed(&Object::Endpoints(e.clone()));
         }
+        (None, None) => {}
     }
-    Ok(())
+    plan
+}
+
+/// The Endpoints controller.
+pub struct EndpointsController;
+
+fn selects(svc: &Service, labels: &BTreeMap<String, String>) -> bool {
+    !svc.spec.selector.is_empty()
+        && svc
+            .spec
+            .selector
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+}
+
+impl Reconciler for EndpointsController {
+    fn name(&self) -> &'static str {
+        "endpoints"
+    }
+
+    fn triggers(&self, change: &CacheChange, cache: &Cache) -> Vec<ObjectRef> {
+        if let CacheChange::Reset(kind) = change {
+            return match kind {
+                Kind::Service | Kind::Endpoints | Kind::Instance => self.all_keys(cache),
+                _ => Vec::new(),
+            };
+        }
+        let (old, new) = triggers::states(change);
+        let mut keys = Vec::new();
+        for object in old.into_iter().chain(new) {
+            let m = object.meta();
+            match object {
+                Object::Service(_) | Object::Endpoints(_) => {
+                    keys.push(ObjectRef::new(Kind::Service, &m.namespace, &m.name))
+                }
+                Object::Instance(_) => {
+                    for svc in cache.list_in(Kind::Service, &m.namespace) {
+                        if let Object::Service(s) = &svc {
+                            if selects(s, &m.labels) {
+                                keys.push(ObjectRef::of(&svc));
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
+    fn all_keys(&self, cache: &Cache) -> Vec<ObjectRef> {
+        let mut keys = triggers::all(Kind::Service, cache);
+        keys.extend(
+            cache
+                .keys(Kind::Endpoints)
+                .into_iter()
+                .map(|(ns, name)| ObjectRef::new(Kind::Service, &ns, &name)),
+        );
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
+    async fn reconcile(&self, key: &ObjectRef, ctx: &Ctx) -> Result<Action, ReconcileError> {
+        let svc = match ctx.cache.get(Kind::Service, &key.namespace, &key.name) {
+            Some(Object::Service(s)) => Some(s),
+            _ => None,
+        };
+        let current = match ctx.cache.get(Kind::Endpoints, &key.namespace, &key.name) {
+            Some(Object::Endpoints(e)) => Some(e),
+            _ => None,
+        };
+        let instances: Vec<Instance> = match &svc {
+            Some(_) => ctx
+                .cache
+                .list_in(Kind::Instance, &key.namespace)
+                .into_iter()
+                .filter_map(|o| match o {
+                    Object::Instance(i) => Some(i),
+                    _ => None,
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        execute(ctx, decide(svc.as_ref(), current.as_ref(), &instances)).await
+    }
 }

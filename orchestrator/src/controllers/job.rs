@@ -2,26 +2,35 @@
 //! `parallelism` at a time; fail the Job when more than `backoffLimit` fail or
 //! when it runs past `activeDeadlineSeconds`; delete it `ttlSecondsAfterFinished`
 //! after it ends.
+//!
+//! Keyed by Job; a change of the Job, of an instance it owns, or of the
+//! Module it names concerns it.
 
 use std::time::Duration;
 
 use flotilla_api::event::EventType;
-use flotilla_api::instance::InstancePhase;
+use flotilla_api::instance::{Instance, InstancePhase};
 use flotilla_api::job::{Job, CONDITION_COMPLETE, CONDITION_FAILED};
-use flotilla_api::meta::{elapsed_since, now_timestamp, set_condition, Condition, ConditionStatus};
+use flotilla_api::meta::{
+    elapsed_since, format_timestamp, set_condition, Condition, ConditionStatus,
+};
 use flotilla_api::object::{Kind, Object};
-use flotilla_client::wire::{ErrorCode, Propagation};
-use flotilla_client::ClientError;
 
-use super::{Ctx, Snapshot};
+use super::runtime::{Action, Ctx, ObjectRef, ReconcileError, Reconciler};
+use super::triggers;
+use super::writes::{execute, module_missing, module_uploaded, new_instance, Plan, Write};
+use super::Now;
+use crate::informer::{Cache, CacheChange};
 
-pub(super) async fn reconcile(ctx: &Ctx, snap: &Snapshot, job: &Job) -> Result<(), ClientError> {
+/// What the Job controller decides for one Job, from the instances it owns
+/// (none being deleted) and whether its template's module was uploaded.
+pub fn decide(job: &Job, owned: &[Instance], module_known: bool, now: &Now) -> Plan {
+    let mut plan = Plan::nothing();
     if job.metadata.is_being_deleted() {
-        return Ok(());
+        return plan;
     }
-    let now = time::OffsetDateTime::now_utc();
-    let owned = snap.owned(&job.metadata.uid);
-    let active: Vec<_> = owned
+    let now_text = format_timestamp(now.wall);
+    let active: Vec<&Instance> = owned
         .iter()
         .filter(|i| {
             !matches!(
@@ -43,37 +52,26 @@ pub(super) async fn reconcile(ctx: &Ctx, snap: &Snapshot, job: &Job) -> Result<(
     status.succeeded = succeeded;
     status.failed = failed;
     if status.start_time.is_empty() {
-        status.start_time = now_timestamp();
+        status.start_time = now_text.clone();
     }
 
     if job.is_finished() {
         for i in &active {
-            ctx.delete_instance(i).await?;
+            plan.writes.push(Write::DeleteInstance((*i).clone()));
         }
         status.active = 0;
         if let Some(ttl) = job.spec.ttl_seconds_after_finished {
-            let done_for = elapsed_since(&job.status.completion_time, now).unwrap_or_default();
-            if done_for >= Duration::from_secs(u64::from(ttl)) {
-                match ctx
-                    .client
-                    .delete(
-                        Kind::Job,
-                        &job.metadata.namespace,
-                        &job.metadata.name,
-                        Propagation::Background,
-                    )
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(e) if e.code() == Some(ErrorCode::NotFound) => {}
-                    Err(e) => return Err(e),
-                }
-                ctx.cache.removed(&Object::Job(job.clone()));
-                return Ok(());
+            let ttl = Duration::from_secs(u64::from(ttl));
+            let done_for = elapsed_since(&job.status.completion_time, now.wall).unwrap_or_default();
+            if done_for >= ttl {
+                plan.writes.push(Write::Delete(Object::Job(job.clone())));
+                return plan;
             }
+            plan.action = Action::requeue(ttl - done_for);
         }
     } else {
-        let running_for = elapsed_since(&status.start_time, now).unwrap_or_default();
+        let running_for = elapsed_since(&status.start_time, now.wall).unwrap_or_default();
+        let deadline = job.spec.active_deadline_seconds.map(Duration::from_secs);
         let outcome = if failed > job.spec.backoff_limit {
             Some((
                 CONDITION_FAILED,
@@ -83,11 +81,7 @@ pub(super) async fn reconcile(ctx: &Ctx, snap: &Snapshot, job: &Job) -> Result<(
                     job.spec.backoff_limit
                 ),
             ))
-        } else if job
-            .spec
-            .active_deadline_seconds
-            .is_some_and(|s| running_for >= Duration::from_secs(s))
-        {
+        } else if deadline.is_some_and(|d| running_for >= d) {
             Some((
                 CONDITION_FAILED,
                 "DeadlineExceeded",
@@ -111,10 +105,10 @@ pub(super) async fn reconcile(ctx: &Ctx, snap: &Snapshot, job: &Job) -> Result<(
         match outcome {
             Some((condition, reason, message)) => {
                 for i in &active {
-                    ctx.delete_instance(i).await?;
+                    plan.writes.push(Write::DeleteInstance((*i).clone()));
                 }
                 status.active = 0;
-                status.completion_time = now_timestamp();
+                status.completion_time = now_text;
                 set_condition(
                     &mut status.conditions,
                     Condition::new(condition, ConditionStatus::True, reason, &message),
@@ -124,36 +118,57 @@ pub(super) async fn reconcile(ctx: &Ctx, snap: &Snapshot, job: &Job) -> Result<(
                 } else {
                     EventType::Normal
                 };
-                ctx.event(Kind::Job, &job.metadata, type_, reason, &message)
-                    .await;
+                plan.writes.push(Write::event(
+                    Kind::Job,
+                    &job.metadata,
+                    type_,
+                    reason,
+                    message,
+                ));
+                if let Some(ttl) = job.spec.ttl_seconds_after_finished {
+                    plan.action = Action::requeue(Duration::from_secs(u64::from(ttl)));
+                }
             }
             None => {
+                if let Some(d) = deadline {
+                    plan.action = Action::requeue(d.saturating_sub(running_for));
+                }
                 let remaining = job.spec.completions - succeeded;
                 let want = job.spec.parallelism.min(remaining) as usize;
                 let template = &job.spec.template;
                 let mut created = Vec::new();
-                for _ in active.len()..want {
-                    created.push(
-                        ctx.create_instance(
+                if active.len() < want && !module_known {
+                    let why = module_missing(Kind::Job, &job.metadata.name, &template.spec.module);
+                    plan.writes.push(Write::event(
+                        Kind::Job,
+                        &job.metadata,
+                        EventType::Warning,
+                        "FailedCreate",
+                        why.clone(),
+                    ));
+                    plan.blocked = Some(why);
+                } else {
+                    for _ in active.len()..want {
+                        let instance = new_instance(
                             Kind::Job,
                             &job.metadata,
                             template,
                             &job.metadata.name,
                             None,
-                        )
-                        .await?,
-                    );
+                        );
+                        created.push(instance.metadata.name.clone());
+                        plan.writes.push(Write::CreateInstance(instance));
+                    }
                 }
                 status.active = (active.len() + created.len()) as u32;
                 if !created.is_empty() {
-                    ctx.event(
+                    plan.writes.push(Write::event(
                         Kind::Job,
                         &job.metadata,
                         EventType::Normal,
                         "SuccessfulCreate",
-                        &format!("created {}", created.join(", ")),
-                    )
-                    .await;
+                        format!("created {}", created.join(", ")),
+                    ));
                 }
             }
         }
@@ -161,7 +176,38 @@ pub(super) async fn reconcile(ctx: &Ctx, snap: &Snapshot, job: &Job) -> Result<(
     if status != job.status {
         let mut next = job.clone();
         next.status = status;
-        ctx.write_status(Object::Job(next)).await?;
+        plan.writes.push(Write::Status(Object::Job(next)));
     }
-    Ok(())
+    plan
+}
+
+/// The Job controller.
+pub struct Jobs;
+
+impl Reconciler for Jobs {
+    fn name(&self) -> &'static str {
+        "job"
+    }
+
+    fn triggers(&self, change: &CacheChange, cache: &Cache) -> Vec<ObjectRef> {
+        triggers::owner_or_self(Kind::Job, change, cache)
+    }
+
+    fn all_keys(&self, cache: &Cache) -> Vec<ObjectRef> {
+        triggers::all(Kind::Job, cache)
+    }
+
+    async fn reconcile(&self, key: &ObjectRef, ctx: &Ctx) -> Result<Action, ReconcileError> {
+        let Some(Object::Job(job)) = ctx.cache.get(Kind::Job, &key.namespace, &key.name) else {
+            return Ok(Action::await_change());
+        };
+        let owned: Vec<Instance> = ctx
+            .cache
+            .owned_by(&job.metadata.uid)
+            .into_iter()
+            .filter(|i| !i.metadata.is_being_deleted())
+            .collect();
+        let module_known = module_uploaded(&ctx.cache, &job.spec.template.spec.module);
+        execute(ctx, decide(&job, &owned, module_known, &Now::read())).await
+    }
 }

@@ -5,39 +5,244 @@
 //! not tolerate are evicted: at once for a taint a user set, after the default
 //! toleration for unreachable and not-ready, after their own
 //! `tolerationSeconds` when they tolerate it for a while.
+//!
+//! Keyed by Node; a change of the Node, of its Lease, or of an instance bound
+//! to it concerns it (a Lease renewal concerns only this controller).
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use flotilla_api::event::EventType;
 use flotilla_api::instance::{Instance, CONDITION_READY, MIRROR_ANNOTATION};
+use flotilla_api::lease::NODE_LEASE_NAMESPACE;
 use flotilla_api::meta::{
-    elapsed_since, find_condition, now_timestamp, set_condition, Condition, ConditionStatus,
+    elapsed_since, find_condition, format_timestamp, set_condition, Condition, ConditionStatus,
 };
 use flotilla_api::node::{
     Node, Taint, TaintEffect, CONDITION_READY as NODE_READY, TAINT_NOT_READY, TAINT_UNREACHABLE,
 };
 use flotilla_api::object::{Kind, Object};
-use flotilla_client::ClientError;
 
-use super::{is_terminal, Ctx, Snapshot};
+use super::runtime::{Action, Ctx, ObjectRef, ReconcileError, Reconciler};
+use super::triggers;
+use super::writes::{execute, Plan, Write};
+use super::{is_terminal, Now, Settings};
+use crate::informer::{Cache, CacheChange};
 
-/// True when the node's lease has been renewed within the grace period, by
-/// this controller's clock.
-fn lease_fresh(ctx: &Ctx, snap: &Snapshot, node: &Node) -> bool {
-    let renewal = snap
-        .node_leases
-        .get(&node.metadata.name)
-        .map(|l| l.spec.renew_time.clone())
-        .unwrap_or_default();
-    let mut memory = ctx.memory.lock().unwrap_or_else(|p| p.into_inner());
-    let seen = memory
-        .leases
-        .entry(node.metadata.name.clone())
-        .or_insert_with(|| (renewal.clone(), Instant::now()));
-    if seen.0 != renewal {
-        *seen = (renewal, Instant::now());
+/// What the node lifecycle controller decides for one node, from how long
+/// ago (by this controller's clock) its lease was last seen renewed and the
+/// instances bound to it.
+pub fn decide(
+    node: &Node,
+    lease_age: Duration,
+    on_node: &[Instance],
+    settings: &Settings,
+    now: &Now,
+) -> Plan {
+    let mut plan = Plan::nothing();
+    let grace = settings.node_grace_period;
+    let fresh = lease_age < grace;
+    let tainted = node.spec.taints.iter().any(|t| t.key == TAINT_UNREACHABLE);
+    let live: Vec<&Instance> = on_node.iter().filter(|i| !is_terminal(i)).collect();
+    let mut next = node.clone();
+    if !fresh {
+        let ready = find_condition(&node.status.conditions, NODE_READY);
+        if ready.is_none_or(|c| c.status != ConditionStatus::Unknown) {
+            let mut status = node.clone();
+            let grace = grace.as_secs();
+            set_condition(
+                &mut status.status.conditions,
+                Condition::new(
+                    NODE_READY,
+                    ConditionStatus::Unknown,
+                    "NodeStatusUnknown",
+                    &format!("the node agent stopped renewing its lease (grace period {grace}s)"),
+                ),
+            );
+            plan.writes.push(Write::Status(Object::Node(status)));
+            plan.writes.push(Write::event(
+                Kind::Node,
+                &node.metadata,
+                EventType::Warning,
+                "NodeNotReady",
+                format!(
+                    "node {} stopped renewing its lease for {grace}s",
+                    node.metadata.name
+                ),
+            ));
+            for i in &live {
+                let mut next = (*i).clone();
+                let changed = set_condition(
+                    &mut next.status.conditions,
+                    Condition::new(
+                        CONDITION_READY,
+                        ConditionStatus::Unknown,
+                        "NodeNotReady",
+                        &format!("node {} is not ready", node.metadata.name),
+                    ),
+                );
+                if changed {
+                    plan.writes.push(Write::Status(Object::Instance(next)));
+                }
+            }
+        }
+        if !tainted {
+            next.spec.taints.push(Taint {
+                key: TAINT_UNREACHABLE.to_string(),
+                value: String::new(),
+                effect: TaintEffect::NoExecute,
+                time_added: format_timestamp(now.wall),
+            });
+            plan.writes.push(Write::Update(Object::Node(next.clone())));
+        }
+    } else {
+        // Looked at again when the lease would be late.
+        plan.action = Action::requeue(grace - lease_age + Duration::from_millis(10));
+        if tainted {
+            next.spec.taints.retain(|t| t.key != TAINT_UNREACHABLE);
+            plan.writes.push(Write::Update(Object::Node(next.clone())));
+            plan.writes.push(Write::event(
+                Kind::Node,
+                &node.metadata,
+                EventType::Normal,
+                "NodeReachable",
+                format!("node {} renews its lease again", node.metadata.name),
+            ));
+        }
     }
-    seen.1.elapsed() < ctx.settings.node_grace_period
+    evict(&mut plan, &next, &live, settings, now);
+    plan
+}
+
+/// Evicts what the node's NoExecute taints no longer allow to stay, and
+/// looks again when the next toleration runs out.
+fn evict(plan: &mut Plan, node: &Node, instances: &[&Instance], settings: &Settings, now: &Now) {
+    let no_execute: Vec<&Taint> = node
+        .spec
+        .taints
+        .iter()
+        .filter(|t| t.effect == TaintEffect::NoExecute)
+        .collect();
+    if no_execute.is_empty() {
+        return;
+    }
+    for i in instances {
+        if i.metadata.is_being_deleted() || i.metadata.annotations.contains_key(MIRROR_ANNOTATION) {
+            continue;
+        }
+        let mut expired = None;
+        for taint in &no_execute {
+            let lifecycle = taint.key == TAINT_UNREACHABLE || taint.key == TAINT_NOT_READY;
+            if lifecycle && owned_by_daemonset(i) {
+                continue;
+            }
+            let Some(allowed) = tolerated_for(settings, i, taint) else {
+                continue;
+            };
+            let age = elapsed_since(&taint.time_added, now.wall).unwrap_or_default();
+            if age >= allowed {
+                expired = Some((*taint, allowed));
+                break;
+            }
+            plan.action = plan.action.sooner(Action::requeue(allowed - age));
+        }
+        let Some((taint, allowed)) = expired else {
+            continue;
+        };
+        plan.writes.push(Write::DeleteInstance((*i).clone()));
+        let message = format!(
+            "evicted from node {}: taint {{{}}} not tolerated after {}s",
+            node.metadata.name,
+            taint_text(taint),
+            allowed.as_secs()
+        );
+        plan.writes.push(Write::event(
+            Kind::Instance,
+            &i.metadata,
+            EventType::Warning,
+            "Evicted",
+            message,
+        ));
+    }
+}
+
+/// The node lifecycle controller.
+#[derive(Default)]
+pub struct NodeLifecycle {
+    /// Per node: the lease renewal last seen and when it was first seen.
+    leases: Mutex<HashMap<String, (String, Instant)>>,
+}
+
+impl NodeLifecycle {
+    /// How long ago the node's lease renewal was first seen as it is now.
+    fn lease_age(&self, node: &str, renewal: String) -> Duration {
+        let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        let seen = leases
+            .entry(node.to_string())
+            .or_insert_with(|| (renewal.clone(), Instant::now()));
+        if seen.0 != renewal {
+            *seen = (renewal, Instant::now());
+        }
+        seen.1.elapsed()
+    }
+}
+
+impl Reconciler for NodeLifecycle {
+    fn name(&self) -> &'static str {
+        "node-lifecycle"
+    }
+
+    fn triggers(&self, change: &CacheChange, cache: &Cache) -> Vec<ObjectRef> {
+        if let CacheChange::Reset(kind) = change {
+            return match kind {
+                Kind::Node | Kind::Lease | Kind::Instance => triggers::all(Kind::Node, cache),
+                _ => Vec::new(),
+            };
+        }
+        let (old, new) = triggers::states(change);
+        let mut keys = Vec::new();
+        for object in old.into_iter().chain(new) {
+            match object {
+                Object::Node(n) => keys.push(ObjectRef::new(Kind::Node, "", &n.metadata.name)),
+                Object::Lease(l) if l.metadata.namespace == NODE_LEASE_NAMESPACE => {
+                    keys.push(ObjectRef::new(Kind::Node, "", &l.metadata.name))
+                }
+                Object::Instance(i) if !i.spec.node_name.is_empty() => {
+                    keys.push(ObjectRef::new(Kind::Node, "", &i.spec.node_name))
+                }
+                _ => {}
+            }
+        }
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
+    fn all_keys(&self, cache: &Cache) -> Vec<ObjectRef> {
+        triggers::all(Kind::Node, cache)
+    }
+
+    async fn reconcile(&self, key: &ObjectRef, ctx: &Ctx) -> Result<Action, ReconcileError> {
+        let Some(Object::Node(node)) = ctx.cache.get(Kind::Node, "", &key.name) else {
+            self.leases
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key.name);
+            return Ok(Action::await_change());
+        };
+        let renewal = match ctx.cache.get(Kind::Lease, NODE_LEASE_NAMESPACE, &key.name) {
+            Some(Object::Lease(l)) => l.spec.renew_time,
+            _ => String::new(),
+        };
+        let age = self.lease_age(&key.name, renewal);
+        let on_node = ctx.cache.on_node(&key.name);
+        execute(
+            ctx,
+            decide(&node, age, &on_node, &ctx.settings, &Now::read()),
+        )
+        .await
+    }
 }
 
 fn taint_text(t: &Taint) -> String {
@@ -49,11 +254,11 @@ fn taint_text(t: &Taint) -> String {
 }
 
 /// How long `i` may stay on a node with NoExecute `taint`; `None` for forever.
-fn tolerated_for(ctx: &Ctx, i: &Instance, taint: &Taint) -> Option<Duration> {
+fn tolerated_for(settings: &Settings, i: &Instance, taint: &Taint) -> Option<Duration> {
     match i.spec.tolerations.iter().find(|t| t.tolerates(taint)) {
         Some(t) => t.toleration_seconds.map(Duration::from_secs),
         None if taint.key == TAINT_UNREACHABLE || taint.key == TAINT_NOT_READY => {
-            Some(ctx.settings.default_toleration)
+            Some(settings.default_toleration)
         }
         None => Some(Duration::ZERO),
     }
@@ -63,136 +268,4 @@ fn owned_by_daemonset(i: &Instance) -> bool {
     i.metadata
         .controller_ref()
         .is_some_and(|r| r.kind == Kind::DaemonSet.as_str())
-}
-
-pub(super) async fn reconcile(ctx: &Ctx, snap: &Snapshot) -> Result<(), ClientError> {
-    {
-        let mut memory = ctx.memory.lock().unwrap_or_else(|p| p.into_inner());
-        memory
-            .leases
-            .retain(|name, _| snap.nodes.iter().any(|n| &n.metadata.name == name));
-    }
-    for node in &snap.nodes {
-        let fresh = lease_fresh(ctx, snap, node);
-        let tainted = node.spec.taints.iter().any(|t| t.key == TAINT_UNREACHABLE);
-        let on_node = || {
-            snap.instances
-                .iter()
-                .filter(|i| i.spec.node_name == node.metadata.name && !is_terminal(i))
-        };
-        if !fresh {
-            let ready = find_condition(&node.status.conditions, NODE_READY);
-            if ready.is_none_or(|c| c.status != ConditionStatus::Unknown) {
-                let mut next = node.clone();
-                let grace = ctx.settings.node_grace_period.as_secs();
-                set_condition(
-                    &mut next.status.conditions,
-                    Condition::new(
-                        NODE_READY,
-                        ConditionStatus::Unknown,
-                        "NodeStatusUnknown",
-                        &format!(
-                            "the node agent stopped renewing its lease (grace period {grace}s)"
-                        ),
-                    ),
-                );
-                ctx.write_status(Object::Node(next)).await?;
-                ctx.event(
-                    Kind::Node,
-                    &node.metadata,
-                    EventType::Warning,
-                    "NodeNotReady",
-                    &format!(
-                        "node {} stopped renewing its lease for {grace}s",
-                        node.metadata.name
-                    ),
-                )
-                .await;
-                for i in on_node() {
-                    let mut next = i.clone();
-                    let changed = set_condition(
-                        &mut next.status.conditions,
-                        Condition::new(
-                            CONDITION_READY,
-                            ConditionStatus::Unknown,
-                            "NodeNotReady",
-                            &format!("node {} is not ready", node.metadata.name),
-                        ),
-                    );
-                    if changed {
-                        ctx.write_status(Object::Instance(next)).await?;
-                    }
-                }
-            }
-            if !tainted {
-                let mut next = node.clone();
-                next.spec.taints.push(Taint {
-                    key: TAINT_UNREACHABLE.to_string(),
-                    value: String::new(),
-                    effect: TaintEffect::NoExecute,
-                    time_added: now_timestamp(),
-                });
-                ctx.write(Object::Node(next)).await?;
-            }
-        } else if tainted {
-            let mut next = node.clone();
-            next.spec.taints.retain(|t| t.key != TAINT_UNREACHABLE);
-            ctx.write(Object::Node(next)).await?;
-            ctx.event(
-                Kind::Node,
-                &node.metadata,
-                EventType::Normal,
-                "NodeReachable",
-                &format!("node {} renews its lease again", node.metadata.name),
-            )
-            .await;
-        }
-        evict(ctx, node, on_node().collect()).await?;
-    }
-    Ok(())
-}
-
-/// Evicts what the node's NoExecute taints no longer allow to stay.
-async fn evict(ctx: &Ctx, node: &Node, instances: Vec<&Instance>) -> Result<(), ClientError> {
-    let now = time::OffsetDateTime::now_utc();
-    let no_execute: Vec<&Taint> = node
-        .spec
-        .taints
-        .iter()
-        .filter(|t| t.effect == TaintEffect::NoExecute)
-        .collect();
-    if no_execute.is_empty() {
-        return Ok(());
-    }
-    for i in instances {
-        if i.metadata.is_being_deleted() || i.metadata.annotations.contains_key(MIRROR_ANNOTATION) {
-            continue;
-        }
-        let expired = no_execute.iter().find(|taint| {
-            let lifecycle = taint.key == TAINT_UNREACHABLE || taint.key == TAINT_NOT_READY;
-            if lifecycle && owned_by_daemonset(i) {
-                return false;
-            }
-            let age = elapsed_since(&taint.time_added, now).unwrap_or_default();
-            tolerated_for(ctx, i, taint).is_some_and(|allowed| age >= allowed)
-        });
-        let Some(taint) = expired else { continue };
-        ctx.delete_instance(i).await?;
-        let allowed = tolerated_for(ctx, i, taint).unwrap_or_default();
-        let message = format!(
-            "evicted from node {}: taint {{{}}} not tolerated after {}s",
-            node.metadata.name,
-            taint_text(taint),
-            allowed.as_secs()
-        );
-        ctx.event(
-            Kind::Instance,
-            &i.metadata,
-            EventType::Warning,
-            "Evicted",
-            &message,
-        )
-        .await;
-    }
-    Ok(())
 }
