@@ -95,12 +95,15 @@ impl UpArgs {
         }
         println!();
         println!("Next:");
+        println!("  rustup target add wasm32-wasip2 wasm32-wasip1   # once: the guests' targets");
         println!("  cd examples && cargo build --release && cd ..");
         println!("  flotilla apply -f examples/hello/");
         println!("  flotilla get instances");
         println!("  flotilla port-forward instance/hello 8081   # then: curl 127.0.0.1:8081");
         println!("  flotilla apply -f examples/backend/ -f examples/frontend/");
-        println!("  curl -H 'Host: frontend.local' http://127.0.0.1:8080/   # frontend -> backend");
+        if let Some(addr) = &agent.ingress_addr {
+            println!("  curl -H 'Host: frontend.local' http://{addr}/   # frontend -> backend");
+        }
         println!();
         println!("Ctrl-C stops the cluster; `flotilla up` again resumes it.");
         super::server::shutdown_signal().await;

@@ -25,9 +25,50 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut cond: impl FnMut() -> Opti
     }
 }
 
+/// The wasm targets the guests build for, as `rust-toolchain.toml` lists them.
+pub const GUEST_TARGETS: [&str; 2] = ["wasm32-wasip2", "wasm32-wasip1"];
+
+/// Makes sure the guests' targets are installed: a toolchain installed before
+/// `rust-toolchain.toml` named them lacks them, and every guest build would
+/// then fail with "can't find crate for `core`". Installs them with rustup,
+/// or stops at once with the command that does.
+pub fn ensure_guest_targets() {
+    static CHECKED: OnceLock<()> = OnceLock::new();
+    CHECKED.get_or_init(|| {
+        let sysroot = Command::new("rustc")
+            .args(["--print", "sysroot"])
+            .output()
+            .ok()
+            .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+        let missing: Vec<&str> = GUEST_TARGETS
+            .into_iter()
+            .filter(|t| {
+                sysroot
+                    .as_ref()
+                    .is_none_or(|root| !root.join("lib/rustlib").join(t).exists())
+            })
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        let command = format!("rustup target add {}", GUEST_TARGETS.join(" "));
+        let added = Command::new("rustup")
+            .arg("target")
+            .arg("add")
+            .args(GUEST_TARGETS)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            added,
+            "the guest targets {missing:?} are not installed and rustup could not add them; run: {command}"
+        );
+    });
+}
+
 /// `cargo build ARGS` in `dir` (a workspace of its own), into `target_dir`
 /// or the workspace's own target; panics with cargo's errors on failure.
 pub fn cargo_build(what: &str, dir: &Path, args: &[&str], target_dir: Option<&Path>) {
+    ensure_guest_targets();
     let mut cmd = Command::new(env!("CARGO"));
     cmd.arg("build")
         .args(args)

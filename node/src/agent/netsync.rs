@@ -1,18 +1,17 @@
 //! Keeps the network's tables current: Nodes (instance ranges and tunnel
 //! addresses), Services (cluster IPs, ingress rules) and Endpoints (ready
-//! addresses), by list and then watch, relisting after any break. While the
-//! apiserver is unreachable the tables keep what they last had.
+//! addresses), through the one watcher per kind. While the apiserver is
+//! unreachable the tables keep what they last had.
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use flotilla_api::cidr::Cidr;
 use flotilla_api::event::{Event, EventType as EventKind};
 use flotilla_api::meta::ObjectMeta;
 use flotilla_api::object::{Kind, Object};
-use flotilla_client::wire::{EventType, WatchEvent};
-use flotilla_client::{Client, ClientError};
+use flotilla_client::watcher::{self, Params, Watcher};
+use flotilla_client::wire::EventType;
 
 use crate::net::{Network, Tables};
 use flotilla_client::Link;
@@ -59,77 +58,47 @@ fn apply(tables: &mut Tables, object: &Object, deleted: bool) {
 
 const KINDS: [Kind; 3] = [Kind::Node, Kind::Service, Kind::Endpoints];
 
-async fn follow(net: &Network, client: &Client) -> Result<(), ClientError> {
-    let mut revisions = Vec::new();
-    let mut listed = Vec::new();
-    for kind in KINDS {
-        let (items, revision) = client.list(kind, None, "").await?;
-        listed.push((kind, items));
-        revisions.push(revision);
+/// Replaces everything of `kind` in the tables with a fresh list.
+fn reset(tables: &mut Tables, kind: Kind, items: &[Object]) {
+    match kind {
+        Kind::Node => tables.clear_nodes(),
+        Kind::Service => tables.clear_services(),
+        Kind::Endpoints => tables.clear_endpoints(),
+        _ => {}
     }
-    net.update_tables(|t| {
-        *t = Tables::default();
-        for (_, items) in &listed {
-            for o in items {
-                apply(t, o, false);
-            }
-        }
-    });
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<WatchEvent, ClientError>>(256);
-    let mut watchers = Vec::new();
-    for (kind, revision) in KINDS.into_iter().zip(revisions) {
-        let mut stream = client.watch(Some(kind), None, "", revision).await?;
-        let tx = tx.clone();
-        watchers.push(tokio::spawn(async move {
-            loop {
-                let item = match stream.next().await {
-                    Ok(Some(e)) => Ok(e),
-                    Ok(None) => Err(ClientError::Unexpected("the server ended a watch".into())),
-                    Err(e) => Err(e),
-                };
-                let end = item.is_err();
-                if tx.send(item).await.is_err() || end {
-                    return;
-                }
-            }
-        }));
+    for o in items {
+        apply(tables, o, false);
     }
-    drop(tx);
-    let result = loop {
-        match rx.recv().await {
-            Some(Ok(event)) => {
-                let deleted = event.event_type == EventType::Deleted;
-                net.update_tables(|t| apply(t, &event.object, deleted));
-                if let (true, Object::Service(s)) = (deleted, &event.object) {
-                    net.forget_service_metrics(&(
-                        s.metadata.namespace.clone(),
-                        s.metadata.name.clone(),
-                    ));
-                }
-            }
-            Some(Err(e)) => break Err(e),
-            None => break Ok(()),
-        }
-    };
-    for w in watchers {
-        w.abort();
-    }
-    result
 }
 
-/// Runs until the agent stops.
+/// Runs until the agent stops: one watcher per kind, each keeping its part
+/// of the tables current.
 pub async fn run(net: Arc<Network>, link: Arc<Link>) {
-    loop {
-        let Some(client) = link.client().await else {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            continue;
-        };
-        if let Err(e) = follow(&net, &client).await {
-            tracing::debug!(error = %e, "network tables lost their watch");
-            link.reset().await;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut watchers = tokio::task::JoinSet::new();
+    for kind in KINDS {
+        let net = net.clone();
+        let mut watcher = Watcher::new(link.clone(), Params::all(kind));
+        watchers.spawn(async move {
+            loop {
+                match watcher.next().await {
+                    watcher::Event::Restarted { kind, items, .. } => {
+                        net.update_tables(|t| reset(t, kind, &items));
+                    }
+                    watcher::Event::Changed(event) => {
+                        let deleted = event.event_type == EventType::Deleted;
+                        net.update_tables(|t| apply(t, &event.object, deleted));
+                        if let (true, Object::Service(s)) = (deleted, &event.object) {
+                            net.forget_service_metrics(&(
+                                s.metadata.namespace.clone(),
+                                s.metadata.name.clone(),
+                            ));
+                        }
+                    }
+                }
+            }
+        });
     }
+    while watchers.join_next().await.is_some() {}
 }
 
 /// Records an `EgressDenied` event about the instance, in the background.

@@ -1,17 +1,16 @@
 //! The desired state from the apiserver: every Instance bound to this node,
-//! by list and then watch, relisting after any break. The last state seen is
+//! through the one watcher (list, watch, pick up after a break). The last state seen is
 //! kept on disk so a node restarted while the control plane is away runs it.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
-
 use tokio::sync::watch;
 
 use flotilla_api::instance::Instance;
 use flotilla_api::object::{Kind, Object};
-use flotilla_client::wire::{Consistency, EventType};
+use flotilla_client::watcher::{Event, Params, Watcher};
+use flotilla_client::wire::EventType;
 
 use super::supervisor::Key;
 use super::Shared;
@@ -52,74 +51,40 @@ pub use flotilla_api::instance::MIRROR_ANNOTATION;
 pub async fn run(shared: Arc<Shared>, link: Arc<Link>, tx: watch::Sender<BTreeMap<Key, Instance>>) {
     let node = shared.config.name.clone();
     let dir = shared.config.data_dir.clone();
+    // Only this node's instances travel: every node watching every
+    // instance would cost the apiserver nodes × changes sends.
+    let params = Params::all(Kind::Instance).fields(format!("spec.nodeName={node}"));
+    let mut watcher = Watcher::new(link, params);
+    let mut desired: BTreeMap<Key, Instance> = BTreeMap::new();
     loop {
-        let Some(client) = link.client().await else {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            continue;
-        };
-        // Only this node's instances travel: every node watching every
-        // instance would cost the apiserver nodes × changes sends.
-        let on_this_node = format!("spec.nodeName={node}");
-        let (items, revision) = match client
-            .list_selected(
-                Kind::Instance,
-                None,
-                "",
-                &on_this_node,
-                Consistency::Linearizable,
-            )
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::debug!(error = %e, "listing instances failed");
-                link.reset().await;
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
+        match watcher.next().await {
+            Event::Restarted { items, .. } => {
+                desired = items
+                    .into_iter()
+                    .filter_map(|o| match o {
+                        Object::Instance(i) if bound_here(&i, &node) => Some(i),
+                        _ => None,
+                    })
+                    .map(|i| (key_of(&i), i))
+                    .collect();
+                publish(&tx, &dir, &desired);
             }
-        };
-        let mut desired: BTreeMap<Key, Instance> = items
-            .into_iter()
-            .filter_map(|o| match o {
-                Object::Instance(i) if bound_here(&i, &node) => Some(i),
-                _ => None,
-            })
-            .map(|i| (key_of(&i), i))
-            .collect();
-        publish(&tx, &dir, &desired);
-        let mut stream = match client
-            .watch_selected(Some(Kind::Instance), None, "", &on_this_node, revision)
-            .await
-        {
-            Ok(s) => s,
-            Err(_) => {
-                link.reset().await;
-                continue;
-            }
-        };
-        loop {
-            match stream.next().await {
-                Ok(Some(event)) => {
-                    let Object::Instance(i) = event.object else {
-                        continue;
-                    };
-                    let key = key_of(&i);
-                    let changed = match event.event_type {
-                        EventType::Deleted => desired.remove(&key).is_some(),
-                        _ if bound_here(&i, &node) && i.metadata.deletion_timestamp.is_empty() => {
-                            let same = desired.get(&key).is_some_and(|d| d.spec == i.spec);
-                            desired.insert(key, i);
-                            !same
-                        }
-                        _ => desired.remove(&key).is_some(),
-                    };
-                    if changed {
-                        publish(&tx, &dir, &desired);
+            Event::Changed(event) => {
+                let Object::Instance(i) = event.object else {
+                    continue;
+                };
+                let key = key_of(&i);
+                let changed = match event.event_type {
+                    EventType::Deleted => desired.remove(&key).is_some(),
+                    _ if bound_here(&i, &node) && i.metadata.deletion_timestamp.is_empty() => {
+                        let same = desired.get(&key).is_some_and(|d| d.spec == i.spec);
+                        desired.insert(key, i);
+                        !same
                     }
-                }
-                Ok(None) | Err(_) => {
-                    link.reset().await;
-                    break;
+                    _ => desired.remove(&key).is_some(),
+                };
+                if changed {
+                    publish(&tx, &dir, &desired);
                 }
             }
         }

@@ -55,6 +55,23 @@ impl Tables {
         self.nodes.remove(name);
     }
 
+    /// Drops every node's route (before a fresh list of nodes).
+    pub fn clear_nodes(&mut self) {
+        self.nodes.clear();
+    }
+
+    /// Drops every service (before a fresh list of services); their
+    /// endpoints stay until the endpoints are listed again.
+    pub fn clear_services(&mut self) {
+        self.services.clear();
+        self.by_ip.clear();
+    }
+
+    /// Drops every service's endpoints (before a fresh list of them).
+    pub fn clear_endpoints(&mut self) {
+        self.endpoints.clear();
+    }
+
     /// A node's range.
     pub fn node_cidr(&self, name: &str) -> Option<Cidr> {
         self.nodes.get(name).map(|n| n.cidr)
