@@ -26,8 +26,9 @@ pub const ALPN_API: &[u8] = b"flotilla-api/1";
 pub const ALPN_RAFT: &[u8] = b"flotilla-raft/1";
 /// ALPN of a node's own listener (logs and port-forwards proxied by apiservers).
 pub const ALPN_NODE: &[u8] = b"flotilla-node/1";
-/// ALPN of the tunnel between nodes (service and instance traffic).
-pub const ALPN_TUNNEL: &[u8] = b"flotilla-tunnel/1";
+/// ALPN of the tunnel between nodes (service and instance traffic; version 2
+/// carries HTTP/1.1 on each stream).
+pub const ALPN_TUNNEL: &[u8] = b"flotilla-tunnel/2";
 
 /// Errors from certificate handling.
 #[derive(Debug, thiserror::Error)]

@@ -6,5 +6,6 @@
 //! has not verified against its digest.
 
 pub mod agent;
+pub mod body;
 pub mod net;
 pub mod runtime;

@@ -13,5 +13,6 @@ mod network;
 mod node;
 mod sdk;
 mod security;
+mod streaming;
 mod watch;
 mod workloads;

@@ -7,9 +7,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-
 use flotilla_client::tls::{self, IssuedCert, ALPN_NODE, ALPN_TUNNEL};
 use flotilla_client::wire::{
     read_frame, write_frame, ApiError, ErrorCode, Request, RequestV1, Response, ResponseV1,
@@ -295,34 +292,14 @@ async fn serve_port_forward(
     let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let handle = handle.clone();
         async move {
-            let (parts, body) = req.into_parts();
-            let body = match body.collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(e) => {
-                    return Ok::<_, std::convert::Infallible>(plain(
-                        400,
-                        format!("bad request body: {e}\n"),
-                    ))
-                }
+            let resp = match handle.serve(req.map(crate::body::from)).await {
+                Ok(r) => r,
+                Err(e) => crate::net::plain(502, format!("instance error: {e}\n")),
             };
-            let resp = match handle.serve(hyper::Request::from_parts(parts, body)).await {
-                Ok(r) => {
-                    let (parts, body) = r.into_parts();
-                    hyper::Response::from_parts(parts, Full::new(body))
-                }
-                Err(e) => plain(502, format!("instance error: {e}\n")),
-            };
-            Ok(resp)
+            Ok::<_, std::convert::Infallible>(resp)
         }
     });
     let _ = hyper::server::conn::http1::Builder::new()
         .serve_connection(io, service)
         .await;
-}
-
-fn plain(status: u16, text: String) -> hyper::Response<Full<Bytes>> {
-    let mut resp = hyper::Response::new(Full::new(Bytes::from(text)));
-    *resp.status_mut() =
-        hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::BAD_GATEWAY);
-    resp
 }

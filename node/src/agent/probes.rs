@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use flotilla_api::instance::Probe;
@@ -43,7 +42,7 @@ async fn probe_once(handle: &HttpHandle, probe: &Probe) -> Result<(), String> {
     };
     let req = http::Request::get(&path)
         .header("user-agent", "flotilla-probe")
-        .body(Bytes::new())
+        .body(crate::body::empty())
         .map_err(|e| format!("probe request for {path}: {e}"))?;
     let timeout = Duration::from_secs(u64::from(probe.timeout_seconds.max(1)));
     match tokio::time::timeout(timeout, handle.serve(req)).await {

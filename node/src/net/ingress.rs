@@ -1,21 +1,22 @@
 //! Ingress: an HTTP/1.1 listener on every node. A request's Host header (and
 //! path) picks the Service whose `spec.ingress` matches; the request goes to
 //! one of its ready endpoints, on this node or through the tunnel. An unknown
-//! host gets 404, a service with no ready endpoint 503, both at once.
+//! host gets 404, a service with no ready endpoint 503, both at once. Bodies
+//! stream both ways; the request's deadline starts here.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 
-use super::{plain, Network};
+use super::{deadline, plain, Network};
+use crate::body::{self, Body};
 use crate::runtime::OutboundError;
 
-/// Largest request body the ingress accepts.
-const MAX_BODY: usize = 16 * 1024 * 1024;
+/// Largest request body the ingress passes on (it streams, so this bounds
+/// what one client can push at a guest, not what the node holds).
+const MAX_BODY: usize = 1 << 30;
 
 /// Binds `addr`; returns the bound address and the accept task.
 pub async fn start(
@@ -46,10 +47,8 @@ pub async fn start(
     Ok((local, task))
 }
 
-async fn handle(
-    net: &Network,
-    req: http::Request<hyper::body::Incoming>,
-) -> http::Response<Full<Bytes>> {
+async fn handle(net: &Network, req: http::Request<hyper::body::Incoming>) -> http::Response<Body> {
+    let deadline = deadline();
     let host = req
         .headers()
         .get(http::header::HOST)
@@ -63,23 +62,15 @@ async fn handle(
         .to_string();
     let path = req.uri().path().to_string();
     let route = net.tables().ingress_route(&host, &path);
-    let response = match route {
+    match route {
         None => plain(404, format!("no service is exposed for host \"{host}\"\n")),
         Some(svc) => {
-            let (parts, body) = req.into_parts();
-            match http_body_util::Limited::new(body, MAX_BODY).collect().await {
-                Err(_) => plain(413, format!("request body over {MAX_BODY} bytes\n")),
-                Ok(collected) => {
-                    let request = http::Request::from_parts(parts, collected.to_bytes());
-                    match net.to_service(&svc, request).await {
-                        Ok(r) => r,
-                        Err(OutboundError::Timeout(m)) => plain(504, format!("{m}\n")),
-                        Err(e) => plain(502, format!("{}\n", e.message())),
-                    }
-                }
+            let request = req.map(|b| body::limited(body::from(b), MAX_BODY));
+            match net.to_service(&svc, request, deadline).await {
+                Ok(r) => r,
+                Err(OutboundError::Timeout(m)) => plain(504, format!("{m}\n")),
+                Err(e) => plain(502, format!("{}\n", e.message())),
             }
         }
-    };
-    let (parts, body) = response.into_parts();
-    http::Response::from_parts(parts, Full::new(body))
+    }
 }

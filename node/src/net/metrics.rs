@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use bytes::Bytes;
+use crate::body::Body;
 use flotilla_telemetry::{Counter, Family, Histogram, Registry};
 
 use super::ServiceKey;
@@ -83,7 +83,7 @@ impl ForwarderMetrics {
 }
 
 /// The result label of a forwarded request.
-pub fn result_of(r: &Result<http::Response<Bytes>, OutboundError>) -> &'static str {
+pub fn result_of(r: &Result<http::Response<Body>, OutboundError>) -> &'static str {
     match r {
         Ok(resp) => match resp.status().as_u16() {
             100..=199 => "1xx",

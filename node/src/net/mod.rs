@@ -23,19 +23,27 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use tokio::time::Instant as Deadline;
 
 use flotilla_api::cidr::Cidr;
 use flotilla_api::instance::outbound_host_allows;
 
+use crate::body::{self, Body};
 use crate::runtime::{BoxFuture, HttpHandle, Outbound, OutboundError};
 
 pub use addresses::Addresses;
 pub use metrics::ForwarderMetrics;
 pub use tables::{ServiceKey, Tables};
 
-/// How long a request to an instance (local or through the tunnel) may take.
+/// How long a request may wait for its response head, from where it enters
+/// the node (the ingress, a guest) to the instance that answers, tunnel hops
+/// included: one deadline, carried along.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The deadline of a request entering now.
+pub fn deadline() -> Deadline {
+    Deadline::now() + REQUEST_TIMEOUT
+}
 
 /// Where a local instance's current http handle is kept (the supervisor
 /// swaps it on every restart).
@@ -68,7 +76,7 @@ enum Target {
 
 /// A synthesized answer for a service without a ready endpoint: fast, plain,
 /// 503.
-pub fn no_endpoint_response(service: &ServiceKey) -> http::Response<Bytes> {
+pub fn no_endpoint_response(service: &ServiceKey) -> http::Response<Body> {
     plain(
         503,
         format!(
@@ -79,8 +87,8 @@ pub fn no_endpoint_response(service: &ServiceKey) -> http::Response<Bytes> {
 }
 
 /// A plain-text response.
-pub fn plain(status: u16, body: String) -> http::Response<Bytes> {
-    let mut r = http::Response::new(Bytes::from(body));
+pub fn plain(status: u16, text: String) -> http::Response<Body> {
+    let mut r = http::Response::new(body::full(text));
     *r.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY);
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -264,28 +272,32 @@ impl Network {
     pub async fn to_service(
         &self,
         svc: &ServiceKey,
-        req: http::Request<Bytes>,
-    ) -> Result<http::Response<Bytes>, OutboundError> {
+        req: http::Request<Body>,
+        deadline: Deadline,
+    ) -> Result<http::Response<Body>, OutboundError> {
         let started = Instant::now();
         let candidates = self.pick(svc);
         if candidates.is_empty() {
             self.metrics.observe(svc, "no_endpoint", started);
             return Ok(no_endpoint_response(svc));
         }
-        let result = self.to_endpoints(svc, candidates, req).await;
+        let result = self.to_endpoints(svc, candidates, req, deadline).await;
         self.metrics
             .observe(svc, metrics::result_of(&result), started);
         result
     }
 
-    /// Tries `candidates` in order (more than one only for idempotent
-    /// methods, after a connect failure).
+    /// Tries `candidates` in order: more than one only for an idempotent
+    /// request without a body (a streamed body cannot be sent twice), after
+    /// a failure that happened before anything was sent.
     async fn to_endpoints(
         &self,
         svc: &ServiceKey,
         candidates: Vec<Ipv4Addr>,
-        req: http::Request<Bytes>,
-    ) -> Result<http::Response<Bytes>, OutboundError> {
+        req: http::Request<Body>,
+        deadline: Deadline,
+    ) -> Result<http::Response<Body>, OutboundError> {
+        use http_body::Body as _;
         let idempotent = matches!(
             *req.method(),
             http::Method::GET
@@ -294,14 +306,18 @@ impl Network {
                 | http::Method::PUT
                 | http::Method::DELETE
         );
-        let attempts = if idempotent {
+        let attempts = if idempotent && req.body().is_end_stream() {
             candidates.len().min(3)
         } else {
             1
         };
+        let (parts, body) = req.into_parts();
+        let mut body = Some(body);
         let mut last = None;
         for ip in candidates.into_iter().take(attempts) {
-            match self.to_instance(ip, clone_request(&req)).await {
+            let body = body.take().unwrap_or_else(body::empty);
+            let attempt = http::Request::from_parts(clone_parts(&parts), body);
+            match self.to_instance(ip, attempt, deadline).await {
                 Ok(r) => return Ok(r),
                 Err(e @ (OutboundError::Unavailable(_) | OutboundError::Refused(_))) => {
                     last = Some(e)
@@ -319,12 +335,13 @@ impl Network {
     pub async fn to_instance(
         &self,
         ip: Ipv4Addr,
-        req: http::Request<Bytes>,
-    ) -> Result<http::Response<Bytes>, OutboundError> {
+        req: http::Request<Body>,
+        deadline: Deadline,
+    ) -> Result<http::Response<Body>, OutboundError> {
         let _busy = Busy::new(&self.outstanding, ip);
         let route = self.tables().node_for_ip(ip);
         match route {
-            Some(route) if route.name == self.node => self.serve_local(ip, req).await,
+            Some(route) if route.name == self.node => self.serve_local(ip, req, deadline).await,
             Some(route) => {
                 if route.tunnel.is_empty() {
                     return Err(OutboundError::Unavailable(format!(
@@ -332,7 +349,7 @@ impl Network {
                         route.name
                     )));
                 }
-                self.tunnel.send(&route.tunnel, ip, req).await
+                self.tunnel.send(&route.tunnel, ip, req, deadline).await
             }
             None => Err(OutboundError::NotFound(format!(
                 "{ip} is in no node's instance range"
@@ -345,8 +362,9 @@ impl Network {
     pub async fn serve_local(
         &self,
         ip: Ipv4Addr,
-        req: http::Request<Bytes>,
-    ) -> Result<http::Response<Bytes>, OutboundError> {
+        req: http::Request<Body>,
+        deadline: Deadline,
+    ) -> Result<http::Response<Body>, OutboundError> {
         let key = self
             .addresses
             .lock()
@@ -364,14 +382,14 @@ impl Network {
                 key.0, key.1
             )));
         };
-        match tokio::time::timeout(REQUEST_TIMEOUT, handle.serve(req)).await {
+        match tokio::time::timeout_at(deadline, handle.serve(req)).await {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => Ok(plain(
                 502,
                 format!("instance {}/{} failed: {e}\n", key.0, key.1),
             )),
             Err(_) => Err(OutboundError::Timeout(format!(
-                "instance {}/{} did not answer within {REQUEST_TIMEOUT:?}",
+                "instance {}/{} did not answer in time",
                 key.0, key.1
             ))),
         }
@@ -395,8 +413,9 @@ impl Network {
     async fn egress(
         &self,
         caller: &InstanceOutbound,
-        req: http::Request<Bytes>,
-    ) -> Result<http::Response<Bytes>, OutboundError> {
+        req: http::Request<Body>,
+        deadline: Deadline,
+    ) -> Result<http::Response<Body>, OutboundError> {
         let uri = req.uri().clone();
         let scheme = uri.scheme_str().unwrap_or("http").to_string();
         let host = uri.host().unwrap_or("").to_string();
@@ -421,7 +440,7 @@ impl Network {
                 "{scheme}://{host}: only plain http egress is supported so far"
             )));
         }
-        egress_http(&host, port, req).await
+        egress_http(&host, port, req, deadline).await
     }
 }
 
@@ -453,33 +472,30 @@ impl Drop for Busy<'_> {
     }
 }
 
-fn clone_request(req: &http::Request<Bytes>) -> http::Request<Bytes> {
-    let mut r = http::Request::new(req.body().clone());
-    *r.method_mut() = req.method().clone();
-    *r.uri_mut() = req.uri().clone();
-    *r.version_mut() = req.version();
-    *r.headers_mut() = req.headers().clone();
-    r
+fn clone_parts(parts: &http::request::Parts) -> http::request::Parts {
+    let mut r = http::Request::new(());
+    *r.method_mut() = parts.method.clone();
+    *r.uri_mut() = parts.uri.clone();
+    *r.version_mut() = parts.version;
+    *r.headers_mut() = parts.headers.clone();
+    r.into_parts().0
 }
 
-/// One HTTP/1.1 request to an allowed outside host.
+/// One HTTP/1.1 request to an allowed outside host; both bodies stream.
 async fn egress_http(
     host: &str,
     port: u16,
-    req: http::Request<Bytes>,
-) -> Result<http::Response<Bytes>, OutboundError> {
-    use http_body_util::{BodyExt, Full};
+    req: http::Request<Body>,
+    deadline: Deadline,
+) -> Result<http::Response<Body>, OutboundError> {
     let addr = format!("{host}:{port}");
-    let stream = match tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio::net::TcpStream::connect(&addr),
-    )
-    .await
-    {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(OutboundError::Refused(format!("{addr}: {e}"))),
-        Err(_) => return Err(OutboundError::Timeout(format!("{addr}: connect timed out"))),
-    };
+    let connect_by = deadline.min(Deadline::now() + Duration::from_secs(10));
+    let stream =
+        match tokio::time::timeout_at(connect_by, tokio::net::TcpStream::connect(&addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(OutboundError::Refused(format!("{addr}: {e}"))),
+            Err(_) => return Err(OutboundError::Timeout(format!("{addr}: connect timed out"))),
+        };
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
@@ -499,18 +515,14 @@ async fn egress_http(
             parts.headers.insert(http::header::HOST, v);
         }
     }
-    let request = http::Request::from_parts(parts, Full::new(body));
-    let response = tokio::time::timeout(REQUEST_TIMEOUT, sender.send_request(request))
-        .await
-        .map_err(|_| OutboundError::Timeout(format!("{addr}: no response")))?
-        .map_err(|e| OutboundError::Refused(format!("{addr}: {e}")))?;
-    let (parts, body) = response.into_parts();
-    let body = http_body_util::Limited::new(body, 16 * 1024 * 1024)
-        .collect()
-        .await
-        .map_err(|e| OutboundError::Refused(format!("{addr}: reading the body: {e}")))?
-        .to_bytes();
-    Ok(http::Response::from_parts(parts, body))
+    let response = tokio::time::timeout_at(
+        deadline,
+        sender.send_request(http::Request::from_parts(parts, body)),
+    )
+    .await
+    .map_err(|_| OutboundError::Timeout(format!("{addr}: no response")))?
+    .map_err(|e| OutboundError::Refused(format!("{addr}: {e}")))?;
+    Ok(response.map(body::from))
 }
 
 /// One instance's view of the network: its namespace for short names, and
@@ -525,8 +537,9 @@ struct InstanceOutbound {
 impl Outbound for InstanceOutbound {
     fn send(
         &self,
-        req: http::Request<Bytes>,
-    ) -> BoxFuture<'static, Result<http::Response<Bytes>, OutboundError>> {
+        req: http::Request<Body>,
+        deadline: Deadline,
+    ) -> BoxFuture<'static, Result<http::Response<Body>, OutboundError>> {
         let net = self.net.clone();
         let me = InstanceOutbound {
             net: self.net.clone(),
@@ -540,9 +553,9 @@ impl Outbound for InstanceOutbound {
                 return Err(OutboundError::Invalid("the request has no host".into()));
             }
             match net.classify(&host, &me.namespace)? {
-                Target::Service(svc) => net.to_service(&svc, req).await,
-                Target::Instance(ip) => net.to_instance(ip, req).await,
-                Target::Outside => net.egress(&me, req).await,
+                Target::Service(svc) => net.to_service(&svc, req, deadline).await,
+                Target::Instance(ip) => net.to_instance(ip, req, deadline).await,
+                Target::Outside => net.egress(&me, req, deadline).await,
             }
         })
     }
@@ -591,7 +604,7 @@ mod tests {
         let svc = ("default".to_string(), "backend".to_string());
         for _ in 0..2 {
             let r = n
-                .to_service(&svc, http::Request::new(Bytes::new()))
+                .to_service(&svc, http::Request::new(body::empty()), deadline())
                 .await
                 .unwrap();
             assert_eq!(r.status(), 503);

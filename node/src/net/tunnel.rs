@@ -1,44 +1,51 @@
-//! The tunnel between nodes: one QUIC connection per peer node, a stream per
-//! request, mutual TLS with `node:` certificates of the cluster CA on both
-//! sides, so nothing but cluster nodes can use it. A request names the
-//! instance address it is for; the receiving node serves only its own
-//! addresses (no transit).
+//! The tunnel between nodes: one QUIC connection per peer node, mutual TLS
+//! with `node:` certificates of the cluster CA on both sides, so nothing but
+//! cluster nodes can use it. Each request is its own bidirectional stream
+//! carrying a short preamble and then one plain HTTP/1.1 exchange (hyper on
+//! both ends), so bodies stream through in both directions and nothing is
+//! buffered whole. The receiving node serves only its own addresses (no
+//! transit).
+//!
+//! The preamble, 9 bytes: the version (1), the IPv4 address the request is
+//! for, and the milliseconds left of the request's deadline (big-endian
+//! u32): one deadline travels end to end instead of a timeout on each side.
+//! A failure to reach the instance is answered with status 502 and the
+//! header `flotilla-failure` naming its kind
+//! ([`OutboundError::kind`]); the body says why.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+
 use tokio::sync::Mutex;
+use tokio::time::Instant as Deadline;
 
 use flotilla_client::tls::{self, IssuedCert, ALPN_TUNNEL};
-use flotilla_client::wire::{read_frame, write_frame, MAX_FRAME};
 use flotilla_client::{dial, ClientConfig, SharedClientConfig};
 
-use super::{Network, REQUEST_TIMEOUT};
+use super::Network;
+use crate::body::{self, Body};
 use crate::runtime::OutboundError;
 
-/// A request through the tunnel.
-#[derive(Serialize, Deserialize, Debug)]
-pub struct TunnelRequest {
-    /// The instance address it is for.
-    pub ip: [u8; 4],
-    /// Method.
-    pub method: String,
-    /// Request target (path and query, or an absolute URI).
-    pub uri: String,
-    /// Headers.
-    pub headers: Vec<(String, Vec<u8>)>,
-    /// Body.
-    pub body: Vec<u8>,
-}
+/// The preamble's version byte.
+const VERSION: u8 = 1;
+/// Bytes of the preamble.
+const PREAMBLE: usize = 9;
+/// How long a peer may take to send the preamble of a stream it opened.
+const PREAMBLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The header of a failure answer.
+const FAILURE_HEADER: &str = "flotilla-failure";
+/// Most bytes of a failure's message read.
+const MAX_FAILURE_MESSAGE: usize = 4096;
 
-/// The address a probe names: no instance has it, so a node that predates
-/// probes answers it with a plain "not an address of this node".
-pub const PROBE_IP: [u8; 4] = [0, 0, 0, 0];
+/// The address a probe names: no instance has it.
+pub const PROBE_IP: Ipv4Addr = Ipv4Addr::UNSPECIFIED;
 /// How long a probe waits for its answer on an open connection.
-const PROBE_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+const PROBE_ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
 /// The header of a probe's answer that carries the answering node's clock.
 const CLOCK_HEADER: &str = "x-flotilla-clock-micros";
 
@@ -46,49 +53,26 @@ const CLOCK_HEADER: &str = "x-flotilla-clock-micros";
 #[derive(Debug, Clone, Copy)]
 pub struct TunnelProbe {
     /// Request out to answer in, on an open connection.
-    pub round_trip: std::time::Duration,
+    pub round_trip: Duration,
     /// How far the peer's clock is ahead of this node's, in microseconds.
     pub peer_clock_offset_micros: i64,
 }
 
-/// The answer.
-#[derive(Serialize, Deserialize, Debug)]
-pub enum TunnelResponse {
-    /// The instance answered.
-    Response {
-        /// Status code.
-        status: u16,
-        /// Headers.
-        headers: Vec<(String, Vec<u8>)>,
-        /// Body.
-        body: Vec<u8>,
-    },
-    /// No instance answered; the kind and why.
-    Failed {
-        /// 0 refused, 1 timeout, 2 unavailable, 3 invalid.
-        kind: u8,
-        /// Why.
-        message: String,
-    },
+fn preamble(ip: Ipv4Addr, deadline: Deadline) -> [u8; PREAMBLE] {
+    let left = deadline.saturating_duration_since(Deadline::now());
+    let millis = u32::try_from(left.as_millis()).unwrap_or(u32::MAX);
+    let mut out = [0u8; PREAMBLE];
+    out[0] = VERSION;
+    out[1..5].copy_from_slice(&ip.octets());
+    out[5..].copy_from_slice(&millis.to_be_bytes());
+    out
 }
 
-fn headers_of(map: &http::HeaderMap) -> Vec<(String, Vec<u8>)> {
-    map.iter()
-        .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
-        .collect()
-}
+/// A stream's two halves as one byte pipe for hyper.
+type StreamIo = TokioIo<tokio::io::Join<quinn::RecvStream, quinn::SendStream>>;
 
-fn header_map(list: Vec<(String, Vec<u8>)>) -> http::HeaderMap {
-    let mut map = http::HeaderMap::new();
-    for (k, v) in list {
-        if let (Ok(k), Ok(v)) = (
-            http::HeaderName::from_bytes(k.as_bytes()),
-            http::HeaderValue::from_bytes(&v),
-        ) {
-            map.append(k, v);
-        }
-    }
-    map
+fn stream_io(send: quinn::SendStream, recv: quinn::RecvStream) -> StreamIo {
+    TokioIo::new(tokio::io::join(recv, send))
 }
 
 /// Dials peer nodes with this node's certificate and keeps one connection per
@@ -169,49 +153,109 @@ impl TunnelClient {
         *self.slot(addr).lock().await = None;
     }
 
+    /// Opens a stream to the node at `addr` for `ip` and makes it an
+    /// HTTP/1.1 connection of its own.
+    async fn open(
+        &self,
+        addr: &str,
+        ip: Ipv4Addr,
+        deadline: Deadline,
+    ) -> Result<hyper::client::conn::http1::SendRequest<Body>, OutboundError> {
+        let conn = self.connection(addr).await?;
+        let opened = async {
+            let (mut send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+            send.write_all(&preamble(ip, deadline))
+                .await
+                .map_err(|e| e.to_string())?;
+            let (sender, connection) = hyper::client::conn::http1::handshake(stream_io(send, recv))
+                .await
+                .map_err(|e| e.to_string())?;
+            // Drives the exchange until the response body has been read.
+            tokio::spawn(connection);
+            Ok::<_, String>(sender)
+        };
+        match opened.await {
+            Ok(sender) => Ok(sender),
+            Err(e) => {
+                self.forget(addr).await;
+                Err(OutboundError::Unavailable(format!("tunnel to {addr}: {e}")))
+            }
+        }
+    }
+
+    /// Sends a request for `ip` to the node at `addr`; its response head
+    /// must arrive by `deadline`. The bodies stream.
+    pub async fn send(
+        &self,
+        addr: &str,
+        ip: Ipv4Addr,
+        req: http::Request<Body>,
+        deadline: Deadline,
+    ) -> Result<http::Response<Body>, OutboundError> {
+        let mut sender = self.open(addr, ip, deadline).await?;
+        let answer = match tokio::time::timeout_at(deadline, sender.send_request(req)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                return Err(OutboundError::Unavailable(format!("tunnel to {addr}: {e}")));
+            }
+            Err(_) => {
+                return Err(OutboundError::Timeout(format!(
+                    "tunnel to {addr}: no answer in time"
+                )))
+            }
+        };
+        let (parts, incoming) = answer.into_parts();
+        if let Some(kind) = parts.headers.get(FAILURE_HEADER) {
+            let kind = kind.to_str().unwrap_or_default().to_string();
+            let message = body::collect(body::from(incoming), MAX_FAILURE_MESSAGE)
+                .await
+                .map(|b| String::from_utf8_lossy(&b).trim_end().to_string())
+                .unwrap_or_else(|e| format!("the failure's message was lost: {e}"));
+            return Err(OutboundError::from_kind(&kind, message));
+        }
+        Ok(http::Response::from_parts(parts, body::from(incoming)))
+    }
+
     /// Sends a probe to the node at `addr` over the connection requests use
     /// (dialled first if there is none), and reads the peer's clock from
     /// its answer.
     pub async fn probe(&self, addr: &str) -> Result<TunnelProbe, OutboundError> {
-        let conn = self.connection(addr).await?;
-        let frame = TunnelRequest {
-            ip: PROBE_IP,
-            method: "GET".into(),
-            uri: "/".into(),
-            headers: Vec::new(),
-            body: Vec::new(),
-        };
         let sent_at = flotilla_api::meta::unix_micros_now();
         let started = std::time::Instant::now();
+        let deadline = Deadline::now() + PROBE_ANSWER_TIMEOUT;
+        let req = http::Request::get("/")
+            .body(body::empty())
+            .map_err(|e| OutboundError::Invalid(e.to_string()))?;
         // A connection whose peer went away silently would hold a probe
         // until QUIC's idle timeout; a silent probe drops it instead.
-        let answer = match tokio::time::timeout(PROBE_ANSWER_TIMEOUT, exchange(&conn, &frame)).await
-        {
-            Ok(a) => a,
-            Err(_) => Err(format!("no answer within {PROBE_ANSWER_TIMEOUT:?}")),
-        };
+        let answer =
+            match tokio::time::timeout_at(deadline, self.send(addr, PROBE_IP, req, deadline)).await
+            {
+                Ok(a) => a,
+                Err(_) => Err(OutboundError::Timeout(format!(
+                    "tunnel to {addr}: no answer within {PROBE_ANSWER_TIMEOUT:?}"
+                ))),
+            };
         let round_trip = started.elapsed();
         let answer = match answer {
             Ok(a) => a,
             Err(e) => {
                 self.forget(addr).await;
-                return Err(OutboundError::Unavailable(format!("tunnel to {addr}: {e}")));
-            }
-        };
-        let peer_clock = match answer {
-            TunnelResponse::Response { headers, .. } => headers
-                .iter()
-                .find(|(k, _)| k == CLOCK_HEADER)
-                .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<i64>().ok()),
-            TunnelResponse::Failed { message, .. } => {
                 return Err(OutboundError::Unavailable(format!(
-                    "tunnel to {addr}: the peer does not answer probes ({message}): an older agent?"
-                )))
+                    "tunnel to {addr}: {}",
+                    e.message()
+                )));
             }
         };
-        let peer_clock = peer_clock.ok_or_else(|| {
-            OutboundError::Unavailable(format!("tunnel to {addr}: the probe's answer has no clock"))
-        })?;
+        let peer_clock = answer
+            .headers()
+            .get(CLOCK_HEADER)
+            .and_then(|v| v.to_str().ok()?.parse::<i64>().ok())
+            .ok_or_else(|| {
+                OutboundError::Unavailable(format!(
+                    "tunnel to {addr}: the probe's answer has no clock"
+                ))
+            })?;
         let half_way =
             sent_at.saturating_add(i64::try_from(round_trip.as_micros() / 2).unwrap_or(0));
         Ok(TunnelProbe {
@@ -219,144 +263,72 @@ impl TunnelClient {
             peer_clock_offset_micros: peer_clock.saturating_sub(half_way),
         })
     }
-
-    /// Sends a request for `ip` to the node at `addr`.
-    pub async fn send(
-        &self,
-        addr: &str,
-        ip: Ipv4Addr,
-        req: http::Request<Bytes>,
-    ) -> Result<http::Response<Bytes>, OutboundError> {
-        let conn = self.connection(addr).await?;
-        let (parts, body) = req.into_parts();
-        let frame = TunnelRequest {
-            ip: ip.octets(),
-            method: parts.method.as_str().to_string(),
-            uri: parts.uri.to_string(),
-            headers: headers_of(&parts.headers),
-            body: body.to_vec(),
-        };
-        let answer = match tokio::time::timeout(REQUEST_TIMEOUT, exchange(&conn, &frame)).await {
-            Ok(Ok(a)) => a,
-            Ok(Err(e)) => {
-                self.forget(addr).await;
-                return Err(OutboundError::Unavailable(format!("tunnel to {addr}: {e}")));
-            }
-            Err(_) => {
-                return Err(OutboundError::Timeout(format!(
-                    "tunnel to {addr}: no answer within {REQUEST_TIMEOUT:?}"
-                )))
-            }
-        };
-        match answer {
-            TunnelResponse::Response {
-                status,
-                headers,
-                body,
-            } => {
-                let mut r = http::Response::new(Bytes::from(body));
-                *r.status_mut() =
-                    http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY);
-                *r.headers_mut() = header_map(headers);
-                Ok(r)
-            }
-            TunnelResponse::Failed { kind, message } => Err(match kind {
-                0 => OutboundError::Refused(message),
-                1 => OutboundError::Timeout(message),
-                3 => OutboundError::Invalid(message),
-                _ => OutboundError::Unavailable(message),
-            }),
-        }
-    }
-}
-
-/// One request on its own stream of `conn`, and its answer.
-async fn exchange(
-    conn: &quinn::Connection,
-    frame: &TunnelRequest,
-) -> Result<TunnelResponse, String> {
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-    write_frame(&mut send, frame)
-        .await
-        .map_err(|e| e.to_string())?;
-    let _ = send.finish();
-    read_frame::<_, TunnelResponse>(&mut recv, MAX_FRAME)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| "the peer closed the stream".to_string())
 }
 
 /// Serves one tunnel connection from a peer node (already authenticated).
 pub async fn serve_connection(net: Arc<Network>, conn: quinn::Connection) {
-    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-        let net = net.clone();
-        tokio::spawn(async move {
-            let req: TunnelRequest = match read_frame(&mut recv, MAX_FRAME).await {
-                Ok(Some(r)) => r,
-                _ => return,
-            };
-            let answer = serve_request(&net, req).await;
-            let _ = write_frame(&mut send, &answer).await;
-            let _ = send.finish();
-        });
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        tokio::spawn(serve_stream(net.clone(), send, recv));
     }
 }
 
-async fn serve_request(net: &Network, req: TunnelRequest) -> TunnelResponse {
-    if req.ip == PROBE_IP {
-        return TunnelResponse::Response {
-            status: 204,
-            headers: vec![
-                ("x-flotilla-node".into(), net.node().as_bytes().to_vec()),
-                (
-                    CLOCK_HEADER.into(),
-                    flotilla_api::meta::unix_micros_now()
-                        .to_string()
-                        .into_bytes(),
-                ),
-            ],
-            body: Vec::new(),
-        };
+async fn serve_stream(net: Arc<Network>, send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    let mut head = [0u8; PREAMBLE];
+    match tokio::time::timeout(PREAMBLE_TIMEOUT, recv.read_exact(&mut head)).await {
+        Ok(Ok(_)) if head[0] == VERSION => {}
+        // Not our protocol, or a peer too slow to say what it wants.
+        _ => return,
     }
-    let ip = Ipv4Addr::from(req.ip);
-    let mut builder = http::Request::builder()
-        .method(req.method.as_str())
-        .uri(req.uri.as_str());
-    if let Some(h) = builder.headers_mut() {
-        *h = header_map(req.headers);
-    }
-    let request = match builder.body(Bytes::from(req.body)) {
-        Ok(r) => r,
-        Err(e) => {
-            return TunnelResponse::Failed {
-                kind: 3,
-                message: format!("bad request through the tunnel: {e}"),
-            }
+    let ip = Ipv4Addr::new(head[1], head[2], head[3], head[4]);
+    let millis = u32::from_be_bytes([head[5], head[6], head[7], head[8]]);
+    let deadline = Deadline::now() + Duration::from_millis(u64::from(millis));
+    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let net = net.clone();
+        async move {
+            Ok::<_, std::convert::Infallible>(answer(&net, ip, deadline, req.map(body::from)).await)
         }
-    };
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .keep_alive(false)
+        .serve_connection(stream_io(send, recv), service)
+        .await;
+}
+
+fn failure(e: &OutboundError) -> http::Response<Body> {
+    let mut r = super::plain(502, format!("{}\n", e.message()));
+    r.headers_mut()
+        .insert(FAILURE_HEADER, http::HeaderValue::from_static(e.kind()));
+    r
+}
+
+async fn answer(
+    net: &Network,
+    ip: Ipv4Addr,
+    deadline: Deadline,
+    req: http::Request<Body>,
+) -> http::Response<Body> {
+    if ip == PROBE_IP {
+        let mut r = http::Response::new(body::empty());
+        *r.status_mut() = http::StatusCode::NO_CONTENT;
+        let headers = r.headers_mut();
+        if let Ok(v) = http::HeaderValue::from_str(net.node()) {
+            headers.insert("x-flotilla-node", v);
+        }
+        if let Ok(v) =
+            http::HeaderValue::from_str(&flotilla_api::meta::unix_micros_now().to_string())
+        {
+            headers.insert(CLOCK_HEADER, v);
+        }
+        return r;
+    }
     if !net.own_range().is_some_and(|r| r.contains(ip)) {
-        return TunnelResponse::Failed {
-            kind: 2,
-            message: format!("{ip} is not an address of node {}", net.node()),
-        };
+        return failure(&OutboundError::Unavailable(format!(
+            "{ip} is not an address of node {}",
+            net.node()
+        )));
     }
-    match net.serve_local(ip, request).await {
-        Ok(r) => {
-            let (parts, body) = r.into_parts();
-            TunnelResponse::Response {
-                status: parts.status.as_u16(),
-                headers: headers_of(&parts.headers),
-                body: body.to_vec(),
-            }
-        }
-        Err(e) => TunnelResponse::Failed {
-            kind: match e {
-                OutboundError::Refused(_) => 0,
-                OutboundError::Timeout(_) => 1,
-                OutboundError::Invalid(_) => 3,
-                _ => 2,
-            },
-            message: e.message().to_string(),
-        },
+    match net.serve_local(ip, req, deadline).await {
+        Ok(r) => r,
+        Err(e) => failure(&e),
     }
 }

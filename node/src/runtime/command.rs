@@ -179,7 +179,9 @@ mod tests {
             Err(err) => assert!(matches!(err, RuntimeError::Instantiate { .. }), "{err}"),
             Ok(h) => {
                 assert_eq!(h.world(), World::Http);
-                let req = ::http::Request::get("/").body(bytes::Bytes::new()).unwrap();
+                let req = ::http::Request::get("/")
+                    .body(crate::body::empty())
+                    .unwrap();
                 let err = h.serve_http(req).await.unwrap_err();
                 assert!(matches!(err, RuntimeError::Handler(_)), "{err}");
             }
@@ -209,7 +211,7 @@ mod tests {
             .start(&p, launch("default/cmd", Captured::default().sink()))
             .unwrap();
         let err = h
-            .serve_http(::http::Request::new(bytes::Bytes::new()))
+            .serve_http(::http::Request::new(crate::body::empty()))
             .await
             .unwrap_err();
         assert!(matches!(err, RuntimeError::NotHttp), "{err}");

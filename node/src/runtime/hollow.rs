@@ -16,6 +16,8 @@ use bytes::Bytes;
 use tokio::sync::watch;
 use wasmparser::{Encoding, Parser, Payload};
 
+use crate::body::Body;
+
 use super::{
     BoxFuture, HttpBackend, InstanceHandle, Launch, ModuleKind, Prepared, Result, Runtime,
     RuntimeError, World,
@@ -126,11 +128,11 @@ pub(crate) struct HollowHttp {
 }
 
 impl HollowHttp {
-    pub(crate) fn serve(&self, _req: http::Request<Bytes>) -> Result<http::Response<Bytes>> {
+    pub(crate) fn serve(&self, _req: http::Request<Body>) -> Result<http::Response<Body>> {
         if *self.stop.borrow() {
             return Err(RuntimeError::Stopped);
         }
-        let mut resp = http::Response::new(Bytes::from_static(BODY));
+        let mut resp = http::Response::new(crate::body::full(Bytes::from_static(BODY)));
         resp.headers_mut().insert(
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static("text/plain"),
@@ -188,9 +190,15 @@ mod tests {
             .start(&p, launch("default/h", Captured::default().sink()))
             .unwrap();
         let http = handle.http_handle().unwrap();
-        let get = || ::http::Request::get("/").body(Bytes::new()).unwrap();
+        let get = || {
+            ::http::Request::get("/")
+                .body(crate::body::empty())
+                .unwrap()
+        };
         let resp = http.serve(get()).await.unwrap();
-        assert_eq!((resp.status().as_u16(), resp.body().as_ref()), (200, BODY));
+        let status = resp.status().as_u16();
+        let body = crate::body::collect(resp.into_body(), 1024).await.unwrap();
+        assert_eq!((status, body.as_ref()), (200, BODY));
         assert!(
             tokio::time::timeout(Duration::from_millis(50), handle.wait())
                 .await

@@ -17,7 +17,6 @@ use wasmtime_wasi_http::{
 use super::limits::{CpuMeter, MemoryLimiter, Throttle};
 use super::logs::{LogPipe, LogSink, LogStream};
 use super::{Launch, Outbound, OutboundError, RuntimeError, RuntimeInner};
-use http_body_util::BodyExt;
 
 /// The `T` of every `Store<T>`: one per instance (command world) or per request
 /// (http world). `W` is the WASI state: [`P2`] for components, [`WasiP1Ctx`]
@@ -67,8 +66,9 @@ struct Egress {
     outbound: Option<Arc<dyn Outbound>>,
 }
 
-/// Largest request body a guest may send out, in bytes.
-const MAX_OUTGOING_BODY: usize = 16 * 1024 * 1024;
+/// How long an outgoing request may wait for its response head when the
+/// guest sets no timeout of its own.
+const DEFAULT_RESPONSE_DEADLINE: Duration = Duration::from_secs(30);
 
 type SendFuture = Box<
     dyn Future<
@@ -119,38 +119,23 @@ impl WasiHttpHooks for Egress {
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         };
         Box::new(async move {
-            let (parts, body) = request.into_parts();
-            let body = http_body_util::Limited::new(body, MAX_OUTGOING_BODY)
-                .collect()
-                .await
-                .map_err(|_| {
-                    wasmtime_wasi_http::Error::HttpRequestBodySize(Some(MAX_OUTGOING_BODY as u64))
-                })?
-                .to_bytes();
-            let send = outbound.send(http::Request::from_parts(parts, body));
-            // The whole body is buffered, so the head and the body arrive
-            // together: the connect and first-byte timeouts bound the wait.
-            let answer = match response_deadline(options) {
-                Some(deadline) => match tokio::time::timeout(deadline, send).await {
-                    Ok(answer) => answer,
-                    Err(_) => {
-                        report(&format!(
-                            "outgoing HTTP timed out after {deadline:?} (the guest's timeout)"
-                        ));
-                        return Err(wasmtime_wasi_http::Error::HttpResponseTimeout);
-                    }
-                },
-                None => send.await,
-            };
-            match answer {
+            // The guest's body streams out as it writes it; the response's
+            // streams back in as the guest reads it.
+            let request = request.map(crate::body::from);
+            let wait = response_deadline(options);
+            let deadline = tokio::time::Instant::now() + wait.unwrap_or(DEFAULT_RESPONSE_DEADLINE);
+            match outbound.send(request, deadline).await {
                 Ok(response) => {
-                    let (parts, body) = response.into_parts();
-                    let body: WasiBody = http_body_util::Full::new(body)
-                        .map_err(|never| match never {})
-                        .boxed_unsync();
                     let done: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send> =
                         Box::new(async { Ok(()) });
-                    Ok((http::Response::from_parts(parts, body), done))
+                    Ok((response.map(crate::body::to_wasi), done))
+                }
+                Err(OutboundError::Timeout(m)) if wait.is_some() => {
+                    report(&format!(
+                        "outgoing HTTP timed out after {:?} (the guest's timeout): {m}",
+                        wait.unwrap_or_default()
+                    ));
+                    Err(wasmtime_wasi_http::Error::HttpResponseTimeout)
                 }
                 Err(e) => {
                     report(e.message());

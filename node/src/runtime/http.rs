@@ -1,12 +1,10 @@
 //! The http world: the component is pre-instantiated once (`ProxyPre`); every
 //! request gets a fresh store and instance, at most `http_concurrency` at once
-//! (as `wasmtime serve` does).
+//! (as `wasmtime serve` does). Bodies stream: the guest reads the request
+//! body as it arrives and its response body leaves as it writes it.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
 use tokio::sync::{oneshot, watch, Semaphore};
 use wasmtime::component::Resource;
 use wasmtime::{Engine, Store};
@@ -20,10 +18,7 @@ use super::{
     stopped, Compiled, Exit, HttpBackend, InstanceHandle, Launch, Prepared, Result, RuntimeError,
     RuntimeInner, World,
 };
-
-/// Largest response body buffered from a guest. Stops a guest from making the
-/// node hold an unbounded body in memory.
-const MAX_RESPONSE_BODY: usize = 16 << 20;
+use crate::body::{self, Body};
 
 pub(crate) struct HttpServer {
     pre: ProxyPre<Host<P2>>,
@@ -60,7 +55,7 @@ pub(crate) fn start(
 }
 
 impl HttpServer {
-    pub(crate) async fn serve(&self, req: http::Request<Bytes>) -> Result<http::Response<Bytes>> {
+    pub(crate) async fn serve(&self, req: http::Request<Body>) -> Result<http::Response<Body>> {
         if *self.stop.borrow() {
             return Err(RuntimeError::Stopped);
         }
@@ -70,7 +65,7 @@ impl HttpServer {
         }
     }
 
-    async fn serve_inner(&self, mut req: http::Request<Bytes>) -> Result<http::Response<Bytes>> {
+    async fn serve_inner(&self, mut req: http::Request<Body>) -> Result<http::Response<Body>> {
         let permit = self
             .permits
             .clone()
@@ -85,11 +80,6 @@ impl HttpServer {
                 http::HeaderValue::from_static("localhost"),
             );
         }
-        let req = req.map(|body| {
-            Full::new(body)
-                .map_err(|never: Infallible| -> wasmtime_wasi_http::Error { match never {} })
-        });
-
         let path = req.uri().path().to_string();
         let handler = |e: wasmtime::Error| RuntimeError::Handler(format!("{e:#}"));
         let mut store = self.params.store(&self.engine, self.params.p2());
@@ -121,15 +111,9 @@ impl HttpServer {
         });
 
         match rx.await {
-            Ok(Ok(resp)) => {
-                let (parts, body) = resp.into_parts();
-                let body = Limited::new(body, MAX_RESPONSE_BODY)
-                    .collect()
-                    .await
-                    .map_err(|e| RuntimeError::Handler(format!("reading the response body: {e}")))?
-                    .to_bytes();
-                Ok(http::Response::from_parts(parts, body))
-            }
+            // The body streams from the guest's task, which holds the permit
+            // until the guest ends.
+            Ok(Ok(resp)) => Ok(resp.map(body::from)),
             Ok(Err(code)) => Err(RuntimeError::Handler(format!(
                 "guest answered with error code {code:?}"
             ))),
@@ -219,9 +203,12 @@ mod tests {
             let handle = handle.clone();
             requests.spawn(async move {
                 let req = ::http::Request::get(format!("http://example.test/{i}"))
-                    .body(bytes::Bytes::new())
+                    .body(crate::body::empty())
                     .unwrap();
-                handle.serve_http(req).await
+                let resp = handle.serve_http(req).await?;
+                let (parts, body) = resp.into_parts();
+                let body = crate::body::collect(body, 1 << 20).await.unwrap();
+                Ok::<_, RuntimeError>(::http::Response::from_parts(parts, body))
             });
         }
         while let Some(answer) = requests.join_next().await {
@@ -231,7 +218,11 @@ mod tests {
         }
         // A path-only request (no authority, no Host header) works too, also
         // through a detached `HttpHandle`.
-        let get = || ::http::Request::get("/").body(bytes::Bytes::new()).unwrap();
+        let get = || {
+            ::http::Request::get("/")
+                .body(crate::body::empty())
+                .unwrap()
+        };
         assert_eq!(handle.serve_http(get()).await.unwrap().status(), 200);
         let detached = handle.http_handle().unwrap();
         assert_eq!(detached.serve(get()).await.unwrap().status(), 200);

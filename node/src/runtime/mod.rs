@@ -39,6 +39,7 @@ use tokio::task::JoinHandle;
 pub use self::exit::Exit;
 pub use self::hollow::HollowRuntime;
 pub use self::logs::{LogSink, LogStream};
+pub use crate::body::Body;
 
 use self::host::{Host, P2};
 
@@ -215,15 +216,44 @@ impl OutboundError {
     }
 }
 
+impl OutboundError {
+    /// The failure's kind as one word, for the tunnel between nodes (which
+    /// carries it back to the node that sent the request).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Denied(_) => "denied",
+            Self::NotFound(_) => "not-found",
+            Self::Unavailable(_) => "unavailable",
+            Self::Refused(_) => "refused",
+            Self::Timeout(_) => "timeout",
+            Self::Invalid(_) => "invalid",
+        }
+    }
+
+    /// The failure [`kind`](Self::kind) names, with `message`; an unknown
+    /// kind (a newer peer) counts as unavailable.
+    pub fn from_kind(kind: &str, message: String) -> Self {
+        match kind {
+            "denied" => Self::Denied(message),
+            "not-found" => Self::NotFound(message),
+            "refused" => Self::Refused(message),
+            "timeout" => Self::Timeout(message),
+            "invalid" => Self::Invalid(message),
+            _ => Self::Unavailable(message),
+        }
+    }
+}
+
 /// A guest's outgoing HTTP, decided by the node: cluster names and addresses
 /// are routed inside the cluster, listed outside hosts are called, anything
-/// else is denied. Bodies are buffered.
+/// else is denied. Bodies stream both ways.
 pub trait Outbound: Send + Sync + 'static {
-    /// Sends one request.
+    /// Sends one request; its response head must arrive by `deadline`.
     fn send(
         &self,
-        req: ::http::Request<bytes::Bytes>,
-    ) -> BoxFuture<'static, std::result::Result<::http::Response<bytes::Bytes>, OutboundError>>;
+        req: ::http::Request<Body>,
+        deadline: tokio::time::Instant,
+    ) -> BoxFuture<'static, std::result::Result<::http::Response<Body>, OutboundError>>;
 }
 
 impl fmt::Debug for Launch {
@@ -498,10 +528,7 @@ enum HttpBackend {
 }
 
 impl HttpBackend {
-    async fn serve(
-        &self,
-        req: ::http::Request<bytes::Bytes>,
-    ) -> Result<::http::Response<bytes::Bytes>> {
+    async fn serve(&self, req: ::http::Request<Body>) -> Result<::http::Response<Body>> {
         match self {
             HttpBackend::Wasmtime(server) => server.serve(req).await,
             HttpBackend::Hollow(server) => server.serve(req),
@@ -516,11 +543,10 @@ pub struct HttpHandle {
 }
 
 impl HttpHandle {
-    /// Serves one request: a fresh store and instance, bodies buffered.
-    pub async fn serve(
-        &self,
-        req: ::http::Request<bytes::Bytes>,
-    ) -> Result<::http::Response<bytes::Bytes>> {
+    /// Serves one request: a fresh store and instance; the request body
+    /// streams into the guest as it reads it, the response body out as it
+    /// writes it.
+    pub async fn serve(&self, req: ::http::Request<Body>) -> Result<::http::Response<Body>> {
         self.server.serve(req).await
     }
 }
@@ -605,11 +631,8 @@ impl InstanceHandle {
     }
 
     /// Serves one request (http world only): a fresh store and instance of the
-    /// pre-instantiated component, bodies buffered.
-    pub async fn serve_http(
-        &self,
-        req: ::http::Request<bytes::Bytes>,
-    ) -> Result<::http::Response<bytes::Bytes>> {
+    /// pre-instantiated component, bodies streamed.
+    pub async fn serve_http(&self, req: ::http::Request<Body>) -> Result<::http::Response<Body>> {
         match &self.http {
             Some(server) => server.serve(req).await,
             None => Err(RuntimeError::NotHttp),
