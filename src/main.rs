@@ -31,6 +31,24 @@ fn end_quietly_on_a_closed_stdout() {
     }));
 }
 
+/// The error and its causes, each said once: a Flotilla error's message
+/// already says its cause (so a log line with it alone is whole), a
+/// library's may not.
+fn describe(e: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if message.contains(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    message
+}
+
 fn is_closed_stdout(e: &anyhow::Error) -> bool {
     e.chain().any(|cause| {
         cause
@@ -74,8 +92,30 @@ fn main() -> ExitCode {
         // closed pipe as an error rather than a panic: the same quiet end.
         Err(e) if is_closed_stdout(&e) => ExitCode::from(CLOSED_PIPE_STATUS as u8),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", describe(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe;
+    use flotilla_client::ClientError;
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = || std::io::Error::other("disk on fire");
+        let says = anyhow::Error::new(ClientError::Config {
+            path: "admin.config".into(),
+            source: io().into(),
+        })
+        .context("applying");
+        assert_eq!(
+            describe(&says),
+            "applying: client configuration admin.config: disk on fire"
+        );
+        let plain = anyhow::Error::new(io()).context("applying");
+        assert_eq!(describe(&plain), "applying: disk on fire");
     }
 }

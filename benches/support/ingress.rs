@@ -1,5 +1,8 @@
-//! What the HTTP benchmarks share: a one-node cluster serving Deployments
-//! through its ingress, and a keep-alive HTTP/1.1 load generator (hyper).
+//! What the HTTP benchmarks share: a cluster of one or more nodes serving
+//! Deployments through their ingresses, a keep-alive HTTP/1.1 load generator
+//! (hyper), and `wrk` run and read.
+
+#![allow(dead_code)] // each bench binary uses its own part of it
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -9,65 +12,95 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 
-use crate::support::{flotilla, spawn_listening, Proc, BIN};
+use crate::support::{flotilla_bin, spawn_listening, Proc, BIN};
 
-/// One `flotilla server` and one `flotilla node --ingress-addr`.
+/// One `flotilla server` and one or more `flotilla node --ingress-addr`.
 pub struct IngressCluster {
     _server: Proc,
-    _node: Proc,
+    _nodes: Vec<Proc>,
     _dir: tempfile::TempDir,
     config: PathBuf,
     addr: String,
-    /// The node's ingress address.
+    /// The first node's ingress address.
     pub ingress: String,
+    /// Each node's ingress address, in the order the nodes were named.
+    pub ingresses: Vec<String>,
 }
 
 impl IngressCluster {
+    /// One node, `bench`, of this build.
     pub fn start() -> Self {
+        Self::start_nodes(BIN, &["bench"])
+    }
+
+    /// Nodes named `names`, server and nodes all of the binary `bin`.
+    pub fn start_nodes(bin: &str, names: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let server_dir = dir.path().join("server");
-        let (server, addr) = spawn_reporting(&[
-            "server",
-            "--data-dir",
-            server_dir.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ]);
+        let (server, addr) = spawn_listening(flotilla_bin(
+            bin,
+            &[
+                "server",
+                "--data-dir",
+                server_dir.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+            ],
+        ));
         let config = server_dir.join("admin.config");
         let token = cli(&config, &addr, &["token", "create"], None)
             .trim()
             .to_string();
-        let ingress = free_addr();
-        let node_dir = dir.path().join("node");
-        let (node, _) = spawn_reporting(&[
-            "--server",
-            &addr,
-            "node",
-            "--name",
-            "bench",
-            "--data-dir",
-            node_dir.to_str().unwrap(),
-            "--token",
-            &token,
-            "--ingress-addr",
-            &ingress,
-        ]);
+        let mut nodes = Vec::new();
+        let mut ingresses = Vec::new();
+        for name in names {
+            let ingress = free_addr();
+            let node_dir = dir.path().join(format!("node-{name}"));
+            let (node, _) = spawn_listening(flotilla_bin(
+                bin,
+                &[
+                    "--server",
+                    &addr,
+                    "node",
+                    "--name",
+                    name,
+                    "--data-dir",
+                    node_dir.to_str().unwrap(),
+                    "--token",
+                    &token,
+                    "--ingress-addr",
+                    &ingress,
+                ],
+            ));
+            nodes.push(node);
+            ingresses.push(ingress);
+        }
         IngressCluster {
             _server: server,
-            _node: node,
+            _nodes: nodes,
             _dir: dir,
             config,
             addr,
-            ingress,
+            ingress: ingresses[0].clone(),
+            ingresses,
         }
     }
 
     /// A Deployment of one replica of `wasm` named `name`, behind a Service
     /// with ingress host `NAME.local`; returns once it answers there.
     pub async fn serve(&self, name: &str, wasm: &Path) -> String {
+        self.serve_on(name, wasm, None).await
+    }
+
+    /// [`Self::serve`], with the replica pinned to node `pinned` when given;
+    /// returns once it answers through every node's ingress.
+    pub async fn serve_on(&self, name: &str, wasm: &Path, pinned: Option<&str>) -> String {
         let host = format!("{name}.local");
+        let node_name = pinned
+            .map(|n| format!("      nodeName: {n}\n"))
+            .unwrap_or_default();
         let manifest = format!(
-            "apiVersion: flotilla.dev/v1\nkind: Deployment\nmetadata:\n  name: {name}\nspec:\n  replicas: 1\n  selector:\n    matchLabels: {{app: {name}}}\n  template:\n    metadata:\n      labels: {{app: {name}}}\n    spec:\n      module: {}\n      world: http\n---\napiVersion: flotilla.dev/v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  selector: {{app: {name}}}\n  ports:\n  - port: 80\n  ingress: {{host: {host}}}\n",
+            "apiVersion: flotilla.dev/v1\nkind: Deployment\nmetadata:\n  name: {name}\nspec:\n  replicas: 1\n  selector:\n    matchLabels: {{app: {name}}}\n  template:\n    metadata:\n      labels: {{app: {name}}}\n    spec:\n      module: {}\n      world: http\n{node_name}---\napiVersion: flotilla.dev/v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  selector: {{app: {name}}}\n  ports:\n  - port: 80\n  ingress: {{host: {host}}}\n",
             wasm.display()
         );
         cli(
@@ -77,16 +110,19 @@ impl IngressCluster {
             Some(&manifest),
         );
         let ready = Instant::now();
-        loop {
-            if let Some((200, _)) = get_once(&self.ingress, &host).await {
-                return host;
+        for ingress in &self.ingresses {
+            loop {
+                if let Some((200, _)) = get_once(ingress, &host).await {
+                    break;
+                }
+                assert!(
+                    ready.elapsed() < Duration::from_secs(120),
+                    "{name} never answered through the ingress at {ingress}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            assert!(
-                ready.elapsed() < Duration::from_secs(120),
-                "{name} never answered through the ingress"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        host
     }
 }
 
@@ -101,10 +137,6 @@ pub fn example_wasm(file: &str) -> PathBuf {
         path.display()
     );
     path
-}
-
-fn spawn_reporting(args: &[&str]) -> (Proc, String) {
-    spawn_listening(flotilla(args))
 }
 
 pub fn free_addr() -> String {
@@ -237,4 +269,70 @@ pub async fn load(addr: &str, host: &str, connections: usize, secs: u64) -> Meas
         p50: pick(0.50),
         p99: pick(0.99),
     }
+}
+
+/// What one `wrk` run measured.
+pub struct Wrk {
+    pub requests_per_sec: f64,
+    pub p50: Duration,
+    pub p99: Duration,
+    /// Socket errors and non-2xx answers.
+    pub errors: u64,
+}
+
+/// `wrk -t1 -cCONNECTIONS -dSECSs --latency` against `http://ADDR/` with
+/// `Host: HOST`.
+pub fn wrk(addr: &str, host: &str, connections: usize, secs: u64) -> Wrk {
+    let out = Command::new("wrk")
+        .args(["-t1", &format!("-c{connections}"), &format!("-d{secs}s")])
+        .args(["--latency", "-H", &format!("Host: {host}")])
+        .arg(format!("http://{addr}/"))
+        .output()
+        .expect("wrk is not installed: apt-get install wrk");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "wrk failed: {text}");
+    parse_wrk(&text).unwrap_or_else(|| panic!("cannot read wrk's report:\n{text}"))
+}
+
+fn parse_wrk(text: &str) -> Option<Wrk> {
+    let mut requests_per_sec = None;
+    let (mut p50, mut p99) = (None, None);
+    let mut errors = 0u64;
+    for line in text.lines().map(str::trim) {
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next()) {
+            (Some("Requests/sec:"), Some(v)) => requests_per_sec = v.parse().ok(),
+            (Some("50%"), Some(v)) => p50 = wrk_duration(v),
+            (Some("99%"), Some(v)) => p99 = wrk_duration(v),
+            (Some("Non-2xx"), _) => errors += line.rsplit(' ').next()?.parse::<u64>().ok()?,
+            (Some("Socket"), Some("errors:")) => {
+                // "Socket errors: connect 0, read 0, write 0, timeout 0"
+                errors += line
+                    .split(',')
+                    .filter_map(|part| part.split_whitespace().last()?.parse::<u64>().ok())
+                    .sum::<u64>();
+            }
+            _ => {}
+        }
+    }
+    Some(Wrk {
+        requests_per_sec: requests_per_sec?,
+        p50: p50?,
+        p99: p99?,
+        errors,
+    })
+}
+
+/// `60.00us`, `1.20ms`, `2.00s`.
+fn wrk_duration(v: &str) -> Option<Duration> {
+    let (number, scale) = if let Some(n) = v.strip_suffix("us") {
+        (n, 1e-6)
+    } else if let Some(n) = v.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, 1.0)
+    } else {
+        return None;
+    };
+    Some(Duration::from_secs_f64(number.parse::<f64>().ok()? * scale))
 }

@@ -4,7 +4,7 @@ use flotilla_api::object::{Kind, Object};
 
 use crate::config::{check_client_cert, ClientConfig};
 use crate::dial::dial;
-use crate::error::{ClientError, Result};
+use crate::error::{Cause, ClientError, Result};
 use crate::tls::{self, IssuedCert};
 use crate::wire::{
     read_frame, write_frame, ApplyOutcome, Consistency, Propagation, Request, RequestV1, Response,
@@ -109,10 +109,10 @@ impl Client {
             .map(|info| (info.identity, info.not_after))
     }
 
-    fn lost(&self, reason: impl ToString) -> ClientError {
+    fn lost(&self, source: impl Into<Cause>) -> ClientError {
         ClientError::Connection {
             addr: self.addr.clone(),
-            reason: reason.to_string(),
+            source: source.into(),
         }
     }
 
@@ -398,7 +398,7 @@ impl WatchStream {
                 .await
                 .map_err(|e| ClientError::Connection {
                     addr: self.addr.clone(),
-                    reason: e.to_string(),
+                    source: e.into(),
                 })?;
         match resp {
             None => Ok(None),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{client_certificate_advice, ClientError, Result};
+use crate::error::{client_certificate_advice, ClientError, Result, While};
 use crate::tls::{self, IssuedCert};
 
 /// What a client needs to reach a cluster: written as `admin.config` by the first
@@ -31,11 +31,11 @@ impl ClientConfig {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| ClientError::Config {
             path: path.display().to_string(),
-            reason: e.to_string(),
+            source: e.into(),
         })?;
         serde_yaml_ng::from_str(&text).map_err(|e| ClientError::Config {
             path: path.display().to_string(),
-            reason: e.to_string(),
+            source: e.into(),
         })
     }
 
@@ -86,7 +86,7 @@ pub(crate) fn check_client_cert(
 ) -> Result<tls::CertInfo> {
     let info = tls::CertInfo::from_pem(cert_pem).map_err(|e| ClientError::Config {
         path: origin.map_or_else(|| identity.to_string(), |p| p.display().to_string()),
-        reason: format!("clientCert: {e}"),
+        source: While::cause("clientCert", e),
     })?;
     match info.problem_at(time::OffsetDateTime::now_utc()) {
         None => Ok(info),

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::error::{ClientError, Result};
+use crate::error::{Cause, ClientError, Result, While};
 use crate::tls;
 
 /// How long a connection attempt may take before the server counts as unreachable.
@@ -14,13 +14,13 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Resolves `HOST:PORT`.
 pub async fn resolve(addr: &str) -> Result<SocketAddr> {
-    let unreachable = |reason: String| ClientError::Unreachable {
+    let unreachable = |source: Cause| ClientError::Unreachable {
         addr: addr.to_string(),
-        reason,
+        source,
     };
     let mut addrs = tokio::net::lookup_host(addr)
         .await
-        .map_err(|e| unreachable(format!("cannot resolve the address: {e}")))?;
+        .map_err(|e| unreachable(While::cause("cannot resolve the address", e)))?;
     addrs
         .next()
         .ok_or_else(|| unreachable("the address resolves to nothing".into()))
@@ -108,22 +108,22 @@ pub async fn dial(
     addr: &str,
     rustls_config: rustls::ClientConfig,
 ) -> Result<(quinn::Endpoint, quinn::Connection)> {
-    let unreachable = |reason: String| ClientError::Unreachable {
+    let unreachable = |source: Cause| ClientError::Unreachable {
         addr: addr.to_string(),
-        reason,
+        source,
     };
     let sock = resolve(addr).await?;
     let alpns = rustls_config.alpn_protocols.clone();
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(rustls_config)
-        .map_err(|e| unreachable(e.to_string()))?;
+        .map_err(|e| unreachable(e.into()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
     config.transport_config(transport_config());
     let mut endpoint = quinn::Endpoint::client(client_bind_addr(&sock))
-        .map_err(|e| unreachable(format!("cannot open a local socket: {e}")))?;
+        .map_err(|e| unreachable(While::cause("cannot open a local socket", e)))?;
     endpoint.set_default_client_config(config);
     let connecting = endpoint
         .connect(sock, tls::SERVER_NAME)
-        .map_err(|e| unreachable(e.to_string()))?;
+        .map_err(|e| unreachable(e.into()))?;
     let conn = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => {
@@ -132,7 +132,7 @@ pub async fn dial(
                     return Err(err);
                 }
             }
-            return Err(unreachable(e.to_string()));
+            return Err(unreachable(e.into()));
         }
         Err(_) => return Err(unreachable("no answer (timed out)".into())),
     };
@@ -184,5 +184,31 @@ fn server_certificate_advice(identity: &str) -> String {
         "the node renews its certificate through the apiserver while it is valid; once expired, the node must join again with a new token (`flotilla token create`, then restart it with --token TOKEN)".into()
     } else {
         "a server peer renews its certificate itself unless started with --cert-renew-at off; restart that peer with renewal on and it renews at start from the CA key in its data dir".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[tokio::test]
+    async fn an_unreachable_server_keeps_the_error_underneath() {
+        let err = resolve("127.0.0.1").await.unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "unable to connect to the server at 127.0.0.1: cannot resolve the address: "
+            ),
+            "{err}"
+        );
+        let while_resolving = err.source().and_then(|s| s.downcast_ref::<While>());
+        let while_resolving = while_resolving.expect("the cause is kept");
+        assert_eq!(while_resolving.doing, "cannot resolve the address");
+        let io = while_resolving.source.downcast_ref::<std::io::Error>();
+        assert!(
+            io.is_some(),
+            "the resolver's own error is kept: {:?}",
+            while_resolving.source
+        );
     }
 }

@@ -4,37 +4,67 @@ use crate::tls;
 use crate::wire::{ApiError, ErrorCode, FrameError};
 
 /// Errors a client sees.
+/// The error underneath a [`ClientError`], kept whole for
+/// [`std::error::Error::source`]; a plain sentence when nothing failed
+/// underneath (a stream that ended early, a timeout).
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// An error with what was being done when it happened, e.g. "cannot resolve
+/// the address: …".
+#[derive(Debug, thiserror::Error)]
+#[error("{doing}: {source}")]
+pub struct While {
+    /// What was being done.
+    pub doing: &'static str,
+    /// What failed.
+    #[source]
+    pub source: Cause,
+}
+
+impl While {
+    /// `source`, met while `doing`.
+    pub fn cause(doing: &'static str, source: impl Into<Cause>) -> Cause {
+        Box::new(While {
+            doing,
+            source: source.into(),
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// No server answered at the address.
-    #[error("unable to connect to the server at {addr}: {reason}")]
+    #[error("unable to connect to the server at {addr}: {source}")]
     Unreachable {
         /// The address dialled.
         addr: String,
         /// Why.
-        reason: String,
+        #[source]
+        source: Cause,
     },
     /// The server answered with an error.
     #[error(transparent)]
     Api(#[from] ApiError),
     /// The connection or stream broke mid-request.
-    #[error("connection to {addr} lost: {reason}")]
+    #[error("connection to {addr} lost: {source}")]
     Connection {
         /// The server.
         addr: String,
         /// Why.
-        reason: String,
+        #[source]
+        source: Cause,
     },
     /// A frame was bad.
     #[error(transparent)]
     Frame(#[from] FrameError),
     /// The client configuration is unusable.
-    #[error("client configuration {path}: {reason}")]
+    #[error("client configuration {path}: {source}")]
     Config {
         /// Where it was read from.
         path: String,
         /// What is wrong.
-        reason: String,
+        #[source]
+        source: Cause,
     },
     /// TLS setup failed.
     #[error(transparent)]

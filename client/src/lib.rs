@@ -23,5 +23,5 @@ pub use config::{ClientConfig, SharedClientConfig};
 pub use dial::{
     client_bind_addr, dial, listening_endpoint_config, resolve, transport_config, CONNECT_TIMEOUT,
 };
-pub use error::ClientError;
+pub use error::{Cause, ClientError, While};
 pub use link::Link;

@@ -298,7 +298,7 @@ pub(crate) async fn run(certs: Arc<PeerCerts>, users: Users) {
 pub(crate) fn quic_server_config(ca_pem: &str, cert: &IssuedCert) -> Result<quinn::ServerConfig> {
     let server_tls = tls::server_config(ca_pem, cert, &[ALPN_API, ALPN_RAFT])?;
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)
-        .map_err(|e| ServerError::DataDir(format!("tls: {e}")))?;
+        .map_err(|e| ServerError::unusable("tls", e))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     config.transport_config(flotilla_client::transport_config());
     Ok(config)
@@ -311,7 +311,7 @@ pub(crate) fn quic_peer_client_config(
 ) -> Result<quinn::ClientConfig> {
     let peer_tls = tls::client_config(ca_pem, Some(cert), ALPN_RAFT)?;
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(peer_tls)
-        .map_err(|e| ServerError::DataDir(format!("tls: {e}")))?;
+        .map_err(|e| ServerError::unusable("tls", e))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
     config.transport_config(flotilla_client::transport_config());
     Ok(config)

@@ -22,7 +22,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use flotilla_client::tls::{self, IssuedCert, ALPN_API, ALPN_RAFT};
-use flotilla_client::{Client, ClientError};
+use flotilla_client::{Cause, Client, ClientError};
 
 use crate::ca::{self, CertificateAuthority};
 use flotilla_client::token::JoinToken;
@@ -65,8 +65,14 @@ pub enum ServerError {
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
     /// The join was refused or failed.
-    #[error("join failed: {0}")]
-    Join(String),
+    #[error("join failed: {step}: {source}")]
+    Join {
+        /// The step that failed.
+        step: String,
+        /// Why.
+        #[source]
+        source: Cause,
+    },
     /// The join token is malformed.
     #[error("{0}")]
     Token(#[from] flotilla_client::token::TokenError),
@@ -76,9 +82,34 @@ pub enum ServerError {
     /// The data dir holds something unexpected.
     #[error("{0}")]
     DataDir(String),
+    /// A file in the data dir, or what is made from it, could not be used.
+    #[error("{what}: {source}")]
+    Unusable {
+        /// The file, or what was being made.
+        what: String,
+        /// Why.
+        #[source]
+        source: Cause,
+    },
     /// A setting is out of range.
     #[error("{0}")]
     Config(String),
+}
+
+impl ServerError {
+    fn join(step: impl Into<String>, source: impl Into<Cause>) -> Self {
+        ServerError::Join {
+            step: step.into(),
+            source: source.into(),
+        }
+    }
+
+    pub(crate) fn unusable(what: impl AsRef<std::path::Path>, source: impl Into<Cause>) -> Self {
+        ServerError::Unusable {
+            what: what.as_ref().display().to_string(),
+            source: source.into(),
+        }
+    }
 }
 
 pub(crate) type Result<T, E = ServerError> = std::result::Result<T, E>;
@@ -222,7 +253,7 @@ impl Paths {
 
 fn save_peer_file(paths: &Paths, peer: &PeerFile) -> Result<()> {
     let text =
-        serde_json::to_string_pretty(peer).map_err(|e| ServerError::DataDir(e.to_string()))?;
+        serde_json::to_string_pretty(peer).map_err(|e| ServerError::unusable(&paths.peer, e))?;
     write_private(&paths.peer, &text)
 }
 
@@ -231,7 +262,7 @@ fn load_identity(paths: &Paths) -> Result<Option<Identity>> {
         return Ok(None);
     }
     let peer: PeerFile = serde_json::from_str(&read_text(&paths.peer)?)
-        .map_err(|e| ServerError::DataDir(format!("{}: {e}", paths.peer.display())))?;
+        .map_err(|e| ServerError::unusable(&paths.peer, e))?;
     Ok(Some(Identity {
         peer,
         ca: CertificateAuthority {
@@ -289,7 +320,7 @@ async fn join_cluster(
     let token = JoinToken::parse(token_text)?;
     let client = Client::connect_pinned(join_addr, &token.ca_sha256)
         .await
-        .map_err(|e| ServerError::Join(e.to_string()))?;
+        .map_err(|e| ServerError::join("connecting to the cluster", e))?;
     let (key_pem, csr_pem) = tls::generate_csr("peer")?;
     let resp = client
         .call(RequestV1::JoinPeer {
@@ -298,17 +329,21 @@ async fn join_cluster(
             csr_pem,
         })
         .await
-        .map_err(|e| ServerError::Join(e.to_string()))?;
+        .map_err(|e| ServerError::join("asking to join", e))?;
     let ResponseV1::Joined(joined) = resp else {
-        return Err(ServerError::Join(format!("unexpected answer: {resp:?}")));
+        return Err(ServerError::join(
+            "asking to join",
+            format!("unexpected answer: {resp:?}"),
+        ));
     };
     let ca = CertificateAuthority {
         cert_pem: joined.ca_cert_pem,
         key_pem: joined.ca_key_pem,
     };
     if ca.fingerprint()? != token.ca_sha256 {
-        return Err(ServerError::Join(
-            "the cluster sent a CA that does not match the token's fingerprint".into(),
+        return Err(ServerError::join(
+            "checking the cluster's CA",
+            "the cluster sent a CA that does not match the token's fingerprint",
         ));
     }
     let cert = IssuedCert {
@@ -421,9 +456,7 @@ impl Server {
         let runtime = quinn::default_runtime()
             .ok_or_else(|| ServerError::DataDir("no async runtime for QUIC".into()))?;
         let endpoint_config = flotilla_client::listening_endpoint_config(&paths.quic_reset_key)
-            .map_err(|e| {
-                ServerError::DataDir(format!("{}: {e}", paths.quic_reset_key.display()))
-            })?;
+            .map_err(|e| ServerError::unusable(&paths.quic_reset_key, e))?;
         let endpoint = quinn::Endpoint::new(endpoint_config, Some(server_config), socket, runtime)
             .map_err(|source| ServerError::Bind {
                 addr: bind.clone(),
@@ -567,7 +600,7 @@ async fn request_membership(
     join_addr: &str,
     address: &str,
 ) -> Result<()> {
-    let mut last = String::new();
+    let mut last: Option<ClientError> = None;
     for attempt in 0..20 {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -576,7 +609,7 @@ async fn request_membership(
         {
             Ok(c) => c,
             Err(e) => {
-                last = e.to_string();
+                last = Some(e);
                 continue;
             }
         };
@@ -588,13 +621,14 @@ async fn request_membership(
             .await
         {
             Ok(_) => return Ok(()),
-            Err(e @ ClientError::Api(_)) => last = e.to_string(),
-            Err(e) => last = e.to_string(),
+            Err(e) => last = Some(e),
         }
     }
-    Err(ServerError::Join(format!(
-        "the cluster at {join_addr} did not add this peer: {last}"
-    )))
+    let step = format!("the cluster at {join_addr} did not add this peer");
+    Err(match last {
+        Some(e) => ServerError::join(step, e),
+        None => ServerError::join(step, "no attempt was made"),
+    })
 }
 
 async fn accept_loop(endpoint: quinn::Endpoint, api: Arc<ApiServer>) {

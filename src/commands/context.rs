@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{anyhow, Context as _};
+use anyhow::anyhow;
 use flotilla_client::{Client, ClientConfig};
 
 /// Global options of client verbs.
@@ -50,10 +50,7 @@ impl Context {
     pub async fn connect(&self) -> anyhow::Result<Client> {
         let config = self.client_config()?;
         config.check_certificate(Some(&self.config_path()?))?;
-        Client::connect(&config)
-            .await
-            .with_context(|| format!("using the client configuration for {}", config.identity))
-            .map_err(|e| anyhow!("{}", e.root_cause()))
+        Ok(Client::connect(&config).await?)
     }
 }
 

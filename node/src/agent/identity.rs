@@ -48,7 +48,7 @@ fn path(dir: &Path, name: &str) -> PathBuf {
 }
 
 fn io(p: &Path) -> impl FnOnce(std::io::Error) -> AgentError + '_ {
-    move |e| AgentError::Io(format!("{}: {e}", p.display()))
+    AgentError::io(p)
 }
 
 /// Loads the identity from `dir`, or joins with `token` and saves it.
@@ -64,7 +64,7 @@ pub async fn load_or_join(
     if node_file.exists() && config_file.exists() {
         let text = std::fs::read_to_string(&node_file).map_err(io(&node_file))?;
         let file: NodeFile = serde_json::from_str(&text)
-            .map_err(|e| AgentError::Io(format!("{}: {e}", node_file.display())))?;
+            .map_err(|e| AgentError::setting(node_file.display().to_string(), e))?;
         if file.name != name {
             return Err(AgentError::Config(format!(
                 "{} belongs to node \"{}\", not \"{name}\"; use another --data-dir",
@@ -72,8 +72,7 @@ pub async fn load_or_join(
                 file.name
             )));
         }
-        let mut client =
-            ClientConfig::load(&config_file).map_err(|e| AgentError::Io(e.to_string()))?;
+        let mut client = ClientConfig::load(&config_file)?;
         if let Some(server) = server {
             client.server = server.to_string();
         }
@@ -107,12 +106,13 @@ pub async fn load_or_join(
 async fn join(dir: &Path, server: &str, token_text: &str, name: &str) -> Result<Identity> {
     let node_file = path(dir, "node.json");
     let config_file = path(dir, "node.config");
-    let token = JoinToken::parse(token_text).map_err(|e| AgentError::Join(e.to_string()))?;
+    let token = JoinToken::parse(token_text)
+        .map_err(|e| AgentError::join("reading the token")(e.into()))?;
     let anon = Client::connect_pinned(server, &token.ca_sha256)
         .await
-        .map_err(|e| AgentError::Join(e.to_string()))?;
-    let (key_pem, csr_pem) =
-        tls::generate_csr(&format!("node:{name}")).map_err(|e| AgentError::Join(e.to_string()))?;
+        .map_err(|e| AgentError::join("connecting to the server")(e.into()))?;
+    let (key_pem, csr_pem) = tls::generate_csr(&format!("node:{name}"))
+        .map_err(|e| AgentError::join("making a key and a certificate request")(e.into()))?;
     let resp = anon
         .call(RequestV1::JoinNode {
             token: token_text.trim().to_string(),
@@ -120,13 +120,15 @@ async fn join(dir: &Path, server: &str, token_text: &str, name: &str) -> Result<
             csr_pem,
         })
         .await
-        .map_err(|e| AgentError::Join(e.to_string()))?;
+        .map_err(|e| AgentError::join("asking to join")(e.into()))?;
     let ResponseV1::JoinedNode {
         cert_pem,
         ca_cert_pem,
     } = resp
     else {
-        return Err(AgentError::Join(format!("unexpected answer: {resp:?}")));
+        return Err(AgentError::join("asking to join")(
+            format!("unexpected answer: {resp:?}").into(),
+        ));
     };
     let client = ClientConfig {
         server: server.to_string(),
@@ -140,7 +142,8 @@ async fn join(dir: &Path, server: &str, token_text: &str, name: &str) -> Result<
         name: name.to_string(),
         server: server.to_string(),
     };
-    let text = serde_json::to_string_pretty(&file).map_err(|e| AgentError::Io(e.to_string()))?;
+    let text = serde_json::to_string_pretty(&file)
+        .map_err(|e| AgentError::setting(node_file.display().to_string(), e))?;
     std::fs::write(&node_file, text).map_err(io(&node_file))?;
     Ok(Identity {
         client,

@@ -20,9 +20,9 @@ use super::{AgentError, Result, Shared};
 /// certificate is swapped in with).
 pub fn quic_config(ca_pem: &str, cert: &IssuedCert) -> Result<quinn::ServerConfig> {
     let server_tls = tls::server_config(ca_pem, cert, &[ALPN_NODE, ALPN_TUNNEL])
-        .map_err(|e| AgentError::Config(format!("node listener tls: {e}")))?;
+        .map_err(|e| AgentError::setting("node listener tls", e))?;
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)
-        .map_err(|e| AgentError::Config(format!("node listener tls: {e}")))?;
+        .map_err(|e| AgentError::setting("node listener tls", e))?;
     let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     server_config.transport_config(flotilla_client::transport_config());
     Ok(server_config)
@@ -39,19 +39,19 @@ pub async fn start(
         .config
         .listen
         .parse()
-        .map_err(|e| AgentError::Config(format!("--listen {}: {e}", shared.config.listen)))?;
+        .map_err(|e| AgentError::setting(format!("--listen {}", shared.config.listen), e))?;
     let key_path = shared.config.data_dir.join("quic-reset.key");
-    let endpoint_config = flotilla_client::listening_endpoint_config(&key_path)
-        .map_err(|e| AgentError::Config(format!("{}: {e}", key_path.display())))?;
+    let endpoint_config =
+        flotilla_client::listening_endpoint_config(&key_path).map_err(AgentError::io(&key_path))?;
     let socket = std::net::UdpSocket::bind(addr)
-        .map_err(|e| AgentError::Config(format!("cannot listen on {addr}: {e}")))?;
+        .map_err(|e| AgentError::setting(format!("cannot listen on {addr}"), e))?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| AgentError::Config("no async runtime for QUIC".into()))?;
     let endpoint = quinn::Endpoint::new(endpoint_config, Some(server_config), socket, runtime)
-        .map_err(|e| AgentError::Config(format!("cannot listen on {addr}: {e}")))?;
+        .map_err(|e| AgentError::setting(format!("cannot listen on {addr}"), e))?;
     let local = endpoint
         .local_addr()
-        .map_err(|e| AgentError::Io(e.to_string()))?
+        .map_err(|e| AgentError::setting(format!("the node listener on {addr}"), e))?
         .to_string();
     let accepting = endpoint.clone();
     let task = tokio::spawn(async move {

@@ -43,6 +43,7 @@ use tokio::sync::{mpsc, watch, Mutex};
 use flotilla_api::instance::Instance;
 use flotilla_api::node::{NodeDaemonEndpoints, Taint};
 use flotilla_api::quantity::Quantity;
+use flotilla_client::{Cause, ClientError};
 use flotilla_telemetry::{Readiness, Telemetry};
 
 use crate::runtime::{HollowRuntime, Runtime, RuntimeConfig, WasmtimeRuntime};
@@ -53,24 +54,68 @@ use supervisor::{Context, Key, Supervisor};
 /// Errors of the agent.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    /// Bad flags or data dir.
+    /// Bad flags or data dir, with nothing failing underneath.
     #[error("{0}")]
     Config(String),
+    /// A flag or file that could not be used.
+    #[error("{setting}: {source}")]
+    Setting {
+        /// The flag and its value, or the file.
+        setting: String,
+        /// Why.
+        #[source]
+        source: Cause,
+    },
     /// Joining failed or was refused.
-    #[error("join failed: {0}")]
-    Join(String),
+    #[error("join failed: {step}: {source}")]
+    Join {
+        /// The step that failed.
+        step: &'static str,
+        /// Why.
+        #[source]
+        source: Cause,
+    },
     /// File trouble.
-    #[error("{0}")]
-    Io(String),
-    /// The apiserver answered with an error.
-    #[error("{0}")]
-    Api(String),
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Talking to the apiserver failed, or it answered with an error.
+    #[error(transparent)]
+    Client(#[from] ClientError),
     /// The apiserver is unreachable.
     #[error("{0}")]
     Offline(String),
     /// The runtime failed.
     #[error(transparent)]
     Runtime(#[from] crate::runtime::RuntimeError),
+}
+
+impl AgentError {
+    /// File trouble at `path`.
+    pub fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> AgentError + '_ {
+        move |source| AgentError::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+
+    /// `setting` could not be used.
+    pub fn setting(setting: impl Into<String>, source: impl Into<Cause>) -> AgentError {
+        AgentError::Setting {
+            setting: setting.into(),
+            source: source.into(),
+        }
+    }
+
+    /// The join failed at `step`.
+    pub fn join(step: &'static str) -> impl FnOnce(Cause) -> AgentError {
+        move |source| AgentError::Join { step, source }
+    }
 }
 
 type Result<T, E = AgentError> = std::result::Result<T, E>;
@@ -188,8 +233,7 @@ impl Agent {
     /// the loops that keep the node in step with the cluster.
     pub async fn start(config: AgentConfig) -> Result<Self> {
         let data_dir = config.data_dir.clone();
-        std::fs::create_dir_all(&data_dir)
-            .map_err(|e| AgentError::Io(format!("{}: {e}", data_dir.display())))?;
+        std::fs::create_dir_all(&data_dir).map_err(AgentError::io(&data_dir))?;
         let standalone = config.server.is_none() && !data_dir.join("node.json").exists();
         let identity = if standalone {
             if config.manifests_dir.is_none() {
@@ -233,7 +277,7 @@ impl Agent {
         };
         let modules = Arc::new(
             modules::ModuleCache::new(data_dir.join("modules"), link.clone())
-                .map_err(|e| AgentError::Io(e.to_string()))?,
+                .map_err(AgentError::io(&data_dir.join("modules")))?,
         );
         let network = link.as_ref().map(|api_link| {
             // The link's configuration: a renewed certificate is dialled with.
@@ -295,7 +339,7 @@ impl Agent {
         if let (Some(net), Some(addr)) = (&network, &config.ingress) {
             let (bound, task) = crate::net::ingress::start(net.clone(), addr)
                 .await
-                .map_err(|e| AgentError::Config(format!("--ingress-addr {addr}: {e}")))?;
+                .map_err(|e| AgentError::setting(format!("--ingress-addr {addr}"), e))?;
             ingress_addr = Some(bound.to_string());
             tasks.push(task);
         }

@@ -33,8 +33,8 @@ impl ModuleCache {
         let path = self.path(&digest);
         if !path.exists() {
             let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, bytes).map_err(|e| AgentError::Io(e.to_string()))?;
-            std::fs::rename(&tmp, &path).map_err(|e| AgentError::Io(e.to_string()))?;
+            std::fs::write(&tmp, bytes).map_err(AgentError::io(&tmp))?;
+            std::fs::rename(&tmp, &path).map_err(AgentError::io(&path))?;
         }
         Ok(digest)
     }
@@ -58,10 +58,7 @@ impl ModuleCache {
                 "module {digest} is not cached and the apiserver is unreachable"
             ))
         })?;
-        let bytes = client
-            .download_module(digest)
-            .await
-            .map_err(|e| AgentError::Api(e.to_string()))?;
+        let bytes = client.download_module(digest).await?;
         self.insert(&bytes)?;
         Ok(bytes)
     }

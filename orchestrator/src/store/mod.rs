@@ -56,7 +56,7 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
     /// Raft failed in a way that is not about quorum.
     #[error("store: {0}")]
-    Raft(String),
+    Raft(#[source] flotilla_client::Cause),
 }
 
 type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -164,7 +164,7 @@ impl Store {
             sm,
         )
         .await
-        .map_err(|e| StoreError::Raft(e.to_string()))?;
+        .map_err(|e| StoreError::Raft(e.into()))?;
         let (proposals, rx) = mpsc::unbounded_channel();
         let in_flight = Arc::new(Semaphore::new(PROPOSALS_IN_FLIGHT));
         let store = Arc::new(Self {
@@ -219,7 +219,7 @@ impl Store {
         self.raft
             .initialize(members)
             .await
-            .map_err(|e| StoreError::Raft(e.to_string()))
+            .map_err(|e| StoreError::Raft(e.into()))
     }
 
     /// Waits until some peer leads, up to `timeout`.
@@ -321,10 +321,13 @@ impl Store {
             )
             .await?;
         if responses.len() != expected {
-            return Err(StoreError::Raft(format!(
-                "the leader answered {} results for {expected} commands",
-                responses.len()
-            )));
+            return Err(StoreError::Raft(
+                format!(
+                    "the leader answered {} results for {expected} commands",
+                    responses.len()
+                )
+                .into(),
+            ));
         }
         Ok(responses)
     }
@@ -409,7 +412,7 @@ impl Store {
         loop {
             if Instant::now() >= deadline {
                 return Err(match last_error {
-                    Some(ForwardError::Failed(msg)) => StoreError::Raft(msg),
+                    Some(ForwardError::Failed(msg)) => StoreError::Raft(msg.into()),
                     _ => StoreError::NoQuorum(self.no_quorum_message(&self.deadline_cause(what))),
                 });
             }
@@ -445,7 +448,7 @@ impl Store {
                 Ok(v) => return Ok(v),
                 Err(ForwardError::NoQuorum(msg)) => return Err(StoreError::NoQuorum(msg)),
                 Err(ForwardError::Failed(msg)) if !msg.is_empty() => {
-                    return Err(StoreError::Raft(msg));
+                    return Err(StoreError::Raft(msg.into()));
                 }
                 Err(e) => {
                     last_error = Some(e);
@@ -808,7 +811,7 @@ async fn run_proposer(
                         let err = match &e {
                             StoreError::NoQuorum(_) => StoreError::NoQuorum(message.clone()),
                             StoreError::Invalid(_) => StoreError::Invalid(message.clone()),
-                            _ => StoreError::Raft(message.clone()),
+                            _ => StoreError::Raft(message.clone().into()),
                         };
                         let _ = waiter.send(Err(err));
                     }
