@@ -18,17 +18,22 @@
 //! `cargo bench --bench cross_node`. FLOTILLA_BENCH_SECS (default 6) sets the
 //! seconds per measurement, FLOTILLA_BENCH_ROUNDS (default 3) the rounds;
 //! WASMTIME=PATH runs another `wasmtime` binary's `serve`.
+//!
+//! With FLOTILLA_BENCH_PERF=1 it also says where a request's time goes: for
+//! each build, `wrk -c1` cross-node and then same-node while `perf stat`
+//! counts each node process's CPU time and context switches; divided by the
+//! requests served, that is what each hop costs in CPU and wake-ups.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[path = "support/ingress.rs"]
 mod ingress_support;
 mod support;
 
-use ingress_support::{example_wasm, free_addr, get_once, wrk, IngressCluster, Wrk};
+use ingress_support::{example_wasm, free_addr, wait_answering, wrk, IngressCluster, Wrk};
 use support::{Proc, BIN};
 
 const CONNECTIONS: [usize; 3] = [1, 16, 64];
@@ -118,14 +123,7 @@ async fn main() {
             .spawn()
             .expect("spawn wasmtime serve"),
     );
-    let started = Instant::now();
-    while get_once(&wasmtime_addr, "localhost").await.is_none() {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "wasmtime serve never answered"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_answering(&wasmtime_addr, "localhost", "wasmtime serve").await;
     targets.push(Target {
         name: "wasmtime serve".into(),
         addr: wasmtime_addr,
@@ -196,5 +194,56 @@ async fn main() {
             );
         }
     }
+    if std::env::var_os("FLOTILLA_BENCH_PERF").is_some() {
+        println!("\n| build | path | requests | node a: CPU µs / request | node a: context switches / request | node b: CPU µs / request | node b: context switches / request |");
+        println!("|---|---|---|---|---|---|---|");
+        for (bi, (label, _)) in builds.iter().enumerate() {
+            let pids = clusters[bi].node_pids();
+            for (path, ti) in [("cross-node", 2 * bi), ("same-node", 2 * bi + 1)] {
+                let t = &targets[ti];
+                let counting: Vec<_> = pids.iter().map(|pid| perf_stat(*pid, secs)).collect();
+                std::thread::sleep(Duration::from_millis(300));
+                let m = wrk(&t.addr, &t.host, 1, secs - 1);
+                let requests = m.requests_per_sec * (secs - 1) as f64;
+                let per: Vec<(f64, f64)> = counting
+                    .into_iter()
+                    .map(|c| {
+                        let (cpu_ms, switches) = read_perf_stat(c);
+                        (cpu_ms * 1e3 / requests, switches / requests)
+                    })
+                    .collect();
+                println!(
+                    "| {label} | {path} | {requests:.0} | {:.1} | {:.2} | {:.1} | {:.2} |",
+                    per[0].0, per[0].1, per[1].0, per[1].1
+                );
+            }
+        }
+    }
     drop(clusters);
+}
+
+/// `perf stat` of process `pid` for `secs` seconds, started.
+fn perf_stat(pid: u32, secs: u64) -> std::process::Child {
+    Command::new("perf")
+        .args(["stat", "-x,", "-e", "task-clock,context-switches", "-p"])
+        .arg(pid.to_string())
+        .args(["--", "sleep", &secs.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("perf is not installed: apt-get install linux-perf")
+}
+
+/// What [`perf_stat`] counted: CPU milliseconds and context switches.
+fn read_perf_stat(child: std::process::Child) -> (f64, f64) {
+    let out = child.wait_with_output().expect("perf stat");
+    let text = String::from_utf8_lossy(&out.stderr);
+    let value = |event: &str| {
+        text.lines()
+            .find(|l| l.contains(event))
+            .and_then(|l| l.split(',').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("perf stat counted no {event}:\n{text}"))
+    };
+    (value("task-clock"), value("context-switches"))
 }

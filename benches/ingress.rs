@@ -14,13 +14,12 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 #[path = "support/ingress.rs"]
 mod ingress_support;
 mod support;
 
-use ingress_support::{example_wasm, free_addr, get_once, load, IngressCluster};
+use ingress_support::{example_wasm, free_addr, load, wait_answering, IngressCluster};
 use support::Proc;
 
 fn wasmtime_binary() -> Option<PathBuf> {
@@ -69,14 +68,7 @@ async fn main() {
             .spawn()
             .expect("spawn wasmtime serve");
         _wasmtime_proc = Some(Proc(child));
-        let started = Instant::now();
-        while get_once(&wasmtime_addr, "localhost").await.is_none() {
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "wasmtime serve never answered"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        wait_answering(&wasmtime_addr, "localhost", "wasmtime serve").await;
     } else {
         println!("wasmtime not found (cargo install wasmtime-cli --version 48.0.8 --locked): measuring the ingress alone");
     }

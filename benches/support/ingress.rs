@@ -86,6 +86,11 @@ impl IngressCluster {
         }
     }
 
+    /// The nodes' process ids, in the order the nodes were named.
+    pub fn node_pids(&self) -> Vec<u32> {
+        self._nodes.iter().map(|p| p.0.id()).collect()
+    }
+
     /// A Deployment of one replica of `wasm` named `name`, behind a Service
     /// with ingress host `NAME.local`; returns once it answers there.
     pub async fn serve(&self, name: &str, wasm: &Path) -> String {
@@ -188,6 +193,18 @@ pub async fn get_once(addr: &str, host: &str) -> Option<(u16, Bytes)> {
     let status = resp.status().as_u16();
     let body = resp.into_body().collect().await.ok()?.to_bytes();
     Some((status, body))
+}
+
+/// Waits (60 s at most) until `addr` answers a GET for `host`.
+pub async fn wait_answering(addr: &str, host: &str, what: &str) {
+    let started = Instant::now();
+    while get_once(addr, host).await.is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{what} never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 pub struct Measured {

@@ -14,13 +14,19 @@
 //! ([`OutboundError::kind`]); the body says why.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::Ipv4Addr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
+
+use bytes::Bytes;
 
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 
+use tokio::io::AsyncWrite;
 use tokio::sync::Mutex;
 use tokio::time::Instant as Deadline;
 
@@ -69,10 +75,100 @@ fn preamble(ip: Ipv4Addr, deadline: Deadline) -> [u8; PREAMBLE] {
 }
 
 /// A stream's two halves as one byte pipe for hyper.
-type StreamIo = TokioIo<tokio::io::Join<quinn::RecvStream, quinn::SendStream>>;
+type StreamIo = TokioIo<tokio::io::Join<quinn::RecvStream, Prefixed>>;
 
-fn stream_io(send: quinn::SendStream, recv: quinn::RecvStream) -> StreamIo {
-    TokioIo::new(tokio::io::join(recv, send))
+fn stream_io(
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    preamble: Option<[u8; PREAMBLE]>,
+) -> StreamIo {
+    TokioIo::new(tokio::io::join(
+        recv,
+        Prefixed {
+            prefix: preamble.map(|p| p.to_vec()).unwrap_or_default(),
+            send,
+        },
+    ))
+}
+
+/// A stream's sending side that writes `prefix` with the first bytes
+/// written to it, so the preamble and the request head leave in one packet.
+struct Prefixed {
+    /// What of the prefix is still to be written.
+    prefix: Vec<u8>,
+    send: quinn::SendStream,
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        while !this.prefix.is_empty() {
+            let mut joined = Vec::with_capacity(this.prefix.len() + buf.len());
+            joined.extend_from_slice(&this.prefix);
+            joined.extend_from_slice(buf);
+            let written = ready!(AsyncWrite::poll_write(
+                Pin::new(&mut this.send),
+                cx,
+                &joined
+            ))?;
+            let of_prefix = written.min(this.prefix.len());
+            this.prefix.drain(..of_prefix);
+            if this.prefix.is_empty() {
+                return Poll::Ready(Ok(written - of_prefix));
+            }
+        }
+        AsyncWrite::poll_write(Pin::new(&mut this.send), cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        AsyncWrite::poll_flush(Pin::new(&mut self.send), cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        AsyncWrite::poll_shutdown(Pin::new(&mut self.send), cx)
+    }
+}
+
+type SendRequest = hyper::client::conn::http1::SendRequest<Body>;
+type Connection = hyper::client::conn::http1::Connection<StreamIo, Body>;
+
+/// A response body that drives its HTTP/1.1 connection as it is read, so
+/// the exchange needs no task of its own: the reader's task is the one the
+/// stream wakes, one wake-up fewer on each way through.
+struct Driven {
+    connection: Option<Pin<Box<Connection>>>,
+    body: hyper::body::Incoming,
+}
+
+impl http_body::Body for Driven {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        if let Some(connection) = this.connection.as_mut() {
+            if connection.as_mut().poll(cx).is_ready() {
+                // Done, or failed: the body says which.
+                this.connection = None;
+            }
+        }
+        Pin::new(&mut this.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// Dials peer nodes with this node's certificate and keeps one connection per
@@ -154,28 +250,24 @@ impl TunnelClient {
     }
 
     /// Opens a stream to the node at `addr` for `ip` and makes it an
-    /// HTTP/1.1 connection of its own.
+    /// HTTP/1.1 connection of its own; the connection is driven by whoever
+    /// reads the exchange (see [`Driven`]), not by a task of its own.
     async fn open(
         &self,
         addr: &str,
         ip: Ipv4Addr,
         deadline: Deadline,
-    ) -> Result<hyper::client::conn::http1::SendRequest<Body>, OutboundError> {
+    ) -> Result<(SendRequest, Connection), OutboundError> {
         let conn = self.connection(addr).await?;
         let opened = async {
-            let (mut send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-            send.write_all(&preamble(ip, deadline))
+            let (send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+            let io = stream_io(send, recv, Some(preamble(ip, deadline)));
+            hyper::client::conn::http1::handshake(io)
                 .await
-                .map_err(|e| e.to_string())?;
-            let (sender, connection) = hyper::client::conn::http1::handshake(stream_io(send, recv))
-                .await
-                .map_err(|e| e.to_string())?;
-            // Drives the exchange until the response body has been read.
-            tokio::spawn(connection);
-            Ok::<_, String>(sender)
+                .map_err(|e| e.to_string())
         };
         match opened.await {
-            Ok(sender) => Ok(sender),
+            Ok(exchange) => Ok(exchange),
             Err(e) => {
                 self.forget(addr).await;
                 Err(OutboundError::Unavailable(format!("tunnel to {addr}: {e}")))
@@ -192,8 +284,25 @@ impl TunnelClient {
         req: http::Request<Body>,
         deadline: Deadline,
     ) -> Result<http::Response<Body>, OutboundError> {
-        let mut sender = self.open(addr, ip, deadline).await?;
-        let answer = match tokio::time::timeout_at(deadline, sender.send_request(req)).await {
+        let (mut sender, connection) = self.open(addr, ip, deadline).await?;
+        let mut connection = Some(Box::pin(connection));
+        let exchange = async {
+            let answer = sender.send_request(req);
+            tokio::pin!(answer);
+            // The connection writes the request and reads the answer's head
+            // in this task; it ending first is an error `answer` reports.
+            loop {
+                match connection.as_mut() {
+                    Some(c) => tokio::select! {
+                        biased;
+                        r = &mut answer => break r,
+                        _ = c.as_mut() => connection = None,
+                    },
+                    None => break answer.await,
+                }
+            }
+        };
+        let answer = match tokio::time::timeout_at(deadline, exchange).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 return Err(OutboundError::Unavailable(format!("tunnel to {addr}: {e}")));
@@ -205,6 +314,10 @@ impl TunnelClient {
             }
         };
         let (parts, incoming) = answer.into_parts();
+        let incoming = Driven {
+            connection,
+            body: incoming,
+        };
         if let Some(kind) = parts.headers.get(FAILURE_HEADER) {
             let kind = kind.to_str().unwrap_or_default().to_string();
             let message = body::collect(body::from(incoming), MAX_FAILURE_MESSAGE)
@@ -290,7 +403,7 @@ async fn serve_stream(net: Arc<Network>, send: quinn::SendStream, mut recv: quin
     });
     let _ = hyper::server::conn::http1::Builder::new()
         .keep_alive(false)
-        .serve_connection(stream_io(send, recv), service)
+        .serve_connection(stream_io(send, recv, None), service)
         .await;
 }
 
