@@ -482,6 +482,12 @@ async fn apply_desired(shared: &Arc<Shared>, desired: BTreeMap<Key, Instance>) {
             let dir = shared.log_dir(&key);
             let metrics = shared.ctx.metrics.clone();
             let after = shared.clone();
+            tracing::debug!(
+                namespace = %key.0,
+                name = %key.1,
+                step = ?s.step(),
+                "stopping an instance"
+            );
             let stop = async move {
                 s.stop().await;
                 if gone {

@@ -99,6 +99,24 @@ pub struct Context {
     pub metrics: Arc<AgentMetrics>,
 }
 
+/// Which step of its lifecycle an instance is at (the states of [`State`],
+/// without what they carry).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Fetching the module.
+    Fetch,
+    /// Compiling it.
+    Compile,
+    /// Starting a run.
+    Start,
+    /// Running.
+    Run,
+    /// A run ended.
+    Ended,
+    /// Nothing more to do.
+    Done,
+}
+
 /// A running supervisor.
 pub struct Supervisor {
     /// The spec it runs.
@@ -106,6 +124,7 @@ pub struct Supervisor {
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
     http: Arc<Mutex<Option<HttpHandle>>>,
+    at: watch::Receiver<Step>,
     /// The instance's log.
     pub log: Arc<InstanceLog>,
 }
@@ -125,14 +144,28 @@ impl Supervisor {
         if let Some(net) = &ctx.network {
             net.register(&key, http.clone());
         }
-        let task = tokio::spawn(run(ctx, instance, log.clone(), stop_rx, http.clone()));
+        let (at_tx, at) = watch::channel(Step::Fetch);
+        let task = tokio::spawn(run(
+            ctx,
+            instance,
+            log.clone(),
+            stop_rx,
+            http.clone(),
+            at_tx,
+        ));
         Self {
             spec,
             stop,
             task,
             http,
+            at,
             log,
         }
+    }
+
+    /// The step the instance is at.
+    pub fn step(&self) -> Step {
+        *self.at.borrow()
     }
 
     /// The http endpoint of the current run, if it is an http-world instance.
@@ -286,6 +319,19 @@ enum State {
     },
     /// Stopped, failed for good, or finished: nothing more to do.
     Done,
+}
+
+impl State {
+    fn step(&self) -> Step {
+        match self {
+            State::Fetch => Step::Fetch,
+            State::Compile { .. } => Step::Compile,
+            State::Start { .. } => Step::Start,
+            State::Run(_) => Step::Run,
+            State::Ended { .. } => Step::Ended,
+            State::Done => Step::Done,
+        }
+    }
 }
 
 /// A run in progress.
@@ -522,6 +568,7 @@ async fn run(
     log: Arc<InstanceLog>,
     stop: watch::Receiver<bool>,
     http: Arc<Mutex<Option<HttpHandle>>>,
+    at: watch::Sender<Step>,
 ) {
     let key = (
         instance.metadata.namespace.clone(),
@@ -539,8 +586,10 @@ async fn run(
     };
     let mut state = State::Fetch;
     while !matches!(state, State::Done) {
+        at.send_replace(state.step());
         state = lifecycle.step(state).await;
     }
+    at.send_replace(Step::Done);
 }
 
 #[cfg(test)]
@@ -594,7 +643,14 @@ mod tests {
         let log = InstanceLog::open(dir.path().join("log")).unwrap();
 
         let supervisor = Supervisor::spawn(ctx, instance, log);
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut at = supervisor.at.clone();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            at.wait_for(|step| *step == Step::Compile),
+        )
+        .await
+        .expect("the module's compile never began")
+        .unwrap();
         let asked = Instant::now();
         supervisor.stop().await;
         let took = asked.elapsed();
