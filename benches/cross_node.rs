@@ -34,16 +34,9 @@ mod ingress_support;
 mod support;
 
 use ingress_support::{example_wasm, free_addr, wait_answering, wrk, IngressCluster, Wrk};
-use support::{Proc, BIN};
+use support::{env_or, median, Proc, BIN};
 
 const CONNECTIONS: [usize; 3] = [1, 16, 64];
-
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
 
 /// `wasmtime serve` of wasmtime 48: WASMTIME, or the `wasmtime-serve`
 /// example built beside this binary.
@@ -69,24 +62,14 @@ struct Target {
     host: String,
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    }
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
 #[tokio::main]
 async fn main() {
-    let secs = env_number("FLOTILLA_BENCH_SECS", 6);
-    let rounds = env_number("FLOTILLA_BENCH_ROUNDS", 3) as usize;
+    let secs = env_or("FLOTILLA_BENCH_SECS", 6);
+    let rounds = env_or("FLOTILLA_BENCH_ROUNDS", 3) as usize;
     let hello = example_wasm("hello.wasm");
 
     let mut builds = vec![("this build".to_string(), BIN.to_string())];

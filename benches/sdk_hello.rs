@@ -14,23 +14,9 @@ use std::time::Duration;
 mod ingress_support;
 mod support;
 
+use support::{env_or, median};
+
 use ingress_support::{example_wasm, load, IngressCluster};
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
 
 #[tokio::main]
 async fn main() {
