@@ -124,6 +124,53 @@ impl ApiServer {
         Ok(stored.mod_revision)
     }
 
+    /// The revision of the controller an object names in its owner
+    /// references, if that owner exists with the uid named and is not being
+    /// deleted; a create then commits only if the owner is still at it. This
+    /// keeps a controller acting on a stale view (its cache saw a dependent
+    /// orphaned before it saw the owner deleted) from creating dependents of
+    /// an owner that is gone.
+    fn controller_guard(&self, object: &Object) -> ApiResult<Option<(String, u64)>> {
+        let meta = object.meta();
+        let Some((index, owner)) = meta
+            .owner_references
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.controller)
+        else {
+            return Ok(None);
+        };
+        let Ok(kind) = Kind::parse(&owner.kind) else {
+            return Ok(None);
+        };
+        let namespace = scope(kind, &meta.namespace);
+        let named = format!(
+            "{} \"{}\" (uid {}), the controller in metadata.ownerReferences[{index}]",
+            kind.as_str(),
+            owner.name,
+            owner.uid
+        );
+        let stored = self
+            .read_stored(kind, &namespace, &owner.name)?
+            .filter(|stored| decode_object(stored).is_ok_and(|o| o.meta().uid == owner.uid))
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::NotFound,
+                    format!("{named}, does not exist; a dependent needs a live owner"),
+                )
+            })?;
+        if decode_object(&stored)?.meta().is_being_deleted() {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!("{named}, is being deleted; it takes no new dependents"),
+            ));
+        }
+        Ok(Some((
+            key_for(kind, &namespace, &owner.name),
+            stored.mod_revision,
+        )))
+    }
+
     /// The create of a prepared object, as one attempt's decision: its
     /// address or range claimed, its namespace guarded, refused when it
     /// exists. `lost_allocation` is kept between attempts: a claim another
@@ -172,6 +219,16 @@ impl ApiServer {
                 precondition: Precondition::ModRevision(rev),
                 action: Action::Check,
             });
+        }
+        match self.controller_guard(&object) {
+            Ok(Some((key, rev))) => also.push(Op {
+                key,
+                precondition: Precondition::ModRevision(rev),
+                action: Action::Check,
+            }),
+            Ok(None) => {}
+            Err(_) if !attempt.synced => return Ok(Decision::Sync),
+            Err(e) => return Err(e),
         }
         Ok(Decision::Write {
             action: Action::Put(encode_object(&object)?),

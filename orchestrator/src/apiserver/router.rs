@@ -212,6 +212,7 @@ mod tests {
 
     use flotilla_api::instance::MIRROR_ANNOTATION;
     use flotilla_api::manifest::parse_manifests;
+    use flotilla_api::meta::OwnerReference;
     use flotilla_api::object::{Kind, Object};
     use flotilla_client::wire::{ApplyOutcome, Consistency, ErrorCode, Propagation, RequestV1};
 
@@ -524,6 +525,80 @@ mod tests {
             code(api.handle(&admin(), default_ns).await),
             ErrorCode::Forbidden
         );
+    }
+
+    #[tokio::test]
+    async fn a_dependent_is_created_only_while_its_controller_lives() {
+        let f = fixture().await;
+        let api = &f.api;
+        let create = |object: Object| RequestV1::Create { object };
+        let owner = match api
+            .handle(
+                &admin(),
+                create(object(&format!(
+                    "kind: Job\nmetadata: {{name: batch}}\nspec: {{template: {{spec: {{module: \"sha256:{}\", restartPolicy: Never}}}}}}",
+                    "a".repeat(64)
+                ))),
+            )
+            .await
+            .unwrap()
+        {
+            ResponseV1::Object(o) => o,
+            other => panic!("{other:?}"),
+        };
+        let owned_by = |name: &str, uid: &str| {
+            let mut i = instance(name);
+            i.meta_mut().owner_references.push(OwnerReference {
+                api_version: "flotilla.dev/v1".into(),
+                kind: "Job".into(),
+                name: "batch".into(),
+                uid: uid.into(),
+                controller: true,
+                block_owner_deletion: true,
+            });
+            i
+        };
+        let uid = owner.meta().uid.clone();
+        assert!(api
+            .handle(&admin(), create(owned_by("batch-1", &uid)))
+            .await
+            .is_ok());
+
+        let err = api
+            .handle(&admin(), create(owned_by("batch-2", "another-uid")))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::NotFound, "{err}");
+        assert!(
+            err.message
+                .contains("metadata.ownerReferences[0], does not exist"),
+            "{err}"
+        );
+
+        let foreground = RequestV1::Delete {
+            kind: Kind::Job,
+            namespace: String::new(),
+            name: "batch".into(),
+            resource_version: String::new(),
+            propagation: Propagation::Foreground,
+        };
+        assert!(matches!(
+            api.handle(&admin(), foreground).await,
+            Ok(ResponseV1::Deleted { deleted: false, .. })
+        ));
+        let err = api
+            .handle(&admin(), create(owned_by("batch-3", &uid)))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::Conflict, "{err}");
+        assert!(err.message.contains("is being deleted"), "{err}");
+        for refused in ["batch-2", "batch-3"] {
+            assert_eq!(
+                code(api.handle(&admin(), get(Kind::Instance, refused)).await),
+                ErrorCode::NotFound,
+                "a refused create wrote nothing"
+            );
+        }
     }
 
     #[tokio::test]

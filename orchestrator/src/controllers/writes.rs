@@ -188,8 +188,13 @@ async fn execute_one(ctx: &Ctx, write: Write) -> Result<(), ClientError> {
     let client = &ctx.client;
     match write {
         Write::CreateInstance(instance) => {
-            let created = client.create(Object::Instance(instance)).await?;
-            ctx.cache.wrote(created);
+            // NotFound and Conflict say the owner is gone or going: the
+            // change that says so is on its way to the cache.
+            match client.create(Object::Instance(instance)).await {
+                Ok(created) => ctx.cache.wrote(created),
+                Err(e) if tolerated(&e, &[ErrorCode::NotFound, ErrorCode::Conflict]) => {}
+                Err(e) => return Err(e),
+            }
         }
         Write::DeleteInstance(i) => {
             let deleted = client
