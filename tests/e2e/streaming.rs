@@ -1,7 +1,8 @@
 //! The data path streams: through one node's ingress and the tunnel to a
 //! guest on another node, a large response arrives whole while the ingress
 //! node holds only a little of it, a slow response arrives as it is written,
-//! and a large request body goes the other way.
+//! and a large request body goes the other way; one request after another
+//! reuses one open tunnel stream, and a restarted peer is reached again.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -98,14 +99,22 @@ fn bodies_stream_through_another_nodes_ingress_and_the_tunnel() {
     let cluster = Cluster::start(1, &[]);
     let token = cluster.token("1h");
     let ingress = free_tcp_addr();
+    let front_metrics = free_tcp_addr();
     let front = NodeProc::start(
         Some(&cluster.peers[0].addr),
         Some(&token),
         "front",
         &cluster.dir.path().join("front"),
-        &["--labels", "role=front", "--ingress-addr", &ingress],
+        &[
+            "--labels",
+            "role=front",
+            "--ingress-addr",
+            &ingress,
+            "--metrics-addr",
+            &front_metrics,
+        ],
     );
-    let _back = NodeProc::start(
+    let mut back = NodeProc::start(
         Some(&cluster.peers[0].addr),
         Some(&token),
         "back",
@@ -236,4 +245,54 @@ fn bodies_stream_through_another_nodes_ingress_and_the_tunnel() {
         fnv(std::iter::repeat_n(7u8, UP as usize))
     );
     assert_eq!(answer, want);
+
+    // One request after another reuses an open tunnel stream: at most one
+    // more is opened (for a probe that runs beside a request).
+    let counts = || {
+        let metrics = crate::metrics::scrape(&front_metrics);
+        let count = |series: &str| {
+            crate::metrics::value(&metrics, series)
+                .unwrap_or_else(|| panic!("{series} in the front node's metrics:\n{metrics}"))
+        };
+        (
+            count("flotilla_tunnel_requests_total"),
+            count("flotilla_tunnel_streams_opened_total"),
+        )
+    };
+    let (requests_before, opened_before) = counts();
+    for n in 0..40 {
+        let (status, body, _) = get(&ingress, "stream.local", &format!("/bytes?n={n}"));
+        assert_eq!((status, body.len()), (200, n), "request {n}: {body}");
+    }
+    let (requests, opened) = counts();
+    assert!(
+        requests - requests_before >= 40.0,
+        "40 requests went through the tunnel, the metric counted {}",
+        requests - requests_before
+    );
+    assert!(
+        opened - opened_before <= 1.0,
+        "40 requests one after another opened {} tunnel streams",
+        opened - opened_before
+    );
+
+    // The streams kept open to the back node die with it; once it is back,
+    // requests reach it on new ones.
+    back.restart();
+    wait_for(
+        "stream through the front ingress after the back node restarted",
+        Duration::from_secs(60),
+        || {
+            let (status, body, _) = get(&ingress, "stream.local", "/bytes?n=10");
+            (status == 200 && body.len() == 10).then_some(())
+        },
+    );
+    for n in 0..5 {
+        let (status, body, _) = get(&ingress, "stream.local", &format!("/bytes?n={n}"));
+        assert_eq!(
+            (status, body.len()),
+            (200, n),
+            "request {n} after the restart: {body}"
+        );
+    }
 }

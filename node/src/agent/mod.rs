@@ -281,7 +281,10 @@ impl Agent {
         );
         let network = link.as_ref().map(|api_link| {
             // The link's configuration: a renewed certificate is dialled with.
-            let tunnel = crate::net::tunnel::TunnelClient::shared(api_link.config().clone());
+            let tunnel = crate::net::tunnel::TunnelClient::shared(api_link.config().clone())
+                .with_metrics(crate::net::tunnel::TunnelMetrics::register(
+                    &config.telemetry.registry,
+                ));
             let denials: Option<crate::net::DenialSink> = link.clone().map(|link| {
                 let sink: crate::net::DenialSink =
                     Arc::new(move |ns: &str, name: &str, message: &str| {

@@ -1,30 +1,33 @@
 //! The tunnel between nodes: one QUIC connection per peer node, mutual TLS
 //! with `node:` certificates of the cluster CA on both sides, so nothing but
-//! cluster nodes can use it. Each request is its own bidirectional stream
-//! carrying a short preamble and then one plain HTTP/1.1 exchange (hyper on
-//! both ends), so bodies stream through in both directions and nothing is
-//! buffered whole. The receiving node serves only its own addresses (no
-//! transit).
+//! cluster nodes can use it. A bidirectional stream starts with one version
+//! byte and then carries plain HTTP/1.1 (hyper on both ends), kept open for
+//! one exchange after another as an HTTP/1.1 client keeps its connections:
+//! the sending node pools idle streams per peer, so a request costs one
+//! exchange on an open stream, and bodies stream through in both directions
+//! with nothing buffered whole. The receiving node serves only its own
+//! addresses (no transit).
 //!
-//! The preamble, 9 bytes: the version (1), the IPv4 address the request is
-//! for, and the milliseconds left of the request's deadline (big-endian
-//! u32): one deadline travels end to end instead of a timeout on each side.
-//! A failure to reach the instance is answered with status 502 and the
-//! header `flotilla-failure` naming its kind
-//! ([`OutboundError::kind`]); the body says why.
+//! Each request names the instance address it is for and the milliseconds
+//! left of its deadline in two headers ([`IP_HEADER`], [`DEADLINE_HEADER`]),
+//! which the receiver takes off before the instance sees the request: one
+//! deadline travels end to end instead of a timeout on each side. A failure
+//! to reach the instance is answered with status 502 and the header
+//! `flotilla-failure` naming its kind ([`OutboundError::kind`]); the body
+//! says why.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::Ipv4Addr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
-use std::time::Duration;
+use std::task::{ready, Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 
 use tokio::io::AsyncWrite;
 use tokio::sync::Mutex;
@@ -32,17 +35,31 @@ use tokio::time::Instant as Deadline;
 
 use flotilla_client::tls::{self, IssuedCert, ALPN_TUNNEL};
 use flotilla_client::{dial, ClientConfig, SharedClientConfig};
+use flotilla_telemetry::{Counter, Registry};
 
 use super::Network;
 use crate::body::{self, Body};
 use crate::runtime::OutboundError;
 
-/// The preamble's version byte.
-const VERSION: u8 = 1;
-/// Bytes of the preamble.
-const PREAMBLE: usize = 9;
-/// How long a peer may take to send the preamble of a stream it opened.
-const PREAMBLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The byte a stream starts with: 2, HTTP/1.1 kept open with the address and
+/// deadline in headers (1 was a 9-byte preamble and one exchange per stream).
+const VERSION: u8 = 2;
+/// How long a peer may take to send the version byte of a stream it opened.
+const VERSION_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the receiver keeps an open stream waiting for its next request
+/// head (hyper's header-read timeout, which covers the idle wait).
+const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the sender keeps an idle stream for reuse: well under
+/// [`STREAM_IDLE_TIMEOUT`], so the receiver does not close a stream as a
+/// request goes out on it.
+const POOL_IDLE: Duration = Duration::from_secs(20);
+/// Most idle streams kept per peer; more concurrent requests open more
+/// streams, which end with their exchange.
+const POOL_MAX_IDLE: usize = 64;
+/// The request header naming the instance address a request is for.
+pub const IP_HEADER: &str = "flotilla-tunnel-ip";
+/// The request header with the milliseconds left of the request's deadline.
+pub const DEADLINE_HEADER: &str = "flotilla-tunnel-deadline-ms";
 /// The header of a failure answer.
 const FAILURE_HEADER: &str = "flotilla-failure";
 /// Most bytes of a failure's message read.
@@ -64,35 +81,42 @@ pub struct TunnelProbe {
     pub peer_clock_offset_micros: i64,
 }
 
-fn preamble(ip: Ipv4Addr, deadline: Deadline) -> [u8; PREAMBLE] {
-    let left = deadline.saturating_duration_since(Deadline::now());
-    let millis = u32::try_from(left.as_millis()).unwrap_or(u32::MAX);
-    let mut out = [0u8; PREAMBLE];
-    out[0] = VERSION;
-    out[1..5].copy_from_slice(&ip.octets());
-    out[5..].copy_from_slice(&millis.to_be_bytes());
-    out
+/// Counts of the sending side; clones share them. The default is registered
+/// nowhere (counts go unread).
+#[derive(Clone, Default)]
+pub struct TunnelMetrics {
+    requests: Counter,
+    streams_opened: Counter,
+}
+
+impl TunnelMetrics {
+    /// Registers the tunnel's metrics in `registry`.
+    pub fn register(registry: &Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            "flotilla_tunnel_requests",
+            "Requests this node sent to peer nodes through the tunnel (probes included)",
+            m.requests.clone(),
+        );
+        registry.register(
+            "flotilla_tunnel_streams_opened",
+            "Tunnel streams this node opened to peer nodes; requests reuse open ones",
+            m.streams_opened.clone(),
+        );
+        m
+    }
 }
 
 /// A stream's two halves as one byte pipe for hyper.
 type StreamIo = TokioIo<tokio::io::Join<quinn::RecvStream, Prefixed>>;
 
-fn stream_io(
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
-    preamble: Option<[u8; PREAMBLE]>,
-) -> StreamIo {
-    TokioIo::new(tokio::io::join(
-        recv,
-        Prefixed {
-            prefix: preamble.map(|p| p.to_vec()).unwrap_or_default(),
-            send,
-        },
-    ))
+fn stream_io(send: quinn::SendStream, recv: quinn::RecvStream, prefix: Vec<u8>) -> StreamIo {
+    TokioIo::new(tokio::io::join(recv, Prefixed { prefix, send }))
 }
 
 /// A stream's sending side that writes `prefix` with the first bytes
-/// written to it, so the preamble and the request head leave in one packet.
+/// written to it, so the version byte and the first request head leave in
+/// one packet.
 struct Prefixed {
     /// What of the prefix is still to be written.
     prefix: Vec<u8>,
@@ -136,12 +160,129 @@ impl AsyncWrite for Prefixed {
 type SendRequest = hyper::client::conn::http1::SendRequest<Body>;
 type Connection = hyper::client::conn::http1::Connection<StreamIo, Body>;
 
-/// A response body that drives its HTTP/1.1 connection as it is read, so
-/// the exchange needs no task of its own: the reader's task is the one the
-/// stream wakes, one wake-up fewer on each way through.
+/// One HTTP/1.1 connection on a tunnel stream. Whoever uses it drives it:
+/// the request's task until the answer's head, then the reader of the
+/// answer's body (see [`Driven`]); no task of its own, so a packet that
+/// arrives wakes the task that waits for it, one wake-up fewer each way.
+struct Exchange {
+    sender: SendRequest,
+    connection: Pin<Box<Connection>>,
+}
+
+impl Exchange {
+    /// Whether this idle connection can take a request now: its stream is
+    /// open and the previous exchange is over. Polls without waiting.
+    fn ready_now(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        if self.connection.as_mut().poll(&mut cx).is_ready() {
+            return false;
+        }
+        matches!(self.sender.poll_ready(&mut cx), Poll::Ready(Ok(())))
+    }
+}
+
+/// An answer's head, and the connection it came on (gone if it ended).
+type Answered = (
+    http::Response<hyper::body::Incoming>,
+    SendRequest,
+    Option<Pin<Box<Connection>>>,
+);
+
+impl Exchange {
+    /// Sends `req` and drives the connection until the answer's head is in.
+    /// A failure gives back the request when it never left.
+    async fn request(
+        self,
+        req: http::Request<Body>,
+    ) -> Result<Answered, (hyper::Error, Option<http::Request<Body>>)> {
+        let Exchange {
+            mut sender,
+            connection,
+        } = self;
+        let mut connection = Some(connection);
+        let answer = sender.try_send_request(req);
+        tokio::pin!(answer);
+        // The connection writes the request and reads the answer's head in
+        // this task; it ending first is an error `answer` reports.
+        let answer = loop {
+            match connection.as_mut() {
+                Some(c) => tokio::select! {
+                    biased;
+                    r = &mut answer => break r,
+                    _ = c.as_mut() => connection = None,
+                },
+                None => break answer.await,
+            }
+        };
+        match answer {
+            Ok(response) => Ok((response, sender, connection)),
+            Err(mut e) => {
+                let unsent = e.take_message();
+                Err((e.into_error(), unsent))
+            }
+        }
+    }
+}
+
+fn no_answer(addr: &str) -> OutboundError {
+    OutboundError::Timeout(format!("tunnel to {addr}: no answer in time"))
+}
+
+/// An idle exchange in a peer's pool.
+struct Idle {
+    exchange: Exchange,
+    since: Instant,
+}
+
+/// What the client keeps for one peer address.
+#[derive(Default)]
+struct Peer {
+    /// The QUIC connection, dialled under this lock, so that dialling one
+    /// peer (a dead one can take until the dial's timeout) holds up only
+    /// requests to it.
+    link: Mutex<Option<(quinn::Endpoint, quinn::Connection)>>,
+    /// Idle exchanges, the most recently used last.
+    idle: std::sync::Mutex<Vec<Idle>>,
+}
+
+impl Peer {
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The most recently used idle exchange that can take a request.
+    fn take_idle(&self) -> Option<Exchange> {
+        loop {
+            let Idle {
+                mut exchange,
+                since,
+            } = self.idle().pop()?;
+            if since.elapsed() < POOL_IDLE && exchange.ready_now() {
+                return Some(exchange);
+            }
+        }
+    }
+
+    fn put_idle(&self, exchange: Exchange) {
+        let mut idle = self.idle();
+        idle.retain(|i| i.since.elapsed() < POOL_IDLE);
+        if idle.len() < POOL_MAX_IDLE {
+            idle.push(Idle {
+                exchange,
+                since: Instant::now(),
+            });
+        }
+    }
+}
+
+/// A response body that drives its HTTP/1.1 connection as it is read, and
+/// gives the connection back to its peer's pool once the body has been read
+/// to its end.
 struct Driven {
-    connection: Option<Pin<Box<Connection>>>,
+    exchange: Option<(SendRequest, Option<Pin<Box<Connection>>>)>,
     body: hyper::body::Incoming,
+    ended: bool,
+    peer: Arc<Peer>,
 }
 
 impl http_body::Body for Driven {
@@ -153,13 +294,20 @@ impl http_body::Body for Driven {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
-        if let Some(connection) = this.connection.as_mut() {
-            if connection.as_mut().poll(cx).is_ready() {
-                // Done, or failed: the body says which.
-                this.connection = None;
+        if let Some((_, slot)) = this.exchange.as_mut() {
+            if let Some(connection) = slot.as_mut() {
+                if connection.as_mut().poll(cx).is_ready() {
+                    // Done, or failed: the body says which; the stream is
+                    // not reused either way.
+                    *slot = None;
+                }
             }
         }
-        Pin::new(&mut this.body).poll_frame(cx)
+        let frame = ready!(Pin::new(&mut this.body).poll_frame(cx));
+        if frame.is_none() {
+            this.ended = true;
+        }
+        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -171,18 +319,43 @@ impl http_body::Body for Driven {
     }
 }
 
+impl Drop for Driven {
+    fn drop(&mut self) {
+        // A body read only in part leaves the stream mid-message: it is
+        // dropped with it (the peer sees the stream reset).
+        if !(self.ended || http_body::Body::is_end_stream(&self.body)) {
+            return;
+        }
+        if let Some((sender, Some(connection))) = self.exchange.take() {
+            self.peer.put_idle(Exchange { sender, connection });
+        }
+    }
+}
+
+/// Whether a request may be sent again after a reused stream failed under
+/// it: no body, and a method the peer may see twice.
+fn replayable(req: &http::Request<Body>) -> Option<http::Request<Body>> {
+    use http_body::Body as _;
+    if !req.body().is_end_stream() || !req.method().is_idempotent() {
+        return None;
+    }
+    let mut again = http::Request::new(body::empty());
+    *again.method_mut() = req.method().clone();
+    *again.uri_mut() = req.uri().clone();
+    *again.version_mut() = req.version();
+    *again.headers_mut() = req.headers().clone();
+    Some(again)
+}
+
 /// Dials peer nodes with this node's certificate and keeps one connection per
-/// peer.
+/// peer, with a pool of open streams on it.
 pub struct TunnelClient {
     /// The CA and this node's certificate, read at each dial (the agent
     /// renews the certificate under it).
     tls: Option<SharedClientConfig>,
-    /// One slot per peer address, so that dialling one peer (a dead one can
-    /// take until the dial's timeout) does not hold up requests to others.
-    conns: std::sync::Mutex<HashMap<String, Slot>>,
+    peers: std::sync::Mutex<HashMap<String, Arc<Peer>>>,
+    metrics: TunnelMetrics,
 }
-
-type Slot = Arc<Mutex<Option<(quinn::Endpoint, quinn::Connection)>>>;
 
 impl TunnelClient {
     /// A client with this node's CA and certificate.
@@ -201,7 +374,8 @@ impl TunnelClient {
     pub fn shared(config: SharedClientConfig) -> Self {
         Self {
             tls: Some(config),
-            conns: std::sync::Mutex::new(HashMap::new()),
+            peers: std::sync::Mutex::new(HashMap::new()),
+            metrics: TunnelMetrics::default(),
         }
     }
 
@@ -209,12 +383,19 @@ impl TunnelClient {
     pub fn disabled() -> Self {
         Self {
             tls: None,
-            conns: std::sync::Mutex::new(HashMap::new()),
+            peers: std::sync::Mutex::new(HashMap::new()),
+            metrics: TunnelMetrics::default(),
         }
     }
 
-    fn slot(&self, addr: &str) -> Slot {
-        self.conns
+    /// This client, counting into `metrics`.
+    pub fn with_metrics(mut self, metrics: TunnelMetrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    fn peer(&self, addr: &str) -> Arc<Peer> {
+        self.peers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(addr.to_string())
@@ -222,9 +403,12 @@ impl TunnelClient {
             .clone()
     }
 
-    async fn connection(&self, addr: &str) -> Result<quinn::Connection, OutboundError> {
-        let slot = self.slot(addr);
-        let mut cached = slot.lock().await;
+    async fn connection(
+        &self,
+        peer: &Peer,
+        addr: &str,
+    ) -> Result<quinn::Connection, OutboundError> {
+        let mut cached = peer.link.lock().await;
         if let Some((_, c)) = cached.as_ref() {
             if c.close_reason().is_none() {
                 return Ok(c.clone());
@@ -246,28 +430,29 @@ impl TunnelClient {
     }
 
     async fn forget(&self, addr: &str) {
-        *self.slot(addr).lock().await = None;
+        let peer = self.peer(addr);
+        peer.idle().clear();
+        *peer.link.lock().await = None;
     }
 
-    /// Opens a stream to the node at `addr` for `ip` and makes it an
-    /// HTTP/1.1 connection of its own; the connection is driven by whoever
-    /// reads the exchange (see [`Driven`]), not by a task of its own.
-    async fn open(
-        &self,
-        addr: &str,
-        ip: Ipv4Addr,
-        deadline: Deadline,
-    ) -> Result<(SendRequest, Connection), OutboundError> {
-        let conn = self.connection(addr).await?;
+    /// Opens a stream to the node at `addr` and makes it an HTTP/1.1
+    /// connection.
+    async fn open(&self, peer: &Peer, addr: &str) -> Result<Exchange, OutboundError> {
+        let conn = self.connection(peer, addr).await?;
         let opened = async {
             let (send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-            let io = stream_io(send, recv, Some(preamble(ip, deadline)));
-            hyper::client::conn::http1::handshake(io)
+            hyper::client::conn::http1::handshake(stream_io(send, recv, vec![VERSION]))
                 .await
                 .map_err(|e| e.to_string())
         };
         match opened.await {
-            Ok(exchange) => Ok(exchange),
+            Ok((sender, connection)) => {
+                self.metrics.streams_opened.inc();
+                Ok(Exchange {
+                    sender,
+                    connection: Box::pin(connection),
+                })
+            }
             Err(e) => {
                 self.forget(addr).await;
                 Err(OutboundError::Unavailable(format!("tunnel to {addr}: {e}")))
@@ -281,42 +466,50 @@ impl TunnelClient {
         &self,
         addr: &str,
         ip: Ipv4Addr,
-        req: http::Request<Body>,
+        mut req: http::Request<Body>,
         deadline: Deadline,
     ) -> Result<http::Response<Body>, OutboundError> {
-        let (mut sender, connection) = self.open(addr, ip, deadline).await?;
-        let mut connection = Some(Box::pin(connection));
-        let exchange = async {
-            let answer = sender.send_request(req);
-            tokio::pin!(answer);
-            // The connection writes the request and reads the answer's head
-            // in this task; it ending first is an error `answer` reports.
-            loop {
-                match connection.as_mut() {
-                    Some(c) => tokio::select! {
-                        biased;
-                        r = &mut answer => break r,
-                        _ = c.as_mut() => connection = None,
-                    },
-                    None => break answer.await,
+        self.metrics.requests.inc();
+        let peer = self.peer(addr);
+        let headers = req.headers_mut();
+        // Hop-by-hop: the client's `Connection: close` is for its own
+        // connection, not for the tunnel stream, which stays open.
+        headers.remove(http::header::CONNECTION);
+        headers.remove("keep-alive");
+        headers.insert(IP_HEADER, http::HeaderValue::from(u32::from(ip)));
+        let left = deadline.saturating_duration_since(Deadline::now());
+        let millis = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
+        headers.insert(DEADLINE_HEADER, http::HeaderValue::from(millis));
+        let (exchange, again) = match peer.take_idle() {
+            Some(e) => (e, replayable(&req)),
+            None => (self.open(&peer, addr).await?, None),
+        };
+        let answer = match tokio::time::timeout_at(deadline, exchange.request(req)).await {
+            Ok(Ok(done)) => done,
+            Ok(Err((e, unsent))) => {
+                // A reused stream the peer closed as the request went out:
+                // once more on a new one, if the request can be sent again.
+                let Some(req) = unsent.or(again) else {
+                    return Err(OutboundError::Unavailable(format!("tunnel to {addr}: {e}")));
+                };
+                let exchange = self.open(&peer, addr).await?;
+                match tokio::time::timeout_at(deadline, exchange.request(req)).await {
+                    Ok(Ok(done)) => done,
+                    Ok(Err((e, _))) => {
+                        return Err(OutboundError::Unavailable(format!("tunnel to {addr}: {e}")))
+                    }
+                    Err(_) => return Err(no_answer(addr)),
                 }
             }
+            Err(_) => return Err(no_answer(addr)),
         };
-        let answer = match tokio::time::timeout_at(deadline, exchange).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                return Err(OutboundError::Unavailable(format!("tunnel to {addr}: {e}")));
-            }
-            Err(_) => {
-                return Err(OutboundError::Timeout(format!(
-                    "tunnel to {addr}: no answer in time"
-                )))
-            }
-        };
-        let (parts, incoming) = answer.into_parts();
+        let (response, sender, connection) = answer;
+        let (parts, incoming) = response.into_parts();
         let incoming = Driven {
-            connection,
+            exchange: Some((sender, connection)),
             body: incoming,
+            ended: false,
+            peer,
         };
         if let Some(kind) = parts.headers.get(FAILURE_HEADER) {
             let kind = kind.to_str().unwrap_or_default().to_string();
@@ -328,7 +521,6 @@ impl TunnelClient {
         }
         Ok(http::Response::from_parts(parts, body::from(incoming)))
     }
-
     /// Sends a probe to the node at `addr` over the connection requests use
     /// (dialled first if there is none), and reads the peer's clock from
     /// its answer.
@@ -386,25 +578,53 @@ pub async fn serve_connection(net: Arc<Network>, conn: quinn::Connection) {
 }
 
 async fn serve_stream(net: Arc<Network>, send: quinn::SendStream, mut recv: quinn::RecvStream) {
-    let mut head = [0u8; PREAMBLE];
-    match tokio::time::timeout(PREAMBLE_TIMEOUT, recv.read_exact(&mut head)).await {
-        Ok(Ok(_)) if head[0] == VERSION => {}
+    let mut version = [0u8; 1];
+    match tokio::time::timeout(VERSION_TIMEOUT, recv.read_exact(&mut version)).await {
+        Ok(Ok(_)) if version[0] == VERSION => {}
         // Not our protocol, or a peer too slow to say what it wants.
         _ => return,
     }
-    let ip = Ipv4Addr::new(head[1], head[2], head[3], head[4]);
-    let millis = u32::from_be_bytes([head[5], head[6], head[7], head[8]]);
-    let deadline = Deadline::now() + Duration::from_millis(u64::from(millis));
     let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let net = net.clone();
-        async move {
-            Ok::<_, std::convert::Infallible>(answer(&net, ip, deadline, req.map(body::from)).await)
-        }
+        async move { Ok::<_, std::convert::Infallible>(receive(&net, req.map(body::from)).await) }
     });
     let _ = hyper::server::conn::http1::Builder::new()
-        .keep_alive(false)
-        .serve_connection(stream_io(send, recv, None), service)
+        .timer(TokioTimer::new())
+        .header_read_timeout(STREAM_IDLE_TIMEOUT)
+        .serve_connection(stream_io(send, recv, Vec::new()), service)
         .await;
+}
+
+/// Takes the tunnel's headers off a request: the address it is for and its
+/// deadline.
+fn tunnel_headers(req: &mut http::Request<Body>) -> Result<(Ipv4Addr, Deadline), OutboundError> {
+    let headers = req.headers_mut();
+    let ip = headers.remove(IP_HEADER);
+    let millis = headers.remove(DEADLINE_HEADER);
+    let number = |v: Option<http::HeaderValue>, name: &str| {
+        v.as_ref()
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .ok_or_else(|| {
+                OutboundError::Invalid(format!(
+                    "a tunnel request needs the header {name} as a decimal number"
+                ))
+            })
+    };
+    let ip = u32::try_from(number(ip, IP_HEADER)?)
+        .map(Ipv4Addr::from)
+        .map_err(|_| OutboundError::Invalid(format!("{IP_HEADER} is not an IPv4 address")))?;
+    let left = Duration::from_millis(number(millis, DEADLINE_HEADER)?);
+    let deadline = Deadline::now()
+        .checked_add(left)
+        .unwrap_or_else(|| Deadline::now() + STREAM_IDLE_TIMEOUT);
+    Ok((ip, deadline))
+}
+
+async fn receive(net: &Network, mut req: http::Request<Body>) -> http::Response<Body> {
+    match tunnel_headers(&mut req) {
+        Ok((ip, deadline)) => answer(net, ip, deadline, req).await,
+        Err(e) => failure(&e),
+    }
 }
 
 fn failure(e: &OutboundError) -> http::Response<Body> {
