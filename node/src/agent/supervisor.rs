@@ -677,17 +677,5 @@ mod tests {
                 "an instance told to stop while compiling started"
             );
         }
-        // The compile goes on in the background and caches its artifact: the
-        // next start of the same module does not pay for it again.
-        // Bounded generously: a debug build compiling beside other builds
-        // on two cores has taken over two minutes.
-        let deadline = Instant::now() + Duration::from_secs(300);
-        while !compiled() {
-            assert!(
-                Instant::now() < deadline,
-                "the background compile never finished"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
     }
 }
