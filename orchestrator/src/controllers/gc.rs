@@ -9,6 +9,8 @@
 //! removal of an owner, and an owner marked for foreground deletion concern
 //! it.
 
+use std::time::Duration;
+
 use flotilla_api::instance::Instance;
 use flotilla_api::meta::{OwnerReference, FOREGROUND_FINALIZER};
 use flotilla_api::object::{Kind, Object};
@@ -22,16 +24,23 @@ use crate::informer::{Cache, CacheChange};
 /// The kinds that own instances.
 const OWNERS: [Kind; 3] = [Kind::Deployment, Kind::DaemonSet, Kind::Job];
 
-/// What the collector decides for an instance: delete it when every owner it
-/// names is confirmed gone.
+/// What the collector decides for an instance read from the API: delete it,
+/// at the version read, when every owner it names is confirmed gone. A
+/// conflict means it changed since (an orphaning delete of its owner drops
+/// the references in the same write), so it is looked at again shortly.
 pub fn decide_orphan(instance: &Instance, owners_gone: bool) -> Plan {
     let mut plan = Plan::nothing();
     let refs = &instance.metadata.owner_references;
     if !refs.is_empty() && !instance.metadata.is_being_deleted() && owners_gone {
-        plan.writes.push(Write::DeleteInstance(instance.clone()));
+        plan.writes
+            .push(Write::Delete(Object::Instance(instance.clone())));
+        plan.action = Action::requeue(RECHECK_AFTER_CONFLICT);
     }
     plan
 }
+
+/// How soon an instance whose delete met a newer version is looked at again.
+const RECHECK_AFTER_CONFLICT: Duration = Duration::from_secs(1);
 
 /// What the collector decides for an owner being deleted in the foreground:
 /// delete its dependents (`owned`, being deleted or not), and once none is
@@ -163,14 +172,29 @@ impl Reconciler for GarbageCollector {
                 if refs.is_empty() || held || i.metadata.is_being_deleted() {
                     return Ok(Action::await_change());
                 }
+                // The cache watches each kind on its own stream, so an
+                // owner's delete can arrive before the write that orphaned
+                // this instance with it: decide on the instance as stored.
+                let live = match ctx
+                    .client
+                    .get(Kind::Instance, &i.metadata.namespace, &i.metadata.name)
+                    .await
+                {
+                    Ok(Object::Instance(live)) if live.metadata.uid == i.metadata.uid => live,
+                    Ok(_) => return Ok(Action::await_change()),
+                    Err(e) if e.code() == Some(ErrorCode::NotFound) => {
+                        return Ok(Action::await_change())
+                    }
+                    Err(e) => return Err(e.into()),
+                };
                 let mut all_gone = true;
-                for r in refs {
-                    if !owner_gone(ctx, &i.metadata.namespace, r).await? {
+                for r in &live.metadata.owner_references {
+                    if !owner_gone(ctx, &live.metadata.namespace, r).await? {
                         all_gone = false;
                         break;
                     }
                 }
-                decide_orphan(i, all_gone)
+                decide_orphan(&live, all_gone)
             }
             owner => decide_foreground(owner, &ctx.cache.owned_by(&owner.meta().uid)),
         };

@@ -712,7 +712,7 @@ fn garbage_collection_decisions() {
     );
     assert!(matches!(
         gc::decide_orphan(&i, true).writes.as_slice(),
-        [Write::DeleteInstance(_)]
+        [Write::Delete(Object::Instance(_))]
     ));
     assert_eq!(gc::decide_orphan(&i, false), Plan::nothing());
     let mut unowned = i.clone();
