@@ -26,6 +26,18 @@ const MEMORIES_PER_COMPONENT: u32 = 2;
 /// virtual memory.
 const MEMORY_GUARD: u64 = 64 << 10;
 
+/// Most bytes of a linear memory, and of a table, that a freed slot resets
+/// by copying back what its guest wrote instead of handing the pages to
+/// `madvise`. An `madvise` in a process whose threads run on several CPUs
+/// sends each of them an interrupt to flush its TLB, which on a virtual
+/// machine costs tens of microseconds per instance; a guest that writes less
+/// than this per instance (a request handler, typically) frees its slot
+/// without a system call. Used only where the kernel can say which pages
+/// were written (`PAGEMAP_SCAN`, Linux 6.7), else keeping pages resident
+/// would mean zeroing all of them every time.
+const KEEP_RESIDENT: usize = 1 << 20;
+const TABLE_KEEP_RESIDENT: usize = 64 << 10;
+
 pub(crate) fn build(config: &RuntimeConfig) -> Result<Engine, RuntimeError> {
     let RuntimeConfig {
         cache_dir: _,
@@ -57,6 +69,11 @@ pub(crate) fn build(config: &RuntimeConfig) -> Result<Engine, RuntimeError> {
         .max_memory_size(
             usize::try_from(round_to_page(*max_memory_per_instance)).unwrap_or(usize::MAX),
         );
+    if PoolingAllocationConfig::is_pagemap_scan_available() {
+        pool.pagemap_scan(wasmtime::Enabled::Yes)
+            .linear_memory_keep_resident(KEEP_RESIDENT)
+            .table_keep_resident(TABLE_KEEP_RESIDENT);
+    }
     pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
 
     let engine = match Engine::new(&pooled) {
