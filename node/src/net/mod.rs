@@ -11,6 +11,7 @@
 //! unreachable.
 
 mod addresses;
+mod coalesce;
 pub mod ingress;
 mod metrics;
 mod tables;

@@ -37,6 +37,7 @@ use flotilla_client::tls::{self, IssuedCert, ALPN_TUNNEL};
 use flotilla_client::{dial, ClientConfig, SharedClientConfig};
 use flotilla_telemetry::{Counter, Registry};
 
+use super::coalesce::Coalescer;
 use super::Network;
 use crate::body::{self, Body};
 use crate::runtime::OutboundError;
@@ -167,6 +168,8 @@ type Connection = hyper::client::conn::http1::Connection<StreamIo, Body>;
 struct Exchange {
     sender: SendRequest,
     connection: Pin<Box<Connection>>,
+    /// The connection and what waits on it wake each other in one task.
+    coalescer: Arc<Coalescer>,
 }
 
 impl Exchange {
@@ -182,11 +185,14 @@ impl Exchange {
 }
 
 /// An answer's head, and the connection it came on (gone if it ended).
-type Answered = (
-    http::Response<hyper::body::Incoming>,
-    SendRequest,
-    Option<Pin<Box<Connection>>>,
-);
+type Answered = (http::Response<hyper::body::Incoming>, Kept);
+
+/// A connection kept for the next exchange once the answer's body is read.
+struct Kept {
+    sender: SendRequest,
+    connection: Option<Pin<Box<Connection>>>,
+    coalescer: Arc<Coalescer>,
+}
 
 impl Exchange {
     /// Sends `req` and drives the connection until the answer's head is in.
@@ -198,24 +204,33 @@ impl Exchange {
         let Exchange {
             mut sender,
             connection,
+            coalescer,
         } = self;
         let mut connection = Some(connection);
         let answer = sender.try_send_request(req);
         tokio::pin!(answer);
         // The connection writes the request and reads the answer's head in
         // this task; it ending first is an error `answer` reports.
-        let answer = loop {
-            match connection.as_mut() {
-                Some(c) => tokio::select! {
-                    biased;
-                    r = &mut answer => break r,
-                    _ = c.as_mut() => connection = None,
-                },
-                None => break answer.await,
-            }
-        };
+        let answer = std::future::poll_fn(|cx| {
+            coalescer.poll(cx, |cx| {
+                if let Some(c) = connection.as_mut() {
+                    if c.as_mut().poll(cx).is_ready() {
+                        connection = None;
+                    }
+                }
+                answer.as_mut().poll(cx)
+            })
+        })
+        .await;
         match answer {
-            Ok(response) => Ok((response, sender, connection)),
+            Ok(response) => Ok((
+                response,
+                Kept {
+                    sender,
+                    connection,
+                    coalescer,
+                },
+            )),
             Err(mut e) => {
                 let unsent = e.take_message();
                 Err((e.into_error(), unsent))
@@ -279,7 +294,7 @@ impl Peer {
 /// gives the connection back to its peer's pool once the body has been read
 /// to its end.
 struct Driven {
-    exchange: Option<(SendRequest, Option<Pin<Box<Connection>>>)>,
+    exchange: Option<Kept>,
     body: hyper::body::Incoming,
     ended: bool,
     peer: Arc<Peer>,
@@ -294,16 +309,21 @@ impl http_body::Body for Driven {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
-        if let Some((_, slot)) = this.exchange.as_mut() {
-            if let Some(connection) = slot.as_mut() {
-                if connection.as_mut().poll(cx).is_ready() {
-                    // Done, or failed: the body says which; the stream is
-                    // not reused either way.
-                    *slot = None;
+        let Some(coalescer) = this.exchange.as_ref().map(|k| k.coalescer.clone()) else {
+            return Pin::new(&mut this.body).poll_frame(cx);
+        };
+        let frame = ready!(coalescer.poll(cx, |cx| {
+            if let Some(kept) = this.exchange.as_mut() {
+                if let Some(connection) = kept.connection.as_mut() {
+                    if connection.as_mut().poll(cx).is_ready() {
+                        // Done, or failed: the body says which; the stream
+                        // is not reused either way.
+                        kept.connection = None;
+                    }
                 }
             }
-        }
-        let frame = ready!(Pin::new(&mut this.body).poll_frame(cx));
+            Pin::new(&mut this.body).poll_frame(cx)
+        }));
         if frame.is_none() {
             this.ended = true;
         }
@@ -326,8 +346,17 @@ impl Drop for Driven {
         if !(self.ended || http_body::Body::is_end_stream(&self.body)) {
             return;
         }
-        if let Some((sender, Some(connection))) = self.exchange.take() {
-            self.peer.put_idle(Exchange { sender, connection });
+        if let Some(Kept {
+            sender,
+            connection: Some(connection),
+            coalescer,
+        }) = self.exchange.take()
+        {
+            self.peer.put_idle(Exchange {
+                sender,
+                connection,
+                coalescer,
+            });
         }
     }
 }
@@ -451,6 +480,7 @@ impl TunnelClient {
                 Ok(Exchange {
                     sender,
                     connection: Box::pin(connection),
+                    coalescer: Coalescer::new(),
                 })
             }
             Err(e) => {
@@ -503,10 +533,10 @@ impl TunnelClient {
             }
             Err(_) => return Err(no_answer(addr)),
         };
-        let (response, sender, connection) = answer;
+        let (response, kept) = answer;
         let (parts, incoming) = response.into_parts();
         let incoming = Driven {
-            exchange: Some((sender, connection)),
+            exchange: Some(kept),
             body: incoming,
             ended: false,
             peer,
