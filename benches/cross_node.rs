@@ -14,9 +14,10 @@
 //! measured in the same rounds (before against after).
 //!
 //! Run (release): `apt-get install wrk`, `(cd examples && cargo build
-//! --release)`, `cargo build --release --example wasmtime-serve`, then
-//! `cargo bench --bench cross_node`. FLOTILLA_BENCH_SECS (default 6) sets the
-//! seconds per measurement, FLOTILLA_BENCH_ROUNDS (default 3) the rounds;
+//! --release)`, `cargo build --release -p flotilla-wasmtime-serve --example
+//! wasmtime-serve`, then `cargo bench --bench cross_node`.
+//! FLOTILLA_BENCH_SECS (default 6) sets the seconds per measurement,
+//! FLOTILLA_BENCH_ROUNDS (default 3) the rounds;
 //! WASMTIME=PATH runs another `wasmtime` binary's `serve`.
 //!
 //! With FLOTILLA_BENCH_PERF=1 it also says where a request's time goes: for
@@ -50,7 +51,7 @@ fn wasmtime_serve() -> (PathBuf, Vec<&'static str>) {
         .join("examples/wasmtime-serve");
     assert!(
         beside.exists(),
-        "{} is missing: cargo build --release --example wasmtime-serve (or set WASMTIME)",
+        "{} is missing: cargo build --release -p flotilla-wasmtime-serve --example wasmtime-serve (or set WASMTIME)",
         beside.display()
     );
     (beside, vec![])

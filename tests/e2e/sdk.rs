@@ -262,8 +262,8 @@ fn kill(child: &mut Child) {
 }
 
 /// `wasmtime serve` of the wasmtime 48 CLI: the `wasmtime-serve` example
-/// (tools/wasmtime-serve.rs), which `cargo test` builds beside this binary;
-/// built here when a narrower command left it out.
+/// (tools/wasmtime-serve), which `cargo test --workspace` builds beside this
+/// binary; built here when a narrower command left it out.
 fn wasmtime_serve() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
@@ -275,7 +275,12 @@ fn wasmtime_serve() -> &'static Path {
             crate::harness::cargo_build(
                 "the wasmtime-serve example",
                 Path::new(env!("CARGO_MANIFEST_DIR")),
-                &["--example", "wasmtime-serve"],
+                &[
+                    "-p",
+                    "flotilla-wasmtime-serve",
+                    "--example",
+                    "wasmtime-serve",
+                ],
                 None,
             );
         }
