@@ -49,6 +49,20 @@ fn describe(e: &anyhow::Error) -> String {
     message
 }
 
+fn is_forbidden(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        let api = cause
+            .downcast_ref::<flotilla_client::wire::ApiError>()
+            .or_else(
+                || match cause.downcast_ref::<flotilla_client::ClientError>() {
+                    Some(flotilla_client::ClientError::Api(api)) => Some(api),
+                    _ => None,
+                },
+            );
+        api.is_some_and(|a| a.code == flotilla_client::wire::ErrorCode::Forbidden)
+    })
+}
+
 fn is_closed_stdout(e: &anyhow::Error) -> bool {
     e.chain().any(|cause| {
         cause
@@ -93,7 +107,11 @@ fn main() -> ExitCode {
         Err(e) if is_closed_stdout(&e) => ExitCode::from(CLOSED_PIPE_STATUS as u8),
         Err(e) => {
             eprintln!("error: {}", describe(&e));
-            ExitCode::FAILURE
+            if is_forbidden(&e) {
+                ExitCode::from(commands::FORBIDDEN_STATUS)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

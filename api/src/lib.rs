@@ -27,5 +27,6 @@ pub mod namespace;
 pub mod node;
 pub mod object;
 pub mod quantity;
+pub mod rbac;
 pub mod service;
 pub mod validation;

@@ -163,21 +163,17 @@ impl ApplyArgs {
         let mut objects: Vec<Object> = with_dirs.into_iter().map(|(o, _)| o).collect();
         // Namespaces first, so objects in a new namespace can be created in one go.
         objects.sort_by_key(|o| o.kind() != Kind::Namespace);
-        let mut failed = false;
+        let mut outcomes = super::Outcomes::default();
         for object in objects {
             let name = kind_name(&object);
             match client.apply(object).await {
                 Ok((_, outcome)) => println!("{name} {outcome}"),
                 Err(e) => {
                     eprintln!("error: {name}: {e}");
-                    failed = true;
+                    outcomes.failed(&e);
                 }
             }
         }
-        Ok(if failed {
-            ExitCode::FAILURE
-        } else {
-            ExitCode::SUCCESS
-        })
+        Ok(outcomes.exit_code())
     }
 }

@@ -53,7 +53,7 @@ impl DeleteArgs {
         let mut targets = targets;
         targets.sort_by_key(|(kind, _, _)| *kind == Kind::Namespace);
         let client = ctx.connect().await?;
-        let mut failed = false;
+        let mut outcomes = super::Outcomes::default();
         for (kind, ns, name) in targets {
             match client.delete(kind, &ns, &name, propagation).await {
                 Ok((_, true)) => println!("{} \"{name}\" deleted", kind.as_str().to_lowercase()),
@@ -63,14 +63,10 @@ impl DeleteArgs {
                 ),
                 Err(e) => {
                     eprintln!("error: {e}");
-                    failed = true;
+                    outcomes.failed(&e);
                 }
             }
         }
-        Ok(if failed {
-            ExitCode::FAILURE
-        } else {
-            ExitCode::SUCCESS
-        })
+        Ok(outcomes.exit_code())
     }
 }

@@ -28,6 +28,41 @@ use clap::{Parser, Subcommand};
 
 pub use context::Context;
 
+/// The exit status of a request the server refused as Forbidden, apart from
+/// other failures so that scripts can tell "not allowed" from "broken"
+/// (doctor uses 1 and 2 for its findings).
+pub const FORBIDDEN_STATUS: u8 = 3;
+
+/// Whether the server refused the request as Forbidden.
+pub fn is_forbidden(e: &flotilla_client::ClientError) -> bool {
+    matches!(e, flotilla_client::ClientError::Api(api) if api.code == flotilla_client::wire::ErrorCode::Forbidden)
+}
+
+/// The outcome of a command that made one request per object: success,
+/// [`FORBIDDEN_STATUS`] when every failure was a refusal, or failure.
+#[derive(Default)]
+pub struct Outcomes {
+    failed: bool,
+    only_forbidden: bool,
+}
+
+impl Outcomes {
+    /// Records a failed request.
+    pub fn failed(&mut self, e: &flotilla_client::ClientError) {
+        self.only_forbidden = is_forbidden(e) && (self.only_forbidden || !self.failed);
+        self.failed = true;
+    }
+
+    /// The exit code.
+    pub fn exit_code(&self) -> ExitCode {
+        match (self.failed, self.only_forbidden) {
+            (false, _) => ExitCode::SUCCESS,
+            (true, true) => ExitCode::from(FORBIDDEN_STATUS),
+            (true, false) => ExitCode::FAILURE,
+        }
+    }
+}
+
 /// Flotilla: a micro-orchestrator for WebAssembly workloads.
 #[derive(Parser, Debug)]
 #[command(name = "flotilla", version, about, propagate_version = true)]

@@ -14,5 +14,6 @@ mod node;
 mod sdk;
 mod security;
 mod streaming;
+mod trust;
 mod watch;
 mod workloads;

@@ -7,7 +7,7 @@ use flotilla_api::meta::{now_timestamp, FOREGROUND_FINALIZER};
 use flotilla_api::object::{Kind, Object};
 use flotilla_client::wire::{ApiError, ApplyOutcome, Consistency, ErrorCode, Propagation};
 
-use super::authz::{check_mirror, Caller};
+use super::authz::{check_current, Caller, Change};
 use super::errors::{parse_revision, validate, ApiResult, Subject};
 use super::ipam;
 use super::keys::{key_for, namespace_prefix};
@@ -274,7 +274,11 @@ impl ApiServer {
                     return Err(subject.not_found());
                 };
                 let current = decode_object(stored)?;
-                check_mirror(caller, &current)?;
+                check_current(
+                    caller,
+                    if status { Change::Status } else { Change::Spec },
+                    &current,
+                )?;
                 let next = if status {
                     let mut next = current.clone();
                     next.copy_status_from(&object);
@@ -328,7 +332,7 @@ impl ApiServer {
                     return Err(subject.not_found());
                 };
                 let current = decode_object(stored)?;
-                check_mirror(caller, &current)?;
+                check_current(caller, Change::Spec, &current)?;
                 let Object::Instance(mut instance) = current else {
                     return Err(subject.not_found());
                 };
@@ -383,7 +387,7 @@ impl ApiServer {
                     return Ok(plan.map(|o| (o, ApplyOutcome::Created)));
                 };
                 let current = decode_object(stored)?;
-                check_mirror(caller, &current)?;
+                check_current(caller, Change::Spec, &current)?;
                 let mut desired = object.clone();
                 desired.meta_mut().resource_version.clear();
                 // A manifest that names no node keeps the binding the scheduler made.
@@ -430,7 +434,7 @@ impl ApiServer {
                     return Err(subject.not_found());
                 };
                 let current = decode_object(stored)?;
-                check_mirror(caller, &current)?;
+                check_current(caller, Change::Spec, &current)?;
                 let foreground = propagation == Propagation::Foreground && kind.owns_instances();
                 if !current.meta().finalizers.is_empty() || foreground {
                     if current.meta().is_being_deleted() {

@@ -3,9 +3,11 @@
 //! stored, then stored content-addressed through the store, so every store
 //! peer holds every module.
 
+use flotilla_api::fields::FieldSelector;
+use flotilla_api::labels::LabelSelector;
 use flotilla_api::module::{digest_of, is_valid_digest, Module, ModuleType};
 use flotilla_api::object::{Kind, Object};
-use flotilla_client::wire::{ApiError, ErrorCode, MODULE_CHUNK};
+use flotilla_client::wire::{ApiError, Consistency, ErrorCode, MODULE_CHUNK};
 
 use super::errors::{internal, store_error, ApiResult};
 use super::keys::blob_prefix;
@@ -103,6 +105,32 @@ impl ApiServer {
     }
 
     /// A stored module's bytes, in the chunks they were stored in.
+    /// Refuses `node` a module no instance bound to it runs: a node
+    /// downloads only what it is to run.
+    pub(super) async fn node_runs_module(&self, node: &str, digest: &str) -> ApiResult<()> {
+        let selectors = (
+            LabelSelector::default(),
+            FieldSelector::parse(&format!("spec.nodeName={node}"))
+                .map_err(|e| internal(format!("the node's field selector: {e}")))?,
+        );
+        let (instances, _) = self
+            .list_objects(Kind::Instance, None, &selectors, Consistency::Linearizable)
+            .await?;
+        let runs = instances
+            .iter()
+            .any(|o| matches!(o, Object::Instance(i) if i.spec.module == digest));
+        if runs {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "forbidden: node:{node} may not get modules \"{}\": no instance bound to {node} runs {digest}",
+                Module::name_for_digest(digest)
+            ),
+        ))
+    }
+
     pub(super) async fn module_chunks(&self, digest: &str) -> ApiResult<Vec<Vec<u8>>> {
         if !is_valid_digest(digest) {
             return Err(invalid(format!(

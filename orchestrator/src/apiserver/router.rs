@@ -7,7 +7,7 @@
 
 use flotilla_client::wire::{Member, RequestV1, ResponseV1};
 
-use super::authz::{authorize, Caller};
+use super::authz::{authorize, check_current, Caller, Change};
 use super::errors::{bad_request, store_error, ApiResult};
 use super::stored::{parse_selectors, scope};
 use super::tokens;
@@ -69,7 +69,13 @@ impl ApiServer {
                 size,
                 source,
             },
-            RequestV1::DownloadModule { digest } => Routed::Download { digest },
+            RequestV1::DownloadModule { digest } => match caller.node() {
+                Some(node) => match self.node_runs_module(node, &digest).await {
+                    Ok(()) => Routed::Download { digest },
+                    Err(e) => Routed::Answer(Err(e)),
+                },
+                None => Routed::Download { digest },
+            },
             req @ (RequestV1::Logs { .. } | RequestV1::PortForward { .. }) => Routed::ToNode(req),
             other => Routed::Answer(self.answer(caller, other).await),
         }
@@ -109,10 +115,11 @@ impl ApiServer {
                 namespace,
                 name,
                 consistency,
-            } => self
-                .get(kind, &namespace, &name, consistency)
-                .await
-                .map(ResponseV1::Object),
+            } => {
+                let object = self.get(kind, &namespace, &name, consistency).await?;
+                check_current(caller, Change::Read, &object)?;
+                Ok(ResponseV1::Object(object))
+            }
             RequestV1::List {
                 kind,
                 namespace,
@@ -632,6 +639,197 @@ mod tests {
             ErrorCode::Forbidden
         );
         f.api.update(&node, changed, false).await.unwrap();
+    }
+
+    fn bound(name: &str, node: &str) -> Object {
+        let mut o = instance(name);
+        if let Object::Instance(i) = &mut o {
+            i.spec.node_name = node.into();
+        }
+        o
+    }
+
+    fn list_instances(field_selector: &str) -> RequestV1 {
+        RequestV1::List {
+            kind: Kind::Instance,
+            namespace: None,
+            label_selector: String::new(),
+            consistency: Consistency::Linearizable,
+            field_selector: field_selector.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_node_reads_and_writes_only_what_is_its_own() {
+        let f = fixture().await;
+        let api = &f.api;
+        for node in ["edge-1", "edge-2"] {
+            let create = RequestV1::Create {
+                object: object(&format!("kind: Node\nmetadata: {{name: {node}}}")),
+            };
+            api.handle(&admin(), create).await.unwrap();
+        }
+        let mine = api.create(bound("mine", "edge-1")).await.unwrap();
+        let theirs = api.create(bound("theirs", "edge-2")).await.unwrap();
+        let node = Caller::identity("node:edge-1");
+        let node_2 = get(Kind::Node, "edge-2");
+        let mut other_node = match api.handle(&admin(), node_2).await.unwrap() {
+            ResponseV1::Object(o) => o,
+            other => panic!("{other:?}"),
+        };
+        other_node
+            .meta_mut()
+            .labels
+            .insert("taken".into(), "yes".into());
+        let mut respec = mine.clone();
+        if let Object::Instance(i) = &mut respec {
+            i.spec.args = vec!["--evil".into()];
+        }
+        let mut claimed = theirs.clone();
+        if let Object::Instance(i) = &mut claimed {
+            i.spec.node_name = "edge-1".into();
+        }
+        let refused = [
+            ("get another node's instance", get(Kind::Instance, "theirs")),
+            ("list every instance", list_instances("")),
+            (
+                "list another node's instances",
+                list_instances("spec.nodeName=edge-2"),
+            ),
+            (
+                "update another Node",
+                RequestV1::Update {
+                    object: other_node.clone(),
+                },
+            ),
+            (
+                "read another node's Lease",
+                RequestV1::Get {
+                    kind: Kind::Lease,
+                    namespace: flotilla_api::lease::NODE_LEASE_NAMESPACE.into(),
+                    name: "edge-2".into(),
+                    consistency: Consistency::Linearizable,
+                },
+            ),
+            (
+                "update an instance's spec",
+                RequestV1::Update { object: respec },
+            ),
+            (
+                "write the status of another node's instance",
+                RequestV1::UpdateStatus { object: claimed },
+            ),
+            ("create a token", RequestV1::CreateToken { ttl_seconds: 60 }),
+            ("list members", RequestV1::Members),
+            ("remove a member", RequestV1::RemoveMember { id: 1 }),
+            (
+                "bind",
+                RequestV1::Bind {
+                    namespace: "default".into(),
+                    name: "theirs".into(),
+                    node_name: "edge-1".into(),
+                    resource_version: String::new(),
+                },
+            ),
+            (
+                "delete another Node",
+                RequestV1::Delete {
+                    kind: Kind::Node,
+                    namespace: String::new(),
+                    name: "edge-2".into(),
+                    resource_version: String::new(),
+                    propagation: Propagation::Background,
+                },
+            ),
+            (
+                "delete an instance that is not its mirror",
+                RequestV1::Delete {
+                    kind: Kind::Instance,
+                    namespace: "default".into(),
+                    name: "mine".into(),
+                    resource_version: String::new(),
+                    propagation: Propagation::Background,
+                },
+            ),
+        ];
+        for (what, req) in refused {
+            let err = api.handle(&node, req).await.expect_err(what);
+            assert_eq!(err.code, ErrorCode::Forbidden, "{what}: {err}");
+            assert!(
+                err.message.starts_with("forbidden: node:edge-1 may not "),
+                "{what}: {err}"
+            );
+        }
+        for (name, was) in [("theirs", &theirs), ("mine", &mine)] {
+            let now = match api
+                .handle(&admin(), get(Kind::Instance, name))
+                .await
+                .unwrap()
+            {
+                ResponseV1::Object(o) => o,
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(&now, was, "a refused request changed {name}");
+        }
+        let now = api
+            .handle(&admin(), get(Kind::Node, "edge-2"))
+            .await
+            .unwrap();
+        assert!(matches!(now, ResponseV1::Object(o) if o.meta().labels.is_empty()));
+
+        let mut status = mine.clone();
+        if let Object::Instance(i) = &mut status {
+            i.status.message = "running here".into();
+        }
+        let allowed = [
+            ("get its own instance", get(Kind::Instance, "mine")),
+            (
+                "list its own instances",
+                list_instances("spec.nodeName=edge-1"),
+            ),
+            ("read another Node", get(Kind::Node, "edge-2")),
+            (
+                "write its instance's status",
+                RequestV1::UpdateStatus { object: status },
+            ),
+        ];
+        for (what, req) in allowed {
+            api.handle(&node, req)
+                .await
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+        }
+    }
+
+    #[tokio::test]
+    async fn callers_bound_to_nothing_may_do_nothing() {
+        let f = fixture().await;
+        let alice = Caller::identity("user:alice");
+        let scheduler = Caller::identity("component:scheduler");
+        let refused = [
+            (&alice, list_instances("")),
+            (&alice, RequestV1::Members),
+            (
+                &alice,
+                RequestV1::Create {
+                    object: instance("web"),
+                },
+            ),
+            (&scheduler, RequestV1::CreateToken { ttl_seconds: 60 }),
+            (
+                &scheduler,
+                RequestV1::Create {
+                    object: instance("web"),
+                },
+            ),
+        ];
+        for (who, req) in refused {
+            let err = f.api.handle(who, req).await.expect_err(who.name());
+            assert_eq!(err.code, ErrorCode::Forbidden, "{err}");
+            assert!(err.message.contains("no role bound to"), "{err}");
+        }
+        f.api.handle(&scheduler, list_instances("")).await.unwrap();
+        let (items, _) = f.api.list(Kind::Instance, None, "").unwrap();
+        assert!(items.is_empty(), "{items:?}");
     }
 
     #[tokio::test]

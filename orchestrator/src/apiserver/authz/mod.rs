@@ -1,14 +1,22 @@
 //! Who may do what: every rule that depends on the caller, in one place. The
 //! router asks [`authorize`] before anything is read or written, for every
 //! request kind and whichever transport carried it; the verbs ask
-//! [`check_mirror`] about the object they are about to change.
+//! [`check_current`] about the object they are about to read or change.
 //!
-//! Today's rules: a caller without a certificate may only join, ask who it is
-//! and read the clock; any certificate of the cluster CA may do anything
-//! else, except that only a node renews its certificate here, only `peer:N`
-//! adds peer N, and only a node changes the mirrors of its static instances.
+//! A request is described by its [`Attributes`] (`attributes.rs`): a verb on
+//! a resource, in a namespace, on a name. A caller without a certificate may
+//! only join, ask who it is and read the clock. A node is held to what it
+//! runs (`node.rs`); everyone else is allowed what the roles bound to it
+//! grant (`roles.rs`), and nothing when it is bound to none. Only a node
+//! renews its certificate here, only `peer:N` adds peer N, and only a node
+//! changes the mirrors of its static instances.
+
+mod attributes;
+mod node;
+pub mod roles;
 
 use flotilla_api::object::Object;
+use flotilla_api::rbac::Attributes;
 use flotilla_client::tls::CertInfo;
 use flotilla_client::wire::{ApiError, ErrorCode, RequestV1};
 
@@ -58,6 +66,11 @@ impl Caller {
         self.identity.as_deref().unwrap_or("")
     }
 
+    /// The node's name when the caller is `node:NAME`.
+    pub fn node(&self) -> Option<&str> {
+        self.identity.as_deref()?.strip_prefix("node:")
+    }
+
     /// When the presented certificate expires, if one was.
     pub fn cert_not_after(&self) -> Option<time::OffsetDateTime> {
         self.cert_not_after
@@ -74,13 +87,41 @@ fn needs_identity(caller: &Caller, what: &str) -> ApiResult<()> {
     }
 }
 
+/// What a verb is about to do to a stored object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Change {
+    /// Read it.
+    Read,
+    /// Write its status.
+    Status,
+    /// Change its spec or metadata, bind it, or delete it.
+    Spec,
+}
+
+/// The refusal of `attrs` to `caller`, saying what is missing.
+fn forbidden(caller: &Caller, attrs: &Attributes, why: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::Forbidden,
+        format!("forbidden: {} may not {attrs}: {why}", caller.name()),
+    )
+}
+
 /// Whether `caller` may make `req` at all.
 pub(super) fn authorize(caller: &Caller, req: &RequestV1) -> ApiResult<()> {
     match req {
+        RequestV1::JoinPeer { .. } if caller.node().is_some() => {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "forbidden: {} may not join the control plane: a store peer joins with a token and no certificate of its own",
+                    caller.name()
+                ),
+            ));
+        }
         RequestV1::JoinPeer { .. }
         | RequestV1::JoinNode { .. }
         | RequestV1::WhoAmI
-        | RequestV1::Clock => Ok(()),
+        | RequestV1::Clock => return Ok(()),
         RequestV1::RenewCertificate { .. } => {
             let Some(identity) = &caller.identity else {
                 return Err(ApiError::new(
@@ -96,7 +137,7 @@ pub(super) fn authorize(caller: &Caller, req: &RequestV1) -> ApiResult<()> {
                     ),
                 ));
             }
-            Ok(())
+            return Ok(());
         }
         RequestV1::AddPeer { id, .. } => {
             needs_identity(caller, "this request")?;
@@ -109,16 +150,55 @@ pub(super) fn authorize(caller: &Caller, req: &RequestV1) -> ApiResult<()> {
                     ),
                 ));
             }
-            Ok(())
+            return Ok(());
         }
-        RequestV1::Watch { .. } => needs_identity(caller, "watch"),
-        _ => needs_identity(caller, "this request"),
+        RequestV1::Watch { .. } => needs_identity(caller, "watch")?,
+        _ => needs_identity(caller, "this request")?,
     }
+    let Some(attrs) = attributes::of(req) else {
+        return Ok(());
+    };
+    if let Some(node) = caller.node() {
+        return node::authorize(node, req, &attrs).map_err(|why| forbidden(caller, &attrs, &why));
+    }
+    if roles::allows(caller.name(), &attrs) {
+        return Ok(());
+    }
+    Err(forbidden(
+        caller,
+        &attrs,
+        &format!(
+            "no role bound to {} grants {} on {}",
+            caller.name(),
+            attrs.verb,
+            attrs.resource
+        ),
+    ))
 }
 
-/// Mirror objects of static instances belong to their node: only it may change
-/// or remove them; everyone else changes the manifest on the node.
-pub(super) fn check_mirror(caller: &Caller, current: &Object) -> ApiResult<()> {
+/// Whether `caller` may make `change` to `current`, as stored: a node only
+/// to what is bound to it; mirror objects of static instances belong to
+/// their node, so only it may change or remove them, and everyone else
+/// changes the manifest on the node.
+pub(super) fn check_current(caller: &Caller, change: Change, current: &Object) -> ApiResult<()> {
+    if let Some(node) = caller.node() {
+        node::check_current(node, change, current).map_err(|why| {
+            let meta = current.meta();
+            let attrs = Attributes {
+                verb: match change {
+                    Change::Read => "get",
+                    Change::Status | Change::Spec => "update",
+                },
+                resource: current.kind().plural().to_string(),
+                namespace: meta.namespace.clone(),
+                name: meta.name.clone(),
+            };
+            forbidden(caller, &attrs, &why)
+        })?;
+    }
+    if change == Change::Read {
+        return Ok(());
+    }
     let Object::Instance(i) = current else {
         return Ok(());
     };
@@ -129,7 +209,7 @@ pub(super) fn check_mirror(caller: &Caller, current: &Object) -> ApiResult<()> {
     {
         return Ok(());
     }
-    if caller.name() == format!("node:{}", i.spec.node_name) {
+    if caller.node() == Some(i.spec.node_name.as_str()) {
         return Ok(());
     }
     Err(ApiError::new(
