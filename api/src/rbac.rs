@@ -6,11 +6,23 @@
 //! Resources are lowercase plurals (`instances`, `deployments`), a
 //! subresource after a slash (`instances/status`, `instances/logs`,
 //! `instances/portforward`, `instances/bind`), plus the cluster's own
-//! resources that are not objects: `tokens`, `members`, `nodes/tunnel`.
+//! resources that are not objects: `tokens`, `members`, `nodes/tunnel`,
+//! `users` and `subjectaccessreviews`.
+//!
+//! The stored kinds are Kubernetes' four: a [`Role`] (rules in one
+//! namespace) and a [`ClusterRole`] (rules anywhere), granted to subjects by
+//! a [`RoleBinding`] (in its namespace only) or a [`ClusterRoleBinding`]
+//! (everywhere). A subject is a User (`alice` is the certificate identity
+//! `user:alice`; a name with a colon, such as `component:scheduler`, is the
+//! identity itself), a Group (a certificate's organization) or a Node.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+
+use crate::meta::ObjectMeta;
+use crate::object::Kind;
+use crate::validation::ValidationErrors;
 
 /// Every verb a rule may grant, as Kubernetes spells them.
 pub const VERBS: [&str; 7] = [
@@ -19,6 +31,226 @@ pub const VERBS: [&str; 7] = [
 
 /// Matches every verb, resource or name.
 pub const WILDCARD: &str = "*";
+
+/// The subresources a rule may name, after their kind's plural.
+pub const SUBRESOURCES: [&str; 10] = [
+    "instances/status",
+    "instances/logs",
+    "instances/portforward",
+    "instances/bind",
+    "nodes/status",
+    "nodes/tunnel",
+    "deployments/status",
+    "daemonsets/status",
+    "jobs/status",
+    "namespaces/status",
+];
+
+/// The resources that are not stored objects.
+pub const CLUSTER_RESOURCES: [&str; 4] = ["tokens", "members", "users", "subjectaccessreviews"];
+
+/// Whether `resource` names something a rule can grant: a kind's plural,
+/// one of [`SUBRESOURCES`] or [`CLUSTER_RESOURCES`], or `*`.
+pub fn is_resource(resource: &str) -> bool {
+    resource == WILDCARD
+        || Kind::ALL.iter().any(|k| k.plural() == resource)
+        || SUBRESOURCES.contains(&resource)
+        || CLUSTER_RESOURCES.contains(&resource)
+}
+
+/// `verb` as the `'static` spelling [`Attributes`] carries, if it is one of
+/// [`VERBS`] or `*`.
+pub fn static_verb(verb: &str) -> Option<&'static str> {
+    VERBS.iter().copied().chain([WILDCARD]).find(|v| *v == verb)
+}
+
+fn check_rules(rules: &[PolicyRule], errs: &mut ValidationErrors) {
+    for (i, rule) in rules.iter().enumerate() {
+        let at = format!("rules[{i}]");
+        if rule.verbs.is_empty() {
+            errs.required(format!("{at}.verbs"));
+        }
+        for (j, verb) in rule.verbs.iter().enumerate() {
+            if static_verb(verb).is_none() {
+                errs.push(
+                    format!("{at}.verbs[{j}]"),
+                    format!(
+                        "{verb:?} is not a verb (expected one of {}, or *)",
+                        VERBS.join(", ")
+                    ),
+                );
+            }
+        }
+        if rule.resources.is_empty() {
+            errs.required(format!("{at}.resources"));
+        }
+        for (j, resource) in rule.resources.iter().enumerate() {
+            if !is_resource(resource) {
+                errs.push(
+                    format!("{at}.resources[{j}]"),
+                    format!(
+                        "{resource:?} is not a resource (expected a kind's lowercase plural such as instances, a subresource such as instances/logs, one of {}, or *)",
+                        CLUSTER_RESOURCES.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// Rules that apply in the Role's namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Role {
+    /// Standard metadata.
+    pub metadata: ObjectMeta,
+    /// What the role grants.
+    pub rules: Vec<PolicyRule>,
+}
+
+/// Rules that apply in every namespace and to cluster-scoped resources
+/// (cluster-scoped). Also names the built-in roles `cluster-admin`,
+/// `admin`, `edit` and `view`, which are not stored.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterRole {
+    /// Standard metadata.
+    pub metadata: ObjectMeta,
+    /// What the role grants.
+    pub rules: Vec<PolicyRule>,
+}
+
+/// Grants a Role of its namespace, or a ClusterRole's rules within its
+/// namespace, to subjects.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct RoleBinding {
+    /// Standard metadata.
+    pub metadata: ObjectMeta,
+    /// The role granted.
+    pub role_ref: RoleRef,
+    /// Who is granted it.
+    pub subjects: Vec<Subject>,
+}
+
+/// Grants a ClusterRole to subjects everywhere (cluster-scoped).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClusterRoleBinding {
+    /// Standard metadata.
+    pub metadata: ObjectMeta,
+    /// The role granted (a ClusterRole).
+    pub role_ref: RoleRef,
+    /// Who is granted it.
+    pub subjects: Vec<Subject>,
+}
+
+/// The role a binding grants.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct RoleRef {
+    /// Accepted for Kubernetes manifests (`rbac.authorization.k8s.io`) and
+    /// otherwise ignored.
+    pub api_group: String,
+    /// `Role` or `ClusterRole`.
+    pub kind: String,
+    /// The role's name.
+    pub name: String,
+}
+
+/// Who a binding grants its role to.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct Subject {
+    /// Accepted for Kubernetes manifests and otherwise ignored.
+    pub api_group: String,
+    /// `User`, `Group` or `Node`.
+    pub kind: String,
+    /// The user's, group's or node's name.
+    pub name: String,
+}
+
+impl Subject {
+    /// Whether this subject is `identity`, or one of `groups` it is in.
+    pub fn matches(&self, identity: &str, groups: &[String]) -> bool {
+        match self.kind.as_str() {
+            "User" if self.name.contains(':') => identity == self.name,
+            "User" => identity.strip_prefix("user:") == Some(self.name.as_str()),
+            "Node" => identity.strip_prefix("node:") == Some(self.name.as_str()),
+            "Group" => groups.contains(&self.name),
+            _ => false,
+        }
+    }
+}
+
+fn check_binding(
+    role_ref: &RoleRef,
+    subjects: &[Subject],
+    role_kinds: &[&str],
+    errs: &mut ValidationErrors,
+) {
+    if role_ref.kind.is_empty() {
+        errs.required("roleRef.kind");
+    } else if !role_kinds.contains(&role_ref.kind.as_str()) {
+        errs.push(
+            "roleRef.kind",
+            format!(
+                "{:?} cannot be bound here (expected {})",
+                role_ref.kind,
+                role_kinds.join(" or ")
+            ),
+        );
+    }
+    if role_ref.name.is_empty() {
+        errs.required("roleRef.name");
+    }
+    if subjects.is_empty() {
+        errs.required("subjects");
+    }
+    for (i, s) in subjects.iter().enumerate() {
+        if !["User", "Group", "Node"].contains(&s.kind.as_str()) {
+            errs.push(
+                format!("subjects[{i}].kind"),
+                format!(
+                    "{:?} is not a subject kind (expected User, Group or Node)",
+                    s.kind
+                ),
+            );
+        }
+        if s.name.is_empty() {
+            errs.required(format!("subjects[{i}].name"));
+        }
+    }
+}
+
+impl Role {
+    pub(crate) fn validate_into(&self, errs: &mut ValidationErrors) {
+        check_rules(&self.rules, errs);
+    }
+}
+
+impl ClusterRole {
+    pub(crate) fn validate_into(&self, errs: &mut ValidationErrors) {
+        check_rules(&self.rules, errs);
+    }
+}
+
+impl RoleBinding {
+    pub(crate) fn validate_into(&self, errs: &mut ValidationErrors) {
+        check_binding(
+            &self.role_ref,
+            &self.subjects,
+            &["Role", "ClusterRole"],
+            errs,
+        );
+    }
+}
+
+impl ClusterRoleBinding {
+    pub(crate) fn validate_into(&self, errs: &mut ValidationErrors) {
+        check_binding(&self.role_ref, &self.subjects, &["ClusterRole"], errs);
+    }
+}
 
 /// One grant: these verbs on these resources, on every object of them or,
 /// when `resource_names` is not empty, on those names only.

@@ -130,6 +130,9 @@ pub fn cert_matches_key(cert_pem: &str, key_pem: &str) -> Result<bool> {
 pub struct CertInfo {
     /// The identity (common name), e.g. `peer:1`, `node:edge-1`.
     pub identity: String,
+    /// The groups the CA put the holder in: its organization fields, each a
+    /// comma-separated list.
+    pub groups: Vec<String>,
     /// Valid from.
     pub not_before: time::OffsetDateTime,
     /// Valid until.
@@ -164,9 +167,18 @@ impl CertInfo {
             .and_then(|cn| cn.as_str().ok())
             .unwrap_or_default()
             .to_string();
+        let groups = parsed
+            .subject()
+            .iter_organization()
+            .filter_map(|o| o.as_str().ok())
+            .flat_map(|o| o.split(','))
+            .map(|g| g.trim().to_string())
+            .filter(|g| !g.is_empty())
+            .collect();
         let validity = parsed.validity();
         Ok(Self {
             identity,
+            groups,
             not_before: validity.not_before.to_datetime(),
             not_after: validity.not_after.to_datetime(),
         })

@@ -331,6 +331,40 @@ pub enum RequestV1 {
         /// The instance's resourceVersion the decision was made on.
         resource_version: String,
     },
+    /// Who the caller is and which groups it is in (Kubernetes'
+    /// SelfSubjectReview, `flotilla auth whoami`). Answered `Subject`.
+    SelfSubjectReview,
+    /// Whether a subject may make a request described by verb, resource,
+    /// namespace and name (`flotilla auth can-i`). An empty `identity` asks
+    /// about the caller (anyone may); another subject's review needs
+    /// `create` on `subjectaccessreviews`. Answered `Access`.
+    AccessReview {
+        /// `user:alice`, `node:edge-1`, …; empty for the caller.
+        identity: String,
+        /// The subject's groups (with `identity`).
+        groups: Vec<String>,
+        /// `get`, `list`, …
+        verb: String,
+        /// `instances`, `instances/logs`, `tokens`, …
+        resource: String,
+        /// The namespace ("" for cluster-scoped or all namespaces).
+        namespace: String,
+        /// The object's name ("" for none).
+        name: String,
+    },
+    /// Sign a user's client certificate over a CSR's key (`flotilla user
+    /// create`): `user:NAME`, in `groups`, for `ttl_seconds`. Needs `create`
+    /// on `users`. Answered `UserCertificate`.
+    SignUser {
+        /// The user's name, without `user:`.
+        name: String,
+        /// The groups to put the user in.
+        groups: Vec<String>,
+        /// CSR for the user's key, PEM (its subject is ignored).
+        csr_pem: String,
+        /// Lifetime of the certificate.
+        ttl_seconds: u64,
+    },
 }
 
 /// One piece of an uploaded module.
@@ -425,6 +459,25 @@ pub enum ResponseV1 {
     Bound {
         /// The resourceVersion of the bound instance.
         resource_version: String,
+    },
+    /// The answer to `SelfSubjectReview`.
+    Subject {
+        /// The caller's identity.
+        identity: String,
+        /// Its groups.
+        groups: Vec<String>,
+    },
+    /// The answer to `AccessReview`.
+    Access {
+        /// Whether the request would be authorized.
+        allowed: bool,
+        /// Why, or what is missing.
+        reason: String,
+    },
+    /// The answer to `SignUser`.
+    UserCertificate {
+        /// The user's certificate, PEM.
+        cert_pem: String,
     },
 }
 

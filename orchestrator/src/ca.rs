@@ -85,7 +85,7 @@ impl CertificateAuthority {
         lifetime: time::Duration,
     ) -> Result<IssuedCert> {
         let key = KeyPair::generate()?;
-        let cert_pem = self.sign(identity, addrs, &key, lifetime)?;
+        let cert_pem = self.sign(identity, &[], addrs, &key, lifetime)?;
         Ok(IssuedCert {
             cert_pem,
             key_pem: key.serialize_pem(),
@@ -108,12 +108,29 @@ impl CertificateAuthority {
         lifetime: time::Duration,
     ) -> Result<String> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)?;
-        self.sign(identity, addrs, &csr.public_key, lifetime)
+        self.sign(identity, &[], addrs, &csr.public_key, lifetime)
+    }
+
+    /// Issues a user's client certificate over the public key in a PEM CSR:
+    /// `identity` in the common name and `groups` in the organization field,
+    /// which authorization reads as the user's groups. rcgen writes one value
+    /// per attribute type, so the groups share one field, comma-separated
+    /// (a group name holds no comma).
+    pub fn sign_user_csr(
+        &self,
+        csr_pem: &str,
+        identity: &str,
+        groups: &[String],
+        lifetime: time::Duration,
+    ) -> Result<String> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem)?;
+        self.sign(identity, groups, &[], &csr.public_key, lifetime)
     }
 
     fn sign(
         &self,
         identity: &str,
+        groups: &[String],
         addrs: &[IpAddr],
         public_key: &impl rcgen::PublicKeyData,
         lifetime: time::Duration,
@@ -131,6 +148,9 @@ impl CertificateAuthority {
         }
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, identity);
+        if !groups.is_empty() {
+            dn.push(DnType::OrganizationName, groups.join(","));
+        }
         params.distinguished_name = dn;
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,

@@ -19,6 +19,7 @@ use flotilla_api::module::Module;
 use flotilla_api::namespace::{Namespace, NamespacePhase};
 use flotilla_api::node::{Node, Taint, CONDITION_READY};
 use flotilla_api::object::Object;
+use flotilla_api::rbac::{PolicyRule, RoleRef, Subject};
 use flotilla_api::service::{Service, TargetPort};
 
 /// Header and value pairs for one object's row.
@@ -41,7 +42,49 @@ pub fn columns(object: &Object, wide: bool) -> Vec<(&'static str, String)> {
         Object::Endpoints(o) => endpoints(o, wide, age),
         Object::Event(o) => event(o, wide, age),
         Object::Module(o) => module(o, wide, age),
+        Object::Role(o) => rules(&o.metadata.name, &o.rules, age),
+        Object::ClusterRole(o) => rules(&o.metadata.name, &o.rules, age),
+        Object::RoleBinding(o) => binding(&o.metadata.name, &o.role_ref, &o.subjects, wide, age),
+        Object::ClusterRoleBinding(o) => {
+            binding(&o.metadata.name, &o.role_ref, &o.subjects, wide, age)
+        }
     }
+}
+
+fn rules(name: &str, rules: &[PolicyRule], age: String) -> Vec<(&'static str, String)> {
+    vec![
+        ("NAME", name.to_owned()),
+        ("RULES", rules.len().to_string()),
+        ("AGE", age),
+    ]
+}
+
+fn binding(
+    name: &str,
+    role: &RoleRef,
+    subjects: &[Subject],
+    wide: bool,
+    age: String,
+) -> Vec<(&'static str, String)> {
+    let mut cols = vec![
+        ("NAME", name.to_owned()),
+        ("ROLE", format!("{}/{}", role.kind, role.name)),
+        ("AGE", age),
+    ];
+    if wide {
+        let named = |kind: &str| {
+            let names: Vec<&str> = subjects
+                .iter()
+                .filter(|s| s.kind == kind)
+                .map(|s| s.name.as_str())
+                .collect();
+            or_none(&names.join(","))
+        };
+        cols.push(("USERS", named("User")));
+        cols.push(("GROUPS", named("Group")));
+        cols.push(("NODES", named("Node")));
+    }
+    cols
 }
 
 fn namespace(ns: &Namespace, _wide: bool, age: String) -> Vec<(&'static str, String)> {
@@ -450,6 +493,24 @@ lastTimestamp: "{CREATED}"
 kind: Module
 metadata: {{name: "sha256-{hex}"}}
 spec: {{digest: "{digest}", size: 1536, moduleType: core}}
+---
+kind: Role
+metadata: {{name: reader, namespace: a}}
+rules: [{{resources: [instances], verbs: [get]}}]
+---
+kind: ClusterRole
+metadata: {{name: node-reader}}
+rules: [{{resources: [nodes], verbs: [get]}}]
+---
+kind: RoleBinding
+metadata: {{name: alice-reads, namespace: a}}
+roleRef: {{kind: Role, name: reader}}
+subjects: [{{kind: User, name: alice}}]
+---
+kind: ClusterRoleBinding
+metadata: {{name: team-reads-nodes}}
+roleRef: {{kind: ClusterRole, name: node-reader}}
+subjects: [{{kind: Group, name: team-a}}]
 "#,
             hex = "ab".repeat(32)
         )

@@ -1,6 +1,7 @@
 //! One module per verb; [`Cli::execute`] dispatches.
 
 mod apply;
+mod auth;
 mod cluster;
 mod columns;
 mod context;
@@ -20,6 +21,7 @@ mod rollout;
 mod server;
 mod token;
 mod up;
+mod user;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -83,6 +85,10 @@ enum Command {
     Server(server::ServerArgs),
     /// Manage join tokens.
     Token(token::TokenArgs),
+    /// Make users' client certificates.
+    User(user::UserArgs),
+    /// Ask who this client is and what it may do.
+    Auth(auth::AuthArgs),
     /// Inspect and change the store's peers.
     Cluster(cluster::ClusterArgs),
     /// Create or update objects from manifests.
@@ -130,6 +136,8 @@ impl Cli {
         match self.command {
             Command::Server(args) => args.execute().await,
             Command::Token(args) => args.execute(&ctx).await,
+            Command::User(args) => args.execute(&ctx).await,
+            Command::Auth(args) => args.execute(&ctx).await,
             Command::Cluster(args) => args.execute(&ctx).await,
             Command::Apply(args) => args.execute(&ctx).await,
             Command::Get(args) => args.execute(&ctx).await,

@@ -228,3 +228,398 @@ fn a_nodes_own_credentials_reach_only_what_is_its_own() {
     );
     serves();
 }
+
+fn run_as(config: &Path, cluster: &Cluster, args: &[&str]) -> Output {
+    as_node(config, cluster, args, None)
+}
+
+fn apply_as(config: &Path, cluster: &Cluster, manifest: &str) -> Output {
+    as_node(config, cluster, &["apply", "-f", "-"], Some(manifest))
+}
+
+fn make_user(cluster: &Cluster, name: &str, groups: &[&str]) -> std::path::PathBuf {
+    let path = cluster.dir.path().join(format!("{name}.config"));
+    let mut args = vec!["user", "create", name, "-o", path.to_str().unwrap()];
+    for g in groups {
+        args.extend_from_slice(&["--group", g]);
+    }
+    let out = cluster.cli(0, &args);
+    assert!(out.status.success(), "user create {name}: {}", stderr(&out));
+    path
+}
+
+fn binding(kind: &str, name: &str, namespace: &str, role: &str, subject: &str) -> String {
+    let (role_kind, role_name) = role.split_once('/').unwrap();
+    let (subject_kind, subject_name) = subject.split_once('/').unwrap();
+    let namespace = if namespace.is_empty() {
+        String::new()
+    } else {
+        format!("\n  namespace: {namespace}")
+    };
+    format!(
+        "apiVersion: flotilla.dev/v1
+kind: {kind}
+metadata:
+  name: {name}{namespace}
+roleRef: {{kind: {role_kind}, name: {role_name}}}
+subjects:
+- {{kind: {subject_kind}, name: {subject_name}}}
+"
+    )
+}
+
+fn service_in(name: &str, namespace: &str) -> String {
+    format!(
+        "apiVersion: flotilla.dev/v1
+kind: Service
+metadata:
+  name: {name}
+  namespace: {namespace}
+spec:
+  selector: {{app: {name}}}
+  ports:
+  - port: 80
+"
+    )
+}
+
+/// What is done, the `auth can-i` arguments that ask about it, the request
+/// that does it, its stdin, and whether it is allowed.
+type AccessCase<'a> = (&'a str, [&'a str; 4], Vec<&'a str>, Option<&'a str>, bool);
+
+#[test]
+fn a_user_bound_to_edit_in_a_namespace_works_there_only_and_can_i_agrees() {
+    let cluster = Cluster::start(1, &[]);
+    cluster.wait_ready(0);
+    apply(
+        &cluster,
+        "apiVersion: flotilla.dev/v1
+kind: Namespace
+metadata: {name: a}
+---
+apiVersion: flotilla.dev/v1
+kind: Namespace
+metadata: {name: b}
+",
+    );
+    apply(&cluster, &service_in("kept", "b"));
+    apply(
+        &cluster,
+        &binding(
+            "RoleBinding",
+            "alice-edits",
+            "a",
+            "ClusterRole/edit",
+            "User/alice",
+        ),
+    );
+    let alice = make_user(&cluster, "alice", &[]);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&alice).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "alice's config is private");
+    }
+    let whoami = run_as(&alice, &cluster, &["auth", "whoami"]);
+    assert!(whoami.status.success(), "{}", stderr(&whoami));
+    assert!(
+        stdout(&whoami).contains("user:alice"),
+        "{}",
+        stdout(&whoami)
+    );
+
+    // Each case: what can-i is asked, the request that does it, and whether
+    // it is allowed. can-i must say what the server then does.
+    let web = service_in("web", "a");
+    let in_b = service_in("web", "b");
+    let cases: [AccessCase; 9] = [
+        (
+            "create a service in a",
+            ["create", "services", "-n", "a"],
+            vec!["apply", "-f", "-"],
+            Some(&web),
+            true,
+        ),
+        (
+            "get a service in a",
+            ["get", "services/web", "-n", "a"],
+            vec!["get", "svc", "web", "-n", "a"],
+            None,
+            true,
+        ),
+        (
+            "list services in a",
+            ["list", "services", "-n", "a"],
+            vec!["get", "svc", "-n", "a"],
+            None,
+            true,
+        ),
+        (
+            "delete a service in a",
+            ["delete", "services/web", "-n", "a"],
+            vec!["delete", "svc", "web", "-n", "a"],
+            None,
+            true,
+        ),
+        (
+            "list services in b",
+            ["list", "services", "-n", "b"],
+            vec!["get", "svc", "-n", "b"],
+            None,
+            false,
+        ),
+        (
+            "create a service in b",
+            ["create", "services", "-n", "b"],
+            vec!["apply", "-f", "-"],
+            Some(&in_b),
+            false,
+        ),
+        (
+            "list nodes",
+            ["list", "nodes", "-n", "a"],
+            vec!["get", "nodes"],
+            None,
+            false,
+        ),
+        (
+            "create a token",
+            ["create", "tokens", "-n", "a"],
+            vec!["token", "create"],
+            None,
+            false,
+        ),
+        (
+            "bind a role in a",
+            ["create", "rolebindings", "-n", "a"],
+            vec!["apply", "-f", "-"],
+            None,
+            false,
+        ),
+    ];
+    let grant = binding(
+        "RoleBinding",
+        "mine",
+        "a",
+        "ClusterRole/admin",
+        "User/alice",
+    );
+    for (what, can_i, request, stdin, allowed) in cases {
+        let mut ask = vec!["auth", "can-i"];
+        ask.extend_from_slice(&can_i);
+        ask.push("-v");
+        let answer = run_as(&alice, &cluster, &ask);
+        let said = stdout(&answer);
+        assert_eq!(
+            answer.status.code(),
+            Some(if allowed { 0 } else { 1 }),
+            "can-i {what}: {said}{}",
+            stderr(&answer)
+        );
+        assert!(
+            said.starts_with(if allowed { "yes" } else { "no" }),
+            "can-i {what}: {said}"
+        );
+        let admin_asks = {
+            let mut full = ask.clone();
+            full.extend_from_slice(&["--as", "user:alice"]);
+            cluster.cli(0, &full)
+        };
+        assert_eq!(
+            answer.status.code(),
+            admin_asks.status.code(),
+            "can-i --as user:alice {what}: {}",
+            stdout(&admin_asks)
+        );
+        let stdin = if can_i[1] == "rolebindings" {
+            Some(grant.as_str())
+        } else {
+            stdin
+        };
+        let did = as_node(&alice, &cluster, &request, stdin);
+        if allowed {
+            assert!(did.status.success(), "{what}: {}", stderr(&did));
+        } else {
+            assert_eq!(
+                did.status.code(),
+                Some(FORBIDDEN_STATUS),
+                "{what}: {}{}",
+                stderr(&did),
+                stdout(&did)
+            );
+            let err = stderr(&did);
+            assert!(
+                err.contains("forbidden: user:alice may not"),
+                "{what}: {err}"
+            );
+            assert!(
+                err.contains("no role bound to user:alice grants"),
+                "{what}: {err}"
+            );
+        }
+    }
+    // The refused requests changed nothing.
+    let in_b = json(&cluster, &["svc", "-n", "b"]);
+    let names: Vec<&str> = in_b["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["kept"]);
+    assert!(cluster
+        .get_json(&["rolebinding", "mine", "-n", "a"])
+        .is_none());
+    let other = cluster.cli(
+        0,
+        &[
+            "auth",
+            "can-i",
+            "list",
+            "services",
+            "-n",
+            "a",
+            "--as",
+            "user:mallory",
+        ],
+    );
+    assert_eq!(
+        other.status.code(),
+        Some(1),
+        "an unbound user may do nothing"
+    );
+    let asks_for_other = run_as(
+        &alice,
+        &cluster,
+        &["auth", "can-i", "list", "services", "--as", "user:admin"],
+    );
+    assert_eq!(
+        asks_for_other.status.code(),
+        Some(FORBIDDEN_STATUS),
+        "only cluster-admin reviews others: {}",
+        stderr(&asks_for_other)
+    );
+    let mints = run_as(
+        &alice,
+        &cluster,
+        &[
+            "user",
+            "create",
+            "eve",
+            "-o",
+            cluster.dir.path().join("eve.config").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        mints.status.code(),
+        Some(FORBIDDEN_STATUS),
+        "only cluster-admin signs users: {}",
+        stderr(&mints)
+    );
+
+    // An admin of namespace a grants what it holds there, and no more.
+    apply(
+        &cluster,
+        &binding(
+            "RoleBinding",
+            "bob-admins",
+            "a",
+            "ClusterRole/admin",
+            "User/bob",
+        ),
+    );
+    let bob = make_user(&cluster, "bob", &[]);
+    let escalates = apply_as(
+        &bob,
+        &cluster,
+        &binding(
+            "RoleBinding",
+            "bob-owns",
+            "a",
+            "ClusterRole/cluster-admin",
+            "User/bob",
+        ),
+    );
+    assert_eq!(
+        escalates.status.code(),
+        Some(FORBIDDEN_STATUS),
+        "{}",
+        stderr(&escalates)
+    );
+    assert!(
+        stderr(&escalates).contains("does not hold"),
+        "{}",
+        stderr(&escalates)
+    );
+    let delegates = apply_as(
+        &bob,
+        &cluster,
+        &binding(
+            "RoleBinding",
+            "carol-edits",
+            "a",
+            "ClusterRole/edit",
+            "User/carol",
+        ),
+    );
+    assert!(delegates.status.success(), "{}", stderr(&delegates));
+
+    // Groups come from the certificate; stored ClusterRoles grant what they say.
+    apply(
+        &cluster,
+        &binding(
+            "RoleBinding",
+            "team-views",
+            "a",
+            "ClusterRole/view",
+            "Group/team-a",
+        ),
+    );
+    apply(
+        &cluster,
+        "apiVersion: flotilla.dev/v1
+kind: ClusterRole
+metadata: {name: node-reader}
+rules:
+- {resources: [nodes], verbs: [get, list, watch]}
+",
+    );
+    apply(
+        &cluster,
+        &binding(
+            "ClusterRoleBinding",
+            "team-reads-nodes",
+            "",
+            "ClusterRole/node-reader",
+            "Group/team-a",
+        ),
+    );
+    let dave = make_user(&cluster, "dave", &["team-a", "readers"]);
+    let who = stdout(&run_as(&dave, &cluster, &["auth", "whoami"]));
+    assert!(who.contains("team-a,readers"), "{who}");
+    let reads = run_as(&dave, &cluster, &["get", "svc", "-n", "a"]);
+    assert!(reads.status.success(), "{}", stderr(&reads));
+    let nodes = run_as(&dave, &cluster, &["get", "nodes"]);
+    assert!(nodes.status.success(), "{}", stderr(&nodes));
+    let writes = apply_as(&dave, &cluster, &service_in("dave", "a"));
+    assert_eq!(
+        writes.status.code(),
+        Some(FORBIDDEN_STATUS),
+        "{}",
+        stderr(&writes)
+    );
+    let shadow = cluster.cli_in(
+        0,
+        &["apply", "-f", "-"],
+        Some("apiVersion: flotilla.dev/v1\nkind: ClusterRole\nmetadata: {name: edit}\nrules:\n- {resources: ['*'], verbs: ['*']}\n"),
+    );
+    assert!(
+        !shadow.status.success(),
+        "a built-in ClusterRole cannot be replaced"
+    );
+    assert!(
+        stderr(&shadow).contains("built-in ClusterRole"),
+        "{}",
+        stderr(&shadow)
+    );
+}

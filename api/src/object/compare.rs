@@ -33,7 +33,14 @@ impl Object {
             Object::DaemonSet(o) => o.status = Default::default(),
             Object::Job(o) => o.status = Default::default(),
             Object::Service(o) => o.status = Default::default(),
-            Object::Lease(_) | Object::Endpoints(_) | Object::Event(_) | Object::Module(_) => {}
+            Object::Lease(_)
+            | Object::Endpoints(_)
+            | Object::Event(_)
+            | Object::Module(_)
+            | Object::Role(_)
+            | Object::ClusterRole(_)
+            | Object::RoleBinding(_)
+            | Object::ClusterRoleBinding(_) => {}
         }
     }
 
@@ -81,6 +88,16 @@ impl Object {
                 }
             }
             (Object::Module(a), Object::Module(b)) => a.spec = b.spec.clone(),
+            (Object::Role(a), Object::Role(b)) => a.rules = b.rules.clone(),
+            (Object::ClusterRole(a), Object::ClusterRole(b)) => a.rules = b.rules.clone(),
+            (Object::RoleBinding(a), Object::RoleBinding(b)) => {
+                a.role_ref = b.role_ref.clone();
+                a.subjects = b.subjects.clone();
+            }
+            (Object::ClusterRoleBinding(a), Object::ClusterRoleBinding(b)) => {
+                a.role_ref = b.role_ref.clone();
+                a.subjects = b.subjects.clone();
+            }
             _ => {}
         }
     }

@@ -251,6 +251,10 @@ impl Object {
             Kind::Endpoints => deserialize_kind(map).map(Object::Endpoints),
             Kind::Event => deserialize_kind(map).map(Object::Event),
             Kind::Module => deserialize_kind(map).map(Object::Module),
+            Kind::Role => deserialize_kind(map).map(Object::Role),
+            Kind::ClusterRole => deserialize_kind(map).map(Object::ClusterRole),
+            Kind::RoleBinding => deserialize_kind(map).map(Object::RoleBinding),
+            Kind::ClusterRoleBinding => deserialize_kind(map).map(Object::ClusterRoleBinding),
         };
         parsed.map_err(|(field, message)| ManifestError::new(kind.as_str(), &name, &field, message))
     }

@@ -31,6 +31,14 @@ pub enum Kind {
     Event,
     /// [`Module`] (cluster-scoped).
     Module,
+    /// [`Role`].
+    Role,
+    /// [`ClusterRole`] (cluster-scoped).
+    ClusterRole,
+    /// [`RoleBinding`].
+    RoleBinding,
+    /// [`ClusterRoleBinding`] (cluster-scoped).
+    ClusterRoleBinding,
 }
 
 /// A kind name that is not one of [`Kind::ALL`].
@@ -48,7 +56,7 @@ fn known_kinds() -> String {
 
 impl Kind {
     /// Every kind, in a stable order.
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 15] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Lease,
@@ -60,6 +68,10 @@ impl Kind {
         Kind::Endpoints,
         Kind::Event,
         Kind::Module,
+        Kind::Role,
+        Kind::ClusterRole,
+        Kind::RoleBinding,
+        Kind::ClusterRoleBinding,
     ];
 
     /// Parses a kind name as the CLI accepts it: case-insensitive, singular,
@@ -77,6 +89,10 @@ impl Kind {
             "endpoints" | "endpoint" | "ep" => Kind::Endpoints,
             "event" | "events" | "ev" => Kind::Event,
             "module" | "modules" | "mod" => Kind::Module,
+            "role" | "roles" => Kind::Role,
+            "clusterrole" | "clusterroles" => Kind::ClusterRole,
+            "rolebinding" | "rolebindings" => Kind::RoleBinding,
+            "clusterrolebinding" | "clusterrolebindings" => Kind::ClusterRoleBinding,
             _ => return Err(UnknownKind(s.to_owned())),
         };
         Ok(kind)
@@ -96,6 +112,10 @@ impl Kind {
             Kind::Endpoints => "Endpoints",
             Kind::Event => "Event",
             Kind::Module => "Module",
+            Kind::Role => "Role",
+            Kind::ClusterRole => "ClusterRole",
+            Kind::RoleBinding => "RoleBinding",
+            Kind::ClusterRoleBinding => "ClusterRoleBinding",
         }
     }
 
@@ -113,6 +133,10 @@ impl Kind {
             Kind::Endpoints => "endpoints",
             Kind::Event => "events",
             Kind::Module => "modules",
+            Kind::Role => "roles",
+            Kind::ClusterRole => "clusterroles",
+            Kind::RoleBinding => "rolebindings",
+            Kind::ClusterRoleBinding => "clusterrolebindings",
         }
     }
 
@@ -121,16 +145,32 @@ impl Kind {
         matches!(self, Kind::Deployment | Kind::DaemonSet | Kind::Job)
     }
 
-    /// False for the cluster-scoped kinds Namespace, Node and Module.
+    /// False for the cluster-scoped kinds Namespace, Node, Module,
+    /// ClusterRole and ClusterRoleBinding.
     pub fn namespaced(&self) -> bool {
-        !matches!(self, Kind::Namespace | Kind::Node | Kind::Module)
+        !matches!(
+            self,
+            Kind::Namespace
+                | Kind::Node
+                | Kind::Module
+                | Kind::ClusterRole
+                | Kind::ClusterRoleBinding
+        )
+    }
+
+    /// True for the four kinds that grant permissions.
+    pub fn is_rbac(&self) -> bool {
+        matches!(
+            self,
+            Kind::Role | Kind::ClusterRole | Kind::RoleBinding | Kind::ClusterRoleBinding
+        )
     }
 
     /// True when names of this kind may be DNS subdomains (with dots) rather
     /// than DNS labels: nodes (host names), leases (named after nodes), events
-    /// (`<object>.<suffix>`) and modules (`sha256-<hex>`).
+    /// (`<object>.<suffix>`), modules (`sha256-<hex>`) and the RBAC kinds.
     pub fn allows_dotted_names(&self) -> bool {
-        matches!(self, Kind::Node | Kind::Lease | Kind::Event | Kind::Module)
+        matches!(self, Kind::Node | Kind::Lease | Kind::Event | Kind::Module) || self.is_rbac()
     }
 }
 

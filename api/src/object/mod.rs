@@ -20,6 +20,7 @@ use crate::meta::ObjectMeta;
 use crate::module::Module;
 use crate::namespace::Namespace;
 use crate::node::Node;
+use crate::rbac::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use crate::service::Service;
 
 /// The API version of every Flotilla object.
@@ -52,6 +53,14 @@ pub enum Object {
     Event(Event),
     /// A module.
     Module(Module),
+    /// Rules in a namespace.
+    Role(Role),
+    /// Rules anywhere.
+    ClusterRole(ClusterRole),
+    /// A role granted in a namespace.
+    RoleBinding(RoleBinding),
+    /// A cluster role granted everywhere.
+    ClusterRoleBinding(ClusterRoleBinding),
 }
 
 /// Runs `$body` with `$o` bound to the inner struct, whatever the variant.
@@ -69,6 +78,10 @@ macro_rules! dispatch {
             Object::Endpoints($o) => $body,
             Object::Event($o) => $body,
             Object::Module($o) => $body,
+            Object::Role($o) => $body,
+            Object::ClusterRole($o) => $body,
+            Object::RoleBinding($o) => $body,
+            Object::ClusterRoleBinding($o) => $body,
         }
     };
 }
@@ -116,7 +129,21 @@ macro_rules! resource {
 }
 
 resource!(
-    Namespace, Node, Lease, Instance, Deployment, DaemonSet, Job, Service, Endpoints, Event, Module
+    Namespace,
+    Node,
+    Lease,
+    Instance,
+    Deployment,
+    DaemonSet,
+    Job,
+    Service,
+    Endpoints,
+    Event,
+    Module,
+    Role,
+    ClusterRole,
+    RoleBinding,
+    ClusterRoleBinding
 );
 
 mod compare;
@@ -143,6 +170,10 @@ impl Object {
             Object::Endpoints(_) => Kind::Endpoints,
             Object::Event(_) => Kind::Event,
             Object::Module(_) => Kind::Module,
+            Object::Role(_) => Kind::Role,
+            Object::ClusterRole(_) => Kind::ClusterRole,
+            Object::RoleBinding(_) => Kind::RoleBinding,
+            Object::ClusterRoleBinding(_) => Kind::ClusterRoleBinding,
         }
     }
 
@@ -205,6 +236,22 @@ impl Object {
             Kind::Module => Object::Module(Module {
                 metadata,
                 ..Module::default()
+            }),
+            Kind::Role => Object::Role(Role {
+                metadata,
+                ..Role::default()
+            }),
+            Kind::ClusterRole => Object::ClusterRole(ClusterRole {
+                metadata,
+                ..ClusterRole::default()
+            }),
+            Kind::RoleBinding => Object::RoleBinding(RoleBinding {
+                metadata,
+                ..RoleBinding::default()
+            }),
+            Kind::ClusterRoleBinding => Object::ClusterRoleBinding(ClusterRoleBinding {
+                metadata,
+                ..ClusterRoleBinding::default()
             }),
         }
     }

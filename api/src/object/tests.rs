@@ -15,6 +15,7 @@ use crate::namespace::Namespace;
 use crate::node::Node;
 use crate::node::{NodeResources, Taint, TaintEffect};
 use crate::quantity::Quantity;
+use crate::rbac::{PolicyRule, RoleRef, Subject};
 use crate::service::{Protocol, ServicePort, TargetPort};
 
 fn q(s: &str) -> Quantity {
@@ -224,6 +225,40 @@ fn samples() -> Vec<Object> {
             source: "hello.wasm".into(),
         },
     };
+    let role = Role {
+        metadata: meta("a", "reader"),
+        rules: vec![PolicyRule::new(
+            &["instances", "instances/logs"],
+            &["get", "list"],
+        )],
+    };
+    let cluster_role = ClusterRole {
+        metadata: meta("", "node-reader"),
+        rules: vec![PolicyRule {
+            resource_names: vec!["edge-1".into()],
+            ..PolicyRule::new(&["nodes"], &["get"])
+        }],
+    };
+    let role_ref = |kind: &str, name: &str| RoleRef {
+        kind: kind.into(),
+        name: name.into(),
+        ..RoleRef::default()
+    };
+    let subject = |kind: &str, name: &str| Subject {
+        kind: kind.into(),
+        name: name.into(),
+        ..Subject::default()
+    };
+    let role_binding = RoleBinding {
+        metadata: meta("a", "alice-reads"),
+        role_ref: role_ref("Role", "reader"),
+        subjects: vec![subject("User", "alice"), subject("Group", "team-a")],
+    };
+    let cluster_role_binding = ClusterRoleBinding {
+        metadata: meta("", "edge-reads-itself"),
+        role_ref: role_ref("ClusterRole", "node-reader"),
+        subjects: vec![subject("Node", "edge-1")],
+    };
     vec![
         Object::Namespace(ns),
         Object::Node(node),
@@ -236,6 +271,10 @@ fn samples() -> Vec<Object> {
         Object::Endpoints(ep),
         Object::Event(ev),
         Object::Module(module),
+        Object::Role(role),
+        Object::ClusterRole(cluster_role),
+        Object::RoleBinding(role_binding),
+        Object::ClusterRoleBinding(cluster_role_binding),
     ]
 }
 
@@ -361,7 +400,7 @@ fn from_manifest_errors() {
         ),
         (
             serde_json::json!({"apiVersion": API_VERSION, "kind": "Pod", "metadata": {"name": "web"}}),
-            "kind: unknown kind \"Pod\" (known kinds: Namespace, Node, Lease, Instance, Deployment, DaemonSet, Job, Service, Endpoints, Event, Module)",
+            "kind: unknown kind \"Pod\" (known kinds: Namespace, Node, Lease, Instance, Deployment, DaemonSet, Job, Service, Endpoints, Event, Module, Role, ClusterRole, RoleBinding, ClusterRoleBinding)",
         ),
         (
             serde_json::json!({"apiVersion": API_VERSION, "kind": "instance"}),
@@ -610,4 +649,46 @@ fn manifest_error_display() {
     );
     let e = ManifestError::new("Job", "", "spec", "x").in_document(3);
     assert_eq!(e.to_string(), "document 3 (Job): spec: x");
+}
+
+#[test]
+fn rbac_objects_name_what_is_wrong() {
+    let manifest = |yaml: &str| {
+        let value: serde_json::Value = serde_yaml_ng::from_str(yaml).unwrap();
+        let mut o = Object::from_manifest(value).expect("parses");
+        o.apply_defaults();
+        o.validate().map_err(|e| e.to_string())
+    };
+    let cases = [
+        (
+            "apiVersion: flotilla.dev/v1\nkind: Role\nmetadata: {name: r, namespace: a}\nrules:\n- {resources: [pods], verbs: [get, fly]}\n",
+            &[
+                r#"rules[0].verbs[1]: "fly" is not a verb"#,
+                r#"rules[0].resources[0]: "pods" is not a resource"#,
+            ][..],
+        ),
+        (
+            "apiVersion: flotilla.dev/v1\nkind: ClusterRole\nmetadata: {name: c}\nrules:\n- {resources: [instances]}\n",
+            &["rules[0].verbs: required"][..],
+        ),
+        (
+            "apiVersion: flotilla.dev/v1\nkind: ClusterRoleBinding\nmetadata: {name: b}\nroleRef: {kind: Role, name: r}\nsubjects:\n- {kind: ServiceAccount, name: x}\n",
+            &[
+                r#"roleRef.kind: "Role" cannot be bound here (expected ClusterRole)"#,
+                r#"subjects[0].kind: "ServiceAccount" is not a subject kind (expected User, Group or Node)"#,
+            ][..],
+        ),
+        (
+            "apiVersion: flotilla.dev/v1\nkind: RoleBinding\nmetadata: {name: b}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole}\n",
+            &["roleRef.name: required", "subjects: required"][..],
+        ),
+    ];
+    for (yaml, wants) in cases {
+        let text = manifest(yaml).expect_err(yaml);
+        for want in wants {
+            assert!(text.contains(want), "{yaml}: got {text:?}, want {want:?}");
+        }
+    }
+    let ok = manifest("apiVersion: flotilla.dev/v1\nkind: RoleBinding\nmetadata: {name: b}\nroleRef: {kind: ClusterRole, name: edit}\nsubjects:\n- {kind: Group, name: 'system:masters'}\n");
+    assert_eq!(ok, Ok(()), "a RoleBinding defaults to namespace default");
 }

@@ -31,6 +31,10 @@ impl Object {
             Object::Endpoints(o) => o.validate_into(&mut errs),
             Object::Event(o) => o.validate_into(&mut errs),
             Object::Module(o) => o.validate_into(&mut errs),
+            Object::Role(o) => o.validate_into(&mut errs),
+            Object::ClusterRole(o) => o.validate_into(&mut errs),
+            Object::RoleBinding(o) => o.validate_into(&mut errs),
+            Object::ClusterRoleBinding(o) => o.validate_into(&mut errs),
         }
         errs.into_result()
     }

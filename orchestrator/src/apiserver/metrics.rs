@@ -111,6 +111,9 @@ pub fn labels_of(req: &RequestV1) -> (&'static str, &'static str) {
         RequestV1::Clock => ("clock", ""),
         RequestV1::ProbeTunnel { .. } => ("probe-tunnel", Kind::Node.as_str()),
         RequestV1::Bind { .. } => ("bind", Kind::Instance.as_str()),
+        RequestV1::SelfSubjectReview => ("self-subject-review", ""),
+        RequestV1::AccessReview { .. } => ("access-review", ""),
+        RequestV1::SignUser { .. } => ("sign-user", ""),
     }
 }
 

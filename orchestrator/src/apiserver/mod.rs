@@ -31,6 +31,7 @@ mod stored;
 mod tokens;
 mod transport;
 mod update;
+mod users;
 mod watch;
 mod watchhub;
 
@@ -73,6 +74,8 @@ pub struct ApiServer {
     watch_hub: Arc<watchhub::WatchHub>,
     /// Requests served, their latency, watches open.
     metrics: ApiMetrics,
+    /// The stored Roles and bindings the authorizer reads.
+    rbac: Arc<authz::bindings::RbacCache>,
 }
 
 impl ApiServer {
@@ -88,6 +91,7 @@ impl ApiServer {
         metrics: ApiMetrics,
     ) -> Self {
         let watch_hub = watchhub::WatchHub::start(store.reader().clone());
+        let rbac = authz::bindings::RbacCache::start(store.reader().clone());
         Self {
             store,
             ca,
@@ -99,6 +103,7 @@ impl ApiServer {
             ipam_hints: ipam::Hints::default(),
             watch_hub,
             metrics,
+            rbac,
         }
     }
 

@@ -5,7 +5,7 @@
 //! [`ApiServer::route`], and writes what comes back, so unit tests call it
 //! with no network at all, and an HTTP front end shares every rule.
 
-use flotilla_client::wire::{Member, RequestV1, ResponseV1};
+use flotilla_client::wire::{ErrorCode, Member, RequestV1, ResponseV1};
 
 use super::authz::{authorize, check_current, Caller, Change};
 use super::errors::{bad_request, store_error, ApiResult};
@@ -45,7 +45,7 @@ impl ApiServer {
     /// Authorizes `req` for `caller` and serves it, or says which stream the
     /// transport must carry.
     pub async fn route(&self, caller: &Caller, req: RequestV1) -> Routed {
-        if let Err(e) = authorize(caller, &req) {
+        if let Err(e) = self.authorize(caller, &req).await {
             return Routed::Answer(Err(e));
         }
         match req {
@@ -81,6 +81,18 @@ impl ApiServer {
         }
     }
 
+    /// Authorizes `req`; a refusal is final once this peer's bindings have
+    /// caught up with what it applied (a binding just written elsewhere).
+    async fn authorize(&self, caller: &Caller, req: &RequestV1) -> ApiResult<()> {
+        let bindings = self.rbac.current();
+        match authorize(caller, req, &bindings) {
+            Err(e) if e.code == ErrorCode::Forbidden && self.rbac.caught_up(&bindings).await => {
+                authorize(caller, req, &self.rbac.current())
+            }
+            decided => decided,
+        }
+    }
+
     /// Serves a request that has one answer; streaming requests are refused
     /// (a caller without a transport cannot carry them).
     pub async fn handle(&self, caller: &Caller, req: RequestV1) -> ApiResult<ResponseV1> {
@@ -96,6 +108,24 @@ impl ApiServer {
     async fn answer(&self, caller: &Caller, req: RequestV1) -> ApiResult<ResponseV1> {
         match req {
             RequestV1::WhoAmI => Ok(ResponseV1::Identity(caller.name().to_string())),
+            RequestV1::SelfSubjectReview => Ok(ResponseV1::Subject {
+                identity: caller.name().to_string(),
+                groups: caller.groups().to_vec(),
+            }),
+            RequestV1::AccessReview {
+                identity,
+                groups,
+                verb,
+                resource,
+                namespace,
+                name,
+            } => self.review_access(caller, identity, groups, verb, resource, namespace, name),
+            RequestV1::SignUser {
+                name,
+                groups,
+                csr_pem,
+                ttl_seconds,
+            } => self.sign_user(name, groups, csr_pem, ttl_seconds),
             RequestV1::Clock => Ok(ResponseV1::Clock {
                 unix_micros: flotilla_api::meta::unix_micros_now(),
             }),

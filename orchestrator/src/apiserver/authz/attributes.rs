@@ -9,7 +9,7 @@ use flotilla_client::wire::RequestV1;
 use crate::apiserver::stored::scope;
 
 /// The attributes of `req`; `None` for the requests every caller may make
-/// (joins carry their own token, `WhoAmI`, `Clock`) and the two that only
+/// (joins carry their own token, `WhoAmI`, `Clock`, a review of oneself) and the two that only
 /// one identity may make (`RenewCertificate`, `AddPeer`), which
 /// [`super::authorize`] decides by itself.
 pub(crate) fn of(req: &RequestV1) -> Option<Attributes> {
@@ -19,7 +19,13 @@ pub(crate) fn of(req: &RequestV1) -> Option<Attributes> {
         | RequestV1::WhoAmI
         | RequestV1::Clock
         | RequestV1::RenewCertificate { .. }
-        | RequestV1::AddPeer { .. } => return None,
+        | RequestV1::AddPeer { .. }
+        | RequestV1::SelfSubjectReview => return None,
+        RequestV1::AccessReview { identity, .. } if identity.is_empty() => return None,
+        RequestV1::AccessReview { identity, .. } => {
+            cluster("create", "subjectaccessreviews", identity)
+        }
+        RequestV1::SignUser { name, .. } => cluster("create", "users", name),
         RequestV1::Get {
             kind,
             namespace,

@@ -10,17 +10,25 @@
 //! grant (`roles.rs`), and nothing when it is bound to none. Only a node
 //! renews its certificate here, only `peer:N` adds peer N, and only a node
 //! changes the mirrors of its static instances.
+//!
+//! Roles are granted by the built-in bindings (`roles.rs`) and by the stored
+//! RoleBindings and ClusterRoleBindings (`bindings.rs`). Whoever writes a
+//! Role, a ClusterRole or a binding must already hold every permission it
+//! grants, where it grants it (Kubernetes' escalation check): `edit` in one
+//! namespace cannot make itself `cluster-admin` there.
 
 mod attributes;
+pub mod bindings;
 mod node;
 pub mod roles;
 
 use flotilla_api::object::Object;
-use flotilla_api::rbac::Attributes;
+use flotilla_api::rbac::{static_verb, Attributes, PolicyRule};
 use flotilla_client::tls::CertInfo;
 use flotilla_client::wire::{ApiError, ErrorCode, RequestV1};
 
 use super::errors::ApiResult;
+use bindings::Bindings;
 
 /// Who is calling, as the transport authenticated them.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,6 +36,9 @@ pub struct Caller {
     /// The certificate's identity (`user:admin`, `node:edge-1`, `peer:2`);
     /// `None` for an anonymous caller.
     identity: Option<String>,
+    /// The groups the certificate names, and those the identity implies
+    /// (`system:masters` for `user:admin`, `system:nodes` for nodes, …).
+    groups: Vec<String>,
     /// When the certificate the caller presented expires (a connection may
     /// outlive its certificate).
     cert_not_after: Option<time::OffsetDateTime>,
@@ -38,14 +49,28 @@ impl Caller {
     pub fn anonymous() -> Self {
         Self {
             identity: None,
+            groups: Vec::new(),
             cert_not_after: None,
         }
     }
 
     /// A certificate of the cluster CA with this identity.
     pub fn identity(name: &str) -> Self {
+        Self::with_groups(name, &[])
+    }
+
+    /// A certificate of the cluster CA with this identity and these groups
+    /// (those the identity implies are added).
+    pub fn with_groups(name: &str, groups: &[String]) -> Self {
+        let mut all: Vec<String> = groups.to_vec();
+        for implied in roles::groups_of(name) {
+            if !all.iter().any(|g| g == implied) {
+                all.push(implied.to_string());
+            }
+        }
         Self {
             identity: Some(name.to_string()),
+            groups: all,
             cert_not_after: None,
         }
     }
@@ -54,11 +79,16 @@ impl Caller {
     pub fn from_certificate(cert: Option<CertInfo>) -> Self {
         match cert {
             Some(c) if !c.identity.is_empty() => Self {
-                identity: Some(c.identity),
                 cert_not_after: Some(c.not_after),
+                ..Self::with_groups(&c.identity, &c.groups)
             },
             _ => Self::anonymous(),
         }
+    }
+
+    /// The groups the caller is in.
+    pub fn groups(&self) -> &[String] {
+        &self.groups
     }
 
     /// The identity, `""` when anonymous.
@@ -106,8 +136,8 @@ fn forbidden(caller: &Caller, attrs: &Attributes, why: &str) -> ApiError {
     )
 }
 
-/// Whether `caller` may make `req` at all.
-pub(super) fn authorize(caller: &Caller, req: &RequestV1) -> ApiResult<()> {
+/// Whether `caller` may make `req` at all, given the stored `bindings`.
+pub(super) fn authorize(caller: &Caller, req: &RequestV1, bindings: &Bindings) -> ApiResult<()> {
     match req {
         RequestV1::JoinPeer { .. } if caller.node().is_some() => {
             return Err(ApiError::new(
@@ -122,6 +152,10 @@ pub(super) fn authorize(caller: &Caller, req: &RequestV1) -> ApiResult<()> {
         | RequestV1::JoinNode { .. }
         | RequestV1::WhoAmI
         | RequestV1::Clock => return Ok(()),
+        RequestV1::SelfSubjectReview => return needs_identity(caller, "this request"),
+        RequestV1::AccessReview { identity, .. } if identity.is_empty() => {
+            return needs_identity(caller, "this request")
+        }
         RequestV1::RenewCertificate { .. } => {
             let Some(identity) = &caller.identity else {
                 return Err(ApiError::new(
@@ -161,19 +195,143 @@ pub(super) fn authorize(caller: &Caller, req: &RequestV1) -> ApiResult<()> {
     if let Some(node) = caller.node() {
         return node::authorize(node, req, &attrs).map_err(|why| forbidden(caller, &attrs, &why));
     }
-    if roles::allows(caller.name(), &attrs) {
-        return Ok(());
+    let (allowed, why) = review(caller, &attrs, bindings);
+    if !allowed {
+        return Err(forbidden(caller, &attrs, &why));
     }
-    Err(forbidden(
-        caller,
-        &attrs,
-        &format!(
-            "no role bound to {} grants {} on {}",
-            caller.name(),
-            attrs.verb,
-            attrs.resource
+    if let Some(object) = written(req) {
+        check_escalation(caller, object, bindings)?;
+    }
+    Ok(())
+}
+
+/// Whether `subject` may do `attrs`, and why (what is missing when not):
+/// the answer `authorize` gives and `flotilla auth can-i` shows.
+pub(super) fn review(subject: &Caller, attrs: &Attributes, bindings: &Bindings) -> (bool, String) {
+    if subject.identity.is_none() {
+        return (
+            false,
+            "anonymous callers may only join, ask who they are and read the clock".to_string(),
+        );
+    }
+    if let Some(node) = subject.node() {
+        return (
+            false,
+            format!(
+                "node:{node} is held to the node restriction, which decides on the objects themselves (what is bound to {node}); make the request to find out"
+            ),
+        );
+    }
+    let name = subject.name();
+    if allows(name, subject.groups(), attrs, bindings) {
+        return (
+            true,
+            format!(
+                "a role bound to {name} grants {} on {}",
+                attrs.verb, attrs.resource
+            ),
+        );
+    }
+    let place = if attrs.namespace.is_empty() {
+        String::new()
+    } else {
+        format!(" in namespace {:?}", attrs.namespace)
+    };
+    (
+        false,
+        format!(
+            "no role bound to {name} grants {} on {}{place}",
+            attrs.verb, attrs.resource
         ),
-    ))
+    )
+}
+
+/// Whether the built-in roles or the stored bindings grant `attrs` to
+/// `identity` in `groups`.
+pub(super) fn allows(
+    identity: &str,
+    groups: &[String],
+    attrs: &Attributes,
+    bindings: &Bindings,
+) -> bool {
+    roles::allows(identity, groups, attrs) || bindings.grants(identity, groups, attrs)
+}
+
+/// The object a create, update or apply writes.
+fn written(req: &RequestV1) -> Option<&Object> {
+    match req {
+        RequestV1::Create { object }
+        | RequestV1::Update { object }
+        | RequestV1::Apply { object } => Some(object),
+        _ => None,
+    }
+}
+
+/// Refuses a Role, ClusterRole or binding that grants what its writer does
+/// not hold where it grants it.
+fn check_escalation(caller: &Caller, object: &Object, bindings: &Bindings) -> ApiResult<()> {
+    let namespace = object.meta().namespace.as_str();
+    if let Object::ClusterRole(r) = object {
+        if roles::role(&r.metadata.name).is_some() {
+            return Err(ApiError::new(
+                ErrorCode::Invalid,
+                format!(
+                    "metadata.name: {:?} is a built-in ClusterRole and cannot be stored; choose another name",
+                    r.metadata.name
+                ),
+            ));
+        }
+    }
+    let rules = match object {
+        Object::Role(r) => r.rules.clone(),
+        Object::ClusterRole(r) => r.rules.clone(),
+        Object::RoleBinding(b) => bindings.rules_of(&b.role_ref.kind, &b.role_ref.name, namespace),
+        Object::ClusterRoleBinding(b) => bindings.rules_of(&b.role_ref.kind, &b.role_ref.name, ""),
+        _ => return Ok(()),
+    };
+    for wanted in grants_of(&rules, namespace) {
+        if !allows(caller.name(), caller.groups(), &wanted, bindings) {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "forbidden: {} may not write {} {:?}: it would grant {wanted}, which {} does not hold",
+                    caller.name(),
+                    object.kind(),
+                    object.meta().name,
+                    caller.name()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Each (verb, resource, name) `rules` grant, in `namespace`.
+fn grants_of<'a>(
+    rules: &'a [PolicyRule],
+    namespace: &'a str,
+) -> impl Iterator<Item = Attributes> + 'a {
+    rules.iter().flat_map(move |rule| {
+        let names: Vec<String> = if rule.resource_names.is_empty() {
+            vec![String::new()]
+        } else {
+            rule.resource_names.clone()
+        };
+        rule.verbs
+            .iter()
+            .filter_map(|v| static_verb(v))
+            .flat_map(move |verb| {
+                let names = names.clone();
+                rule.resources.iter().flat_map(move |resource| {
+                    names.clone().into_iter().map(move |name| Attributes {
+                        verb,
+                        resource: resource.clone(),
+                        namespace: namespace.to_string(),
+                        name,
+                    })
+                })
+            })
+    })
 }
 
 /// Whether `caller` may make `change` to `current`, as stored: a node only

@@ -81,6 +81,7 @@ fn built_in() -> &'static [ClusterRole] {
                     PolicyRule::new(&NAMESPACED, &VERBS),
                     PolicyRule::new(&instance_subresources, &VERBS),
                     PolicyRule::new(&["modules"], &["get", "create"]),
+                    PolicyRule::new(&["roles", "rolebindings"], &VERBS),
                 ],
             },
             ClusterRole {
@@ -155,11 +156,15 @@ pub fn groups_of(identity: &str) -> &'static [&'static str] {
     }
 }
 
-/// The built-in roles `identity` holds, cluster-wide.
-fn held_by(identity: &str) -> impl Iterator<Item = &'static ClusterRole> {
-    let by_group = groups_of(identity)
+/// The built-in roles `identity` in `groups` holds, cluster-wide.
+fn held_by<'a>(
+    identity: &str,
+    groups: &'a [String],
+) -> impl Iterator<Item = &'static ClusterRole> + 'a {
+    let by_group = groups
         .iter()
-        .filter(|g| **g == MASTERS)
+        .filter(|g| *g == MASTERS)
+        .take(1)
         .filter_map(|_| role("cluster-admin"));
     let by_name = match identity {
         SCHEDULER => role("system:scheduler"),
@@ -169,9 +174,9 @@ fn held_by(identity: &str) -> impl Iterator<Item = &'static ClusterRole> {
     by_group.chain(by_name)
 }
 
-/// Whether the roles bound to `identity` grant `attrs`.
-pub fn allows(identity: &str, attrs: &Attributes) -> bool {
-    held_by(identity).any(|r| r.allows(attrs))
+/// Whether the built-in roles bound to `identity` in `groups` grant `attrs`.
+pub fn allows(identity: &str, groups: &[String], attrs: &Attributes) -> bool {
+    held_by(identity, groups).any(|r| r.allows(attrs))
 }
 
 #[cfg(test)]
@@ -228,7 +233,8 @@ mod tests {
             ("node:edge-1", attrs("create", "tokens", "", ""), false),
         ];
         for (who, a, want) in cases {
-            assert_eq!(allows(who, &a), want, "{who} {a}");
+            let groups: Vec<String> = groups_of(who).iter().map(|g| g.to_string()).collect();
+            assert_eq!(allows(who, &groups, &a), want, "{who} {a}");
         }
     }
 
@@ -242,5 +248,7 @@ mod tests {
         assert!(edit.allows(&read) && edit.allows(&write));
         assert!(!edit.allows(&attrs("create", "tokens", "", "")));
         assert!(!edit.allows(&attrs("get", "nodes", "", "edge-1")));
+        let grant = attrs("create", "rolebindings", "a", "");
+        assert!(!edit.allows(&grant) && role("admin").unwrap().allows(&grant));
     }
 }

@@ -1,0 +1,325 @@
+//! The stored Roles, ClusterRoles and their bindings, held in memory for the
+//! authorizer: every request that the built-in roles do not already allow
+//! asks them, so they are never read from the store on a request's path.
+//!
+//! One task per peer keeps them current: it watches the four kinds'
+//! prefixes and, on any change, reads all four again (they change rarely and
+//! are few). Like Kubernetes' RBAC authorizer, which reads informer caches,
+//! this peer decides from what it has applied: a binding just written on the
+//! leader takes effect here once this peer applied it. A refusal therefore
+//! waits, briefly, for the cache to reach the store's revision before it is
+//! final ([`RbacCache::caught_up`]).
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use flotilla_api::object::{Kind, Object};
+use flotilla_api::rbac::{Attributes, ClusterRoleBinding, PolicyRule, RoleBinding};
+
+use super::roles;
+use crate::apiserver::keys::kind_prefix;
+use crate::apiserver::stored::decode_object;
+use crate::store::state_machine::StateReader;
+
+const RBAC_KINDS: [Kind; 4] = [
+    Kind::Role,
+    Kind::ClusterRole,
+    Kind::RoleBinding,
+    Kind::ClusterRoleBinding,
+];
+
+/// Longest a refusal waits for this peer to apply what the store already
+/// committed before it is final.
+const CATCH_UP: Duration = Duration::from_millis(500);
+
+/// The stored RBAC objects, indexed for the authorizer.
+#[derive(Debug, Default)]
+pub struct Bindings {
+    cluster_roles: HashMap<String, Vec<PolicyRule>>,
+    /// Keyed by (namespace, name).
+    roles: HashMap<(String, String), Vec<PolicyRule>>,
+    cluster_bindings: Vec<ClusterRoleBinding>,
+    /// Keyed by namespace.
+    role_bindings: HashMap<String, Vec<RoleBinding>>,
+}
+
+impl Bindings {
+    /// The index of `objects` (other kinds are ignored).
+    pub fn from_objects(objects: impl IntoIterator<Item = Object>) -> Self {
+        let mut b = Bindings::default();
+        for o in objects {
+            match o {
+                Object::ClusterRole(r) => {
+                    b.cluster_roles.insert(r.metadata.name, r.rules);
+                }
+                Object::Role(r) => {
+                    b.roles
+                        .insert((r.metadata.namespace, r.metadata.name), r.rules);
+                }
+                Object::ClusterRoleBinding(c) => b.cluster_bindings.push(c),
+                Object::RoleBinding(r) => b
+                    .role_bindings
+                    .entry(r.metadata.namespace.clone())
+                    .or_default()
+                    .push(r),
+                _ => {}
+            }
+        }
+        b
+    }
+
+    /// The rules of the role a binding in `namespace` ("" for a cluster
+    /// binding) refers to: a built-in ClusterRole, a stored ClusterRole, or
+    /// a Role of that namespace. Empty when it does not exist (yet).
+    pub fn rules_of(&self, kind: &str, name: &str, namespace: &str) -> Vec<PolicyRule> {
+        match kind {
+            "ClusterRole" => match roles::role(name) {
+                Some(built_in) => built_in.rules.clone(),
+                None => self.cluster_roles.get(name).cloned().unwrap_or_default(),
+            },
+            "Role" => self
+                .roles
+                .get(&(namespace.to_string(), name.to_string()))
+                .cloned()
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn grants_rules(&self, kind: &str, name: &str, namespace: &str, attrs: &Attributes) -> bool {
+        let allows = |rules: &[PolicyRule]| rules.iter().any(|r| r.allows(attrs));
+        match kind {
+            "ClusterRole" => match roles::role(name) {
+                Some(built_in) => built_in.allows(attrs),
+                None => self.cluster_roles.get(name).is_some_and(|r| allows(r)),
+            },
+            "Role" => self
+                .roles
+                .get(&(namespace.to_string(), name.to_string()))
+                .is_some_and(|r| allows(r)),
+            _ => false,
+        }
+    }
+
+    /// Whether a binding of `identity` (in `groups`) grants `attrs`: a
+    /// ClusterRoleBinding anywhere, a RoleBinding only in its own namespace.
+    pub fn grants(&self, identity: &str, groups: &[String], attrs: &Attributes) -> bool {
+        let cluster = self.cluster_bindings.iter().any(|b| {
+            b.subjects.iter().any(|s| s.matches(identity, groups))
+                && self.grants_rules(&b.role_ref.kind, &b.role_ref.name, "", attrs)
+        });
+        if cluster || attrs.namespace.is_empty() {
+            return cluster;
+        }
+        self.role_bindings
+            .get(&attrs.namespace)
+            .into_iter()
+            .flatten()
+            .any(|b| {
+                b.subjects.iter().any(|s| s.matches(identity, groups))
+                    && self.grants_rules(
+                        &b.role_ref.kind,
+                        &b.role_ref.name,
+                        &attrs.namespace,
+                        attrs,
+                    )
+            })
+    }
+}
+
+/// The current [`Bindings`] of this peer and the revision they reflect.
+pub struct RbacCache {
+    current: RwLock<(u64, Arc<Bindings>)>,
+    reader: StateReader,
+    changed: tokio::sync::watch::Sender<u64>,
+}
+
+impl RbacCache {
+    /// Reads the RBAC objects from `reader` and keeps them current.
+    pub fn start(reader: StateReader) -> Arc<Self> {
+        let cache = Arc::new(Self {
+            current: RwLock::new((0, Arc::new(Bindings::default()))),
+            reader: reader.clone(),
+            changed: tokio::sync::watch::channel(0).0,
+        });
+        let notify = Arc::new(tokio::sync::Notify::new());
+        for kind in RBAC_KINDS {
+            let reader = reader.clone();
+            let notify = notify.clone();
+            let weak = Arc::downgrade(&cache);
+            tokio::spawn(async move {
+                loop {
+                    let Ok(mut stream) = reader.watch_under(0, Some(kind.plural())) else {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    };
+                    // Read again whatever the stream may have missed before
+                    // it started.
+                    notify.notify_one();
+                    while let Ok(Some(_)) = stream.next().await {
+                        if weak.strong_count() == 0 {
+                            return;
+                        }
+                        notify.notify_one();
+                    }
+                    if weak.strong_count() == 0 {
+                        return;
+                    }
+                }
+            });
+        }
+        cache.reload();
+        let weak = Arc::downgrade(&cache);
+        tokio::spawn(async move {
+            loop {
+                notify.notified().await;
+                let Some(cache) = weak.upgrade() else { return };
+                cache.reload();
+            }
+        });
+        cache
+    }
+
+    fn reload(&self) {
+        let at = self.reader.revision();
+        let mut objects = Vec::new();
+        for kind in RBAC_KINDS {
+            match self.reader.scan(&kind_prefix(kind)) {
+                Ok(items) => objects.extend(
+                    items
+                        .into_iter()
+                        .filter_map(|(_, stored)| decode_object(&stored).ok()),
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, kind = %kind, "cannot read RBAC objects; keeping the previous ones");
+                    return;
+                }
+            }
+        }
+        let fresh = Arc::new(Bindings::from_objects(objects));
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = (at, fresh);
+        self.changed.send_replace(at);
+    }
+
+    /// The bindings as this peer last read them.
+    pub fn current(&self) -> Arc<Bindings> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clone()
+    }
+
+    /// Waits (at most half a second) until the bindings reflect every change
+    /// this peer has applied; true when they then changed since `seen`.
+    pub async fn caught_up(&self, seen: &Arc<Bindings>) -> bool {
+        let target = self.reader.revision();
+        let mut changed = self.changed.subscribe();
+        let _ = tokio::time::timeout(CATCH_UP, changed.wait_for(|at| *at >= target)).await;
+        !Arc::ptr_eq(seen, &self.current())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_api::rbac::{Role, RoleRef, Subject};
+
+    fn attrs(verb: &'static str, resource: &str, namespace: &str) -> Attributes {
+        Attributes {
+            verb,
+            resource: resource.into(),
+            namespace: namespace.into(),
+            name: String::new(),
+        }
+    }
+
+    fn subject(kind: &str, name: &str) -> Subject {
+        Subject {
+            kind: kind.into(),
+            name: name.into(),
+            ..Subject::default()
+        }
+    }
+
+    #[test]
+    fn bindings_grant_in_their_scope_only() {
+        let mut edit_in_a = RoleBinding::default();
+        edit_in_a.metadata.namespace = "a".into();
+        edit_in_a.role_ref = RoleRef {
+            kind: "ClusterRole".into(),
+            name: "edit".into(),
+            ..RoleRef::default()
+        };
+        edit_in_a.subjects = vec![subject("User", "alice"), subject("Group", "ops")];
+        let mut reader_role = Role::default();
+        reader_role.metadata.namespace = "b".into();
+        reader_role.metadata.name = "reader".into();
+        reader_role.rules = vec![PolicyRule::new(&["services"], &["get", "list"])];
+        let mut read_b = RoleBinding::default();
+        read_b.metadata.namespace = "b".into();
+        read_b.role_ref = RoleRef {
+            kind: "Role".into(),
+            name: "reader".into(),
+            ..RoleRef::default()
+        };
+        read_b.subjects = vec![subject("Node", "edge-1")];
+        let view_all = ClusterRoleBinding {
+            role_ref: RoleRef {
+                kind: "ClusterRole".into(),
+                name: "view".into(),
+                ..RoleRef::default()
+            },
+            subjects: vec![subject("User", "component:auditor")],
+            ..ClusterRoleBinding::default()
+        };
+        let b = Bindings::from_objects([
+            Object::RoleBinding(edit_in_a),
+            Object::Role(reader_role),
+            Object::RoleBinding(read_b),
+            Object::ClusterRoleBinding(view_all),
+        ]);
+        let ops = ["ops".to_string()];
+        let cases = [
+            (
+                "user:alice",
+                &[][..],
+                attrs("create", "instances", "a"),
+                true,
+            ),
+            (
+                "user:alice",
+                &[][..],
+                attrs("create", "instances", "b"),
+                false,
+            ),
+            ("user:alice", &[][..], attrs("list", "instances", ""), false),
+            ("user:alice", &[][..], attrs("get", "nodes", ""), false),
+            ("user:bob", &ops[..], attrs("delete", "services", "a"), true),
+            ("user:bob", &[][..], attrs("delete", "services", "a"), false),
+            ("node:edge-1", &[][..], attrs("list", "services", "b"), true),
+            (
+                "node:edge-1",
+                &[][..],
+                attrs("delete", "services", "b"),
+                false,
+            ),
+            (
+                "component:auditor",
+                &[][..],
+                attrs("list", "jobs", ""),
+                true,
+            ),
+            (
+                "user:component:auditor",
+                &[][..],
+                attrs("list", "jobs", ""),
+                false,
+            ),
+        ];
+        for (who, groups, a, want) in cases {
+            assert_eq!(b.grants(who, groups, &a), want, "{who} {groups:?}: {a}");
+        }
+    }
+}
