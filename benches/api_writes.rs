@@ -64,11 +64,23 @@ async fn cluster(
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     for i in 1..n {
-        let token = match client
-            .call(flotilla_client::wire::RequestV1::CreateToken { ttl_seconds: 600 })
-            .await
-            .unwrap()
-        {
+        // A peer token; a build from before typed tokens knows only the
+        // untyped request, whose tokens admit peers too.
+        let typed = client
+            .call(flotilla_client::wire::RequestV1::CreateJoinToken {
+                kind: flotilla_client::wire::TokenKind::Peer,
+                ttl_seconds: 600,
+                uses: 0,
+            })
+            .await;
+        let answer = match typed {
+            Ok(answer) => answer,
+            Err(_) => client
+                .call(flotilla_client::wire::RequestV1::CreateToken { ttl_seconds: 600 })
+                .await
+                .unwrap(),
+        };
+        let token = match answer {
             flotilla_client::wire::ResponseV1::Token(t) => t,
             other => panic!("{other:?}"),
         };

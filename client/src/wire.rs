@@ -220,7 +220,8 @@ pub enum RequestV1 {
         /// Field selector text (`spec.nodeName=edge-1`), empty for all.
         field_selector: String,
     },
-    /// Make a join token.
+    /// Make a node join token (the request of clients from before typed
+    /// tokens; `CreateJoinToken` says which kind).
     CreateToken {
         /// Lifetime in seconds.
         ttl_seconds: u64,
@@ -365,6 +366,61 @@ pub enum RequestV1 {
         /// Lifetime of the certificate.
         ttl_seconds: u64,
     },
+    /// Make a join token of `kind`, valid for `ttl_seconds` and, when
+    /// `uses` is not 0, for that many joins. Answered `Token`.
+    CreateJoinToken {
+        /// Whom the token admits.
+        kind: TokenKind,
+        /// Lifetime in seconds.
+        ttl_seconds: u64,
+        /// Joins allowed; 0 for any number until it expires.
+        uses: u32,
+    },
+    /// The join tokens (never their secrets). Answered `Tokens`.
+    ListTokens,
+    /// Revoke a join token by id: it admits no one from now on.
+    RevokeToken {
+        /// The token's id (the third part of its text).
+        id: String,
+    },
+}
+
+/// Whom a join token admits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TokenKind {
+    /// A node (`flotilla node --token`): gets a node certificate only.
+    Node,
+    /// A store peer (`flotilla server --join --token`): gets the CA key.
+    Peer,
+    /// Made before tokens had kinds: admits either.
+    Any,
+}
+
+impl std::fmt::Display for TokenKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TokenKind::Node => "node",
+            TokenKind::Peer => "peer",
+            TokenKind::Any => "any",
+        })
+    }
+}
+
+/// A join token as `flotilla token list` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenInfo {
+    /// Its id.
+    pub id: String,
+    /// Whom it admits.
+    pub kind: TokenKind,
+    /// When it expires, seconds since the Unix epoch.
+    pub expires_unix: i64,
+    /// Joins it still allows; `None` for any number.
+    pub uses_left: Option<u32>,
+    /// Joins it admitted.
+    pub used: u32,
+    /// Whether it was revoked.
+    pub revoked: bool,
 }
 
 /// One piece of an uploaded module.
@@ -479,6 +535,8 @@ pub enum ResponseV1 {
         /// The user's certificate, PEM.
         cert_pem: String,
     },
+    /// The answer to `ListTokens`.
+    Tokens(Vec<TokenInfo>),
 }
 
 /// What `apply` did.

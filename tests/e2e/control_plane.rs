@@ -457,7 +457,7 @@ fn membership_remove_and_namespace_delete() {
 #[test]
 fn peers_joining_at_once_get_distinct_ids() {
     let mut cluster = Cluster::start(1, &[]);
-    let token = cluster.token("1h");
+    let token = cluster.peer_token("1h");
     let addr = cluster.peers[0].addr.clone();
     let dirs: Vec<std::path::PathBuf> = (2..=3)
         .map(|i| cluster.dir.path().join(format!("peer-{i}")))

@@ -416,7 +416,7 @@ fn node_offline() {
 fn clocks_apart() {
     // Peer 2's clock runs 2 s behind and node-2's 3 s ahead: 5 s apart.
     let mut cluster = Cluster::start(1, &[]);
-    let token = cluster.token("1h");
+    let token = cluster.peer_token("1h");
     let behind = ServerProc::start_env(
         &cluster.dir.path().join("peer-2"),
         &["--join", &cluster.peers[0].addr, "--token", &token],

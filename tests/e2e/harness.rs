@@ -336,7 +336,7 @@ impl Cluster {
         };
         cluster.wait_ready(0);
         for i in 1..n {
-            let token = cluster.token("1h");
+            let token = cluster.peer_token("1h");
             let mut args: Vec<&str> = vec!["--join", &cluster.peers[0].addr, "--token", &token];
             args.extend_from_slice(extra);
             let args: Vec<String> = args.into_iter().map(str::to_string).collect();
@@ -383,8 +383,18 @@ impl Cluster {
         run_cli(&full, stdin, Duration::from_secs(30))
     }
 
+    /// A node join token.
     pub fn token(&self, ttl: &str) -> String {
-        let out = self.cli(0, &["token", "create", "--ttl", ttl]);
+        self.token_of("node", ttl)
+    }
+
+    /// A store peer join token.
+    pub fn peer_token(&self, ttl: &str) -> String {
+        self.token_of("peer", ttl)
+    }
+
+    fn token_of(&self, kind: &str, ttl: &str) -> String {
+        let out = self.cli(0, &["token", "create", "--kind", kind, "--ttl", ttl]);
         assert!(out.status.success(), "token create: {}", stderr(&out));
         stdout(&out).trim().to_string()
     }

@@ -39,7 +39,7 @@ fn a_client_certificate_from_another_ca_is_refused() {
 #[test]
 fn joins_with_a_wrong_or_expired_token_are_refused() {
     let cluster = Cluster::start(1, &[]);
-    let good = cluster.token("1h");
+    let good = cluster.peer_token("1h");
     let addr = cluster.peers[0].addr.clone();
 
     // Right CA, unknown secret.
@@ -72,7 +72,7 @@ fn joins_with_a_wrong_or_expired_token_are_refused() {
     .expect("a token pinning another CA is refused");
     assert!(err.contains("join failed"), "{err}");
 
-    let short = cluster.token("1s");
+    let short = cluster.peer_token("1s");
     std::thread::sleep(Duration::from_millis(2100));
     let err = ServerProc::start(
         &cluster.dir.path().join("late"),

@@ -10,7 +10,9 @@ use flotilla_client::wire::{ErrorCode, RequestV1};
 use flotilla_client::{Client, ClientConfig, ClientError};
 use serde_json::Value;
 
-use crate::harness::{run_cli, stderr, stdout, wait_for, Cluster};
+use flotilla_orchestrator::store::network::{Forward, PeerNet, PeerRequest, PeerResponse};
+
+use crate::harness::{run_cli, stderr, stdout, wait_for, Cluster, ServerProc};
 use crate::network::{free_tcp_addr, get};
 use crate::workloads::{apply, start_nodes, wait_nodes_ready};
 
@@ -621,5 +623,169 @@ rules:
         stderr(&shadow).contains("built-in ClusterRole"),
         "{}",
         stderr(&shadow)
+    );
+}
+
+/// Every file under `dir`, with its text (binary files read lossily).
+fn files_under(dir: &Path) -> Vec<(std::path::PathBuf, String)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap().map_while(Result::ok) {
+            let path = entry.path();
+            if path.is_dir() {
+                todo.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                out.push((path, String::from_utf8_lossy(&bytes).into_owned()));
+            }
+        }
+    }
+    out
+}
+
+fn join_refusal(cluster: &Cluster, dir: &str, token: &str) -> String {
+    ServerProc::start(
+        &cluster.dir.path().join(dir),
+        &["--join", &cluster.peers[0].addr, "--token", token],
+    )
+    .err()
+    .unwrap_or_else(|| panic!("the join into {dir} is refused"))
+}
+
+#[test]
+fn tokens_admit_their_kind_their_uses_and_no_more_and_removed_peers_lose_their_certificates() {
+    let mut cluster = Cluster::start(1, &[]);
+    cluster.wait_ready(0);
+    let ca_key = std::fs::read_to_string(cluster.peers[0].data_dir.join("ca.key")).unwrap();
+    let ca_key_body: String = ca_key.lines().filter(|l| !l.starts_with("-----")).collect();
+    assert!(ca_key_body.len() > 40, "the CA key is where it should be");
+
+    // A node joins with a node token and receives nothing of the CA key.
+    let _node = start_nodes(&cluster, &["node-1"], &[]);
+    wait_nodes_ready(&cluster, 1);
+    let node_files = files_under(&cluster.dir.path().join("node-1"));
+    assert!(!node_files.is_empty());
+    for (path, text) in &node_files {
+        let flat: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
+        assert!(
+            !flat.contains(&ca_key_body),
+            "{} holds the CA key",
+            path.display()
+        );
+    }
+
+    // A node token never joins a store peer.
+    let node_token = cluster.token("1h");
+    let err = join_refusal(&cluster, "peer-by-node-token", &node_token);
+    assert!(
+        err.contains("is a node token and cannot join a peer"),
+        "{err}"
+    );
+
+    // A token for one use admits one peer, then says it is used up.
+    let once = stdout(&cluster.cli(0, &["token", "create", "--kind", "peer", "--uses", "1"]))
+        .trim()
+        .to_string();
+    let peer_2 = ServerProc::start(
+        &cluster.dir.path().join("peer-2"),
+        &["--join", &cluster.peers[0].addr, "--token", &once],
+    )
+    .expect("the first use joins");
+    cluster.peers.push(peer_2);
+    cluster.wait_members(2);
+    let err = join_refusal(&cluster, "peer-3", &once);
+    assert!(err.contains("is used up (it allowed 1 join)"), "{err}");
+
+    // A revoked token says so.
+    let revoked = cluster.peer_token("1h");
+    let id = revoked.split('.').nth(2).unwrap().to_string();
+    let out = cluster.cli(0, &["token", "revoke", &id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = join_refusal(&cluster, "peer-4", &revoked);
+    assert!(
+        err.contains(&format!("join token {id} was revoked")),
+        "{err}"
+    );
+    let listed = stdout(&cluster.cli(0, &["token", "list"]));
+    let row = |id: &str| {
+        listed
+            .lines()
+            .find(|l| l.starts_with(id))
+            .unwrap_or_else(|| panic!("{id} in {listed}"))
+            .to_string()
+    };
+    assert!(
+        row(&id).contains("peer") && row(&id).ends_with("revoked"),
+        "{listed}"
+    );
+    let once_id = once.split('.').nth(2).unwrap();
+    assert!(row(once_id).ends_with("used-up"), "{listed}");
+    let node_id = node_token.split('.').nth(2).unwrap();
+    assert!(
+        row(node_id).contains("node") && row(node_id).contains("unlimited"),
+        "{listed}"
+    );
+    assert!(
+        !listed.contains(node_token.split('.').nth(3).unwrap()),
+        "no secrets in the list"
+    );
+
+    // A removed peer's certificate works no more: not for the API, not for raft.
+    let peer_2_dir = cluster.peers[1].data_dir.clone();
+    let out = cluster.cli(0, &["cluster", "remove", "2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_for("one member", Duration::from_secs(10), || {
+        (cluster.members(0)?.len() == 1).then_some(())
+    });
+    let ca_cert = std::fs::read_to_string(cluster.peers[0].data_dir.join("ca.crt")).unwrap();
+    let peer_cert = flotilla_client::tls::IssuedCert {
+        cert_pem: std::fs::read_to_string(peer_2_dir.join("peer.crt")).unwrap(),
+        key_pem: std::fs::read_to_string(peer_2_dir.join("peer.key")).unwrap(),
+    };
+    let addr = cluster.peers[0].addr.clone();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = Client::connect_with(&addr, &ca_cert, Some(&peer_cert))
+            .await
+            .expect("the TLS handshake still passes: the CA signed it");
+        match client.call(RequestV1::Members).await {
+            Err(ClientError::Api(e)) if e.code == ErrorCode::Unauthorized => {
+                assert!(e.message.contains("peer:2 was removed"), "{e}")
+            }
+            other => panic!("a removed peer's API request: {other:?}"),
+        }
+        let tls = flotilla_client::tls::client_config(
+            &ca_cert,
+            Some(&peer_cert),
+            flotilla_client::tls::ALPN_RAFT,
+        )
+        .unwrap();
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let net = PeerNet::new(
+            endpoint,
+            quinn::ClientConfig::new(std::sync::Arc::new(quic)),
+        );
+        let answer = net
+            .call(
+                1,
+                &addr,
+                &PeerRequest::Forward(Forward::ReadIndex),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("peer 1 answers");
+        match answer {
+            PeerResponse::Refused(why) => {
+                assert!(why.contains("peer 2 was removed"), "{why}")
+            }
+            _ => panic!("a removed peer's raft request was served"),
+        }
+    });
+    let out = cluster.cli(0, &["get", "ns", "default"]);
+    assert!(
+        out.status.success(),
+        "the cluster still serves: {}",
+        stderr(&out)
     );
 }

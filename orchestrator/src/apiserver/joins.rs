@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 
 use flotilla_client::token::JoinToken;
-use flotilla_client::wire::{ApiError, ErrorCode, JoinedPeer, ResponseV1};
+use flotilla_client::wire::{ApiError, ErrorCode, JoinedPeer, ResponseV1, TokenKind};
 
 use super::authz::Caller;
 use super::errors::{internal, ApiResult, Subject};
@@ -46,7 +46,7 @@ impl ApiServer {
         csr_pem: &str,
     ) -> ApiResult<ResponseV1> {
         let token = JoinToken::parse(token).map_err(refused)?;
-        tokens::check(&self.store, &token).await?;
+        tokens::admit(&self.store, &token, TokenKind::Peer).await?;
         let ip: Option<IpAddr> = address.parse::<std::net::SocketAddr>().ok().map(|s| s.ip());
         let next_id = self.allocate_peer_id().await?;
         let addrs: Vec<IpAddr> = ip.into_iter().collect();
@@ -97,14 +97,14 @@ impl ApiServer {
         name: &str,
         csr_pem: &str,
     ) -> ApiResult<ResponseV1> {
-        let token = JoinToken::parse(token).map_err(refused)?;
-        tokens::check(&self.store, &token).await?;
         if !valid_node_name(name) {
             return Err(ApiError::new(
                 ErrorCode::Invalid,
                 format!("--name: \"{name}\" is not a valid node name (lowercase letters, digits, '-' and '.', at most 253 characters)"),
             ));
         }
+        let token = JoinToken::parse(token).map_err(refused)?;
+        tokens::admit(&self.store, &token, TokenKind::Node).await?;
         let cert_pem = self
             .ca
             .sign_csr_for(csr_pem, &format!("node:{name}"), &[], self.cert_lifetime)

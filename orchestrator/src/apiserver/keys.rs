@@ -25,9 +25,12 @@ pub fn is_internal(key: &str) -> bool {
     key.starts_with("/_")
 }
 
+/// Where join tokens are kept.
+pub const TOKENS_PREFIX: &str = "/_tokens/";
+
 /// The key of a join token.
 pub fn token_key(id: &str) -> String {
-    format!("/_tokens/{id}")
+    format!("{TOKENS_PREFIX}{id}")
 }
 
 /// The next store peer id to hand out.

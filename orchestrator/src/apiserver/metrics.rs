@@ -114,6 +114,9 @@ pub fn labels_of(req: &RequestV1) -> (&'static str, &'static str) {
         RequestV1::SelfSubjectReview => ("self-subject-review", ""),
         RequestV1::AccessReview { .. } => ("access-review", ""),
         RequestV1::SignUser { .. } => ("sign-user", ""),
+        RequestV1::CreateJoinToken { .. } => ("create-token", ""),
+        RequestV1::ListTokens => ("list-tokens", ""),
+        RequestV1::RevokeToken { .. } => ("revoke-token", ""),
     }
 }
 

@@ -5,7 +5,7 @@
 //! [`ApiServer::route`], and writes what comes back, so unit tests call it
 //! with no network at all, and an HTTP front end shares every rule.
 
-use flotilla_client::wire::{ErrorCode, Member, RequestV1, ResponseV1};
+use flotilla_client::wire::{ApiError, ErrorCode, Member, RequestV1, ResponseV1, TokenKind};
 
 use super::authz::{authorize, check_current, Caller, Change};
 use super::errors::{bad_request, store_error, ApiResult};
@@ -84,6 +84,14 @@ impl ApiServer {
     /// Authorizes `req`; a refusal is final once this peer's bindings have
     /// caught up with what it applied (a binding just written elsewhere).
     async fn authorize(&self, caller: &Caller, req: &RequestV1) -> ApiResult<()> {
+        if let Some(id) = caller.peer_id() {
+            if self.store.was_removed(id) {
+                return Err(ApiError::new(
+                    ErrorCode::Unauthorized,
+                    format!("peer:{id} was removed from the cluster; its certificate no longer works (join again with a peer token)"),
+                ));
+            }
+        }
         let bindings = self.rbac.current();
         match authorize(caller, req, &bindings) {
             Err(e) if e.code == ErrorCode::Forbidden && self.rbac.caught_up(&bindings).await => {
@@ -201,8 +209,22 @@ impl ApiServer {
                 }),
             RequestV1::ProbeTunnel { from, to, .. } => self.probe_tunnel(&from, &to).await,
             RequestV1::CreateToken { ttl_seconds } => {
-                let token = tokens::create(&self.store, &self.ca, ttl_seconds).await?;
+                let token =
+                    tokens::create(&self.store, &self.ca, TokenKind::Node, ttl_seconds, 0).await?;
                 Ok(ResponseV1::Token(token))
+            }
+            RequestV1::CreateJoinToken {
+                kind,
+                ttl_seconds,
+                uses,
+            } => {
+                let token = tokens::create(&self.store, &self.ca, kind, ttl_seconds, uses).await?;
+                Ok(ResponseV1::Token(token))
+            }
+            RequestV1::ListTokens => Ok(ResponseV1::Tokens(tokens::list(&self.store).await?)),
+            RequestV1::RevokeToken { id } => {
+                tokens::revoke(&self.store, &id).await?;
+                Ok(ResponseV1::Ok)
             }
             RequestV1::Members => Ok(ResponseV1::Members(
                 self.store
@@ -218,6 +240,7 @@ impl ApiServer {
             )),
             RequestV1::RemoveMember { id } => {
                 self.store.remove_peer(id).await.map_err(store_error)?;
+                self.store.mark_removed(id).await.map_err(store_error)?;
                 Ok(ResponseV1::Ok)
             }
             RequestV1::AddPeer { id, address } => {

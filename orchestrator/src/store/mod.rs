@@ -42,6 +42,11 @@ pub use self::types::{
 };
 use self::write_behind::WriteBehind;
 
+/// The key that records that a peer was removed.
+fn removed_peer_key(id: PeerId) -> String {
+    format!("/_removed-peers/{id}")
+}
+
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -377,6 +382,27 @@ impl Store {
         .await
     }
 
+    /// Records that peer `id` was removed, so that its certificate works no
+    /// more: every peer refuses its raft requests and the apiserver its API
+    /// requests ([`Store::was_removed`]). Ids are never handed out again.
+    pub async fn mark_removed(&self, id: PeerId) -> Result<()> {
+        self.propose(Command {
+            ops: vec![Op {
+                key: removed_peer_key(id),
+                precondition: Precondition::None,
+                action: Action::Put(Vec::new()),
+            }],
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Whether peer `id` was removed from the cluster, as this peer has
+    /// applied it.
+    pub fn was_removed(&self, id: PeerId) -> bool {
+        matches!(self.reader().get(&removed_peer_key(id)), Ok(Some(_)))
+    }
+
     /// Removes a peer (through the leader).
     pub async fn remove_peer(&self, id: PeerId) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -672,6 +698,12 @@ impl Store {
 
     /// Serves one request from another peer (already authenticated as `peer:FROM`).
     pub async fn handle_peer(&self, from: PeerId, req: PeerRequest) -> PeerResponse {
+        if self.was_removed(from) {
+            tracing::warn!(peer = from, "refused a raft request from a removed peer");
+            return PeerResponse::Refused(format!(
+                "peer {from} was removed from the cluster; its certificate no longer works"
+            ));
+        }
         self.net.mark_seen(from);
         match req {
             PeerRequest::Append(rpc) => PeerResponse::Append(self.raft.append_entries(rpc).await),

@@ -70,7 +70,11 @@ pub(crate) fn of(req: &RequestV1) -> Option<Attributes> {
             name: Module::name_for_digest(digest),
         },
         RequestV1::ProbeTunnel { from, .. } => cluster("get", "nodes/tunnel", from),
-        RequestV1::CreateToken { .. } => cluster("create", "tokens", ""),
+        RequestV1::CreateToken { .. } | RequestV1::CreateJoinToken { .. } => {
+            cluster("create", "tokens", "")
+        }
+        RequestV1::ListTokens => cluster("list", "tokens", ""),
+        RequestV1::RevokeToken { id } => cluster("delete", "tokens", id),
         RequestV1::Members => cluster("list", "members", ""),
         RequestV1::RemoveMember { id } => cluster("delete", "members", &id.to_string()),
     };

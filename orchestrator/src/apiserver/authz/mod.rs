@@ -101,6 +101,15 @@ impl Caller {
         self.identity.as_deref()?.strip_prefix("node:")
     }
 
+    /// The store peer's id when the caller is `peer:N`.
+    pub fn peer_id(&self) -> Option<u64> {
+        self.identity
+            .as_deref()?
+            .strip_prefix("peer:")?
+            .parse()
+            .ok()
+    }
+
     /// When the presented certificate expires, if one was.
     pub fn cert_not_after(&self) -> Option<time::OffsetDateTime> {
         self.cert_not_after
