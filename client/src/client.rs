@@ -39,7 +39,12 @@ impl Client {
     pub async fn connect_to(addr: &str, config: &ClientConfig) -> Result<Self> {
         config.check_certificate(None)?;
         let cert = config.cert();
-        let tls = tls::client_config(&config.ca_cert, Some(&cert), tls::ALPN_API)?;
+        let tls = tls::client_config(
+            &config.ca_cert,
+            Some(&cert),
+            tls::ALPN_API,
+            tls::ServerIdentity::AnyPeer,
+        )?;
         let (endpoint, conn) = dial(addr, tls).await?;
         Ok(Self {
             _endpoint: endpoint,
@@ -54,7 +59,7 @@ impl Client {
         if let Some(cert) = cert {
             check_client_cert(&cert.cert_pem, "the client certificate", None)?;
         }
-        let tls = tls::client_config(ca_pem, cert, tls::ALPN_API)?;
+        let tls = tls::client_config(ca_pem, cert, tls::ALPN_API, tls::ServerIdentity::AnyPeer)?;
         let (endpoint, conn) = dial(addr, tls).await?;
         Ok(Self {
             _endpoint: endpoint,

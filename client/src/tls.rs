@@ -328,15 +328,59 @@ pub fn server_config(
     Ok(config)
 }
 
-/// Client side with a certificate, verifying the server against the CA.
+/// Who a client means to reach: every certificate the CA signs is valid
+/// for the same server name, so the identity in it is what tells a store
+/// peer from a node, and one node from another.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServerIdentity {
+    /// A store peer (`peer:N`): the apiserver, or raft.
+    AnyPeer,
+    /// This node (`node:NAME`): its tunnel or its listener.
+    Node(String),
+}
+
+impl ServerIdentity {
+    fn accepts(&self, identity: &str) -> bool {
+        match self {
+            ServerIdentity::AnyPeer => identity
+                .strip_prefix("peer:")
+                .is_some_and(|n| n.parse::<u64>().is_ok()),
+            ServerIdentity::Node(name) => identity.strip_prefix("node:") == Some(name.as_str()),
+        }
+    }
+}
+
+impl std::fmt::Display for ServerIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServerIdentity::AnyPeer => f.write_str("a store peer (peer:N)"),
+            ServerIdentity::Node(name) => write!(f, "node:{name}"),
+        }
+    }
+}
+
+/// Client side with a certificate, verifying the server against the CA and
+/// that it is `server`.
 pub fn client_config(
     ca_pem: &str,
     cert: Option<&IssuedCert>,
     alpn: &[u8],
+    server: ServerIdentity,
 ) -> Result<rustls::ClientConfig> {
+    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots(ca_pem)?),
+        provider(),
+    )
+    .build()
+    .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let verifier = Arc::new(IdentityVerifier {
+        inner,
+        expected: server,
+    });
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots(ca_pem)?);
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
     let mut config = match cert {
         Some(cert) => builder.with_client_auth_cert(
             certs_from_pem(&cert.cert_pem)?,
@@ -363,6 +407,72 @@ pub fn pinned_client_config(ca_sha256: &str, alpn: &[u8]) -> Result<rustls::Clie
         .with_no_client_auth();
     config.alpn_protocols = vec![alpn.to_vec()];
     Ok(config)
+}
+
+/// The CA's verdict on the chain, then the identity in the certificate.
+#[derive(Debug)]
+struct IdentityVerifier {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    expected: ServerIdentity,
+}
+
+/// Refuses `end_entity` unless it names `expected`.
+fn check_identity(
+    end_entity: &CertificateDer<'_>,
+    expected: &ServerIdentity,
+) -> std::result::Result<(), rustls::Error> {
+    let identity = identity_of(end_entity).unwrap_or_default();
+    if expected.accepts(&identity) {
+        Ok(())
+    } else {
+        Err(rustls::Error::General(format!(
+            "the server presented the certificate of {}, not of {expected}: it is not the server this client means to reach",
+            if identity.is_empty() { "no identity" } else { &identity }
+        )))
+    }
+}
+
+impl ServerCertVerifier for IdentityVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        let verified = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        check_identity(end_entity, &self.expected)?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 #[derive(Debug)]
@@ -398,7 +508,10 @@ impl ServerCertVerifier for PinnedCaVerifier {
         )
         .build()
         .map_err(|e| rustls::Error::General(e.to_string()))?;
-        inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+        let verified =
+            inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)?;
+        check_identity(end_entity, &ServerIdentity::AnyPeer)?;
+        Ok(verified)
     }
 
     fn verify_tls12_signature(

@@ -309,7 +309,7 @@ pub(crate) fn quic_peer_client_config(
     ca_pem: &str,
     cert: &IssuedCert,
 ) -> Result<quinn::ClientConfig> {
-    let peer_tls = tls::client_config(ca_pem, Some(cert), ALPN_RAFT)?;
+    let peer_tls = tls::client_config(ca_pem, Some(cert), ALPN_RAFT, tls::ServerIdentity::AnyPeer)?;
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(peer_tls)
         .map_err(|e| ServerError::unusable("tls", e))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));

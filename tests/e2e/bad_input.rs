@@ -81,7 +81,13 @@ fn garbage_on_the_wire_leaves_every_server_serving() {
             // Authenticated API streams carrying random bytes, an oversized length and a truncated frame.
             let (_ep, conn) = flotilla_client::dial(
                 &p.addr,
-                tls::client_config(&config.ca_cert, Some(&cert), tls::ALPN_API).unwrap(),
+                tls::client_config(
+                    &config.ca_cert,
+                    Some(&cert),
+                    tls::ALPN_API,
+                    tls::ServerIdentity::AnyPeer,
+                )
+                .unwrap(),
             )
             .await
             .unwrap();
@@ -105,7 +111,13 @@ fn garbage_on_the_wire_leaves_every_server_serving() {
             // Anonymous raft connections get closed; a peer certificate is required.
             if let Ok((_ep, conn)) = flotilla_client::dial(
                 &p.addr,
-                tls::client_config(&config.ca_cert, None, tls::ALPN_RAFT).unwrap(),
+                tls::client_config(
+                    &config.ca_cert,
+                    None,
+                    tls::ALPN_RAFT,
+                    tls::ServerIdentity::AnyPeer,
+                )
+                .unwrap(),
             )
             .await
             {
@@ -116,7 +128,13 @@ fn garbage_on_the_wire_leaves_every_server_serving() {
             // The admin (not a peer) speaking raft with garbage and an oversized frame.
             if let Ok((_ep, conn)) = flotilla_client::dial(
                 &p.addr,
-                tls::client_config(&config.ca_cert, Some(&cert), tls::ALPN_RAFT).unwrap(),
+                tls::client_config(
+                    &config.ca_cert,
+                    Some(&cert),
+                    tls::ALPN_RAFT,
+                    tls::ServerIdentity::AnyPeer,
+                )
+                .unwrap(),
             )
             .await
             {

@@ -392,6 +392,7 @@ fn services_route_across_nodes_through_ingress_names_and_addresses() {
             &config.ca_cert,
             Some(&cert),
             flotilla_client::tls::ALPN_TUNNEL,
+            flotilla_client::tls::ServerIdentity::Node("node-2".into()),
         )
         .unwrap();
         let (_endpoint, conn) = flotilla_client::dial(&addr, tls).await.unwrap();

@@ -758,6 +758,7 @@ fn tokens_admit_their_kind_their_uses_and_no_more_and_removed_peers_lose_their_c
             &ca_cert,
             Some(&peer_cert),
             flotilla_client::tls::ALPN_RAFT,
+            flotilla_client::tls::ServerIdentity::AnyPeer,
         )
         .unwrap();
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
@@ -788,4 +789,108 @@ fn tokens_admit_their_kind_their_uses_and_no_more_and_removed_peers_lose_their_c
         "the cluster still serves: {}",
         stderr(&out)
     );
+}
+
+/// A QUIC server on loopback that presents `cert` for `alpn` and accepts
+/// connections until dropped.
+fn impostor(
+    ca_pem: &str,
+    cert: &flotilla_client::tls::IssuedCert,
+    alpn: &[u8],
+) -> (tokio::runtime::Runtime, String) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let tls = flotilla_client::tls::server_config(ca_pem, cert, &[alpn]).unwrap();
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
+    let config = quinn::ServerConfig::with_crypto(std::sync::Arc::new(quic));
+    let endpoint = rt.block_on(async {
+        quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap()
+    });
+    let addr = endpoint.local_addr().unwrap().to_string();
+    rt.spawn(async move {
+        while let Some(incoming) = endpoint.accept().await {
+            tokio::spawn(async move {
+                if let Ok(conn) = incoming.await {
+                    let _ = conn.accept_bi().await;
+                }
+            });
+        }
+    });
+    (rt, addr)
+}
+
+#[test]
+fn clients_talk_only_to_the_server_they_mean() {
+    let cluster = Cluster::start(1, &[]);
+    let _nodes = start_nodes(&cluster, &["node-1", "node-2"], &[]);
+    wait_nodes_ready(&cluster, 2);
+    let node_1 =
+        ClientConfig::load(&cluster.dir.path().join("node-1").join("node.config")).unwrap();
+    let node_1_cert = flotilla_client::tls::IssuedCert {
+        cert_pem: node_1.client_cert.clone(),
+        key_pem: node_1.client_key.clone(),
+    };
+    let info = flotilla_client::tls::CertInfo::from_pem(&node_1.client_cert).unwrap();
+    assert_eq!(info.identity, "node:node-1");
+    let node_2 = json(&cluster, &["node", "node-2"]);
+    let node_2_tunnel = node_2["status"]["daemonEndpoints"]["tunnel"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Node 1 dials node 2's tunnel address believing it is node 3's: node 2
+    // answers with its own certificate, valid for the CA, and is refused.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let dial_as = |expected: &str| {
+            flotilla_client::tls::client_config(
+                &node_1.ca_cert,
+                Some(&node_1_cert),
+                flotilla_client::tls::ALPN_TUNNEL,
+                flotilla_client::tls::ServerIdentity::Node(expected.into()),
+            )
+            .unwrap()
+        };
+        let err = match flotilla_client::dial(&node_2_tunnel, dial_as("node-3")).await {
+            Ok(_) => panic!("a tunnel dial accepted another node's certificate"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains("node:node-2") && err.contains("not of node:node-3"),
+            "{err}"
+        );
+        flotilla_client::dial(&node_2_tunnel, dial_as("node-2"))
+            .await
+            .expect("the node it means answers");
+    });
+
+    // A server that presents a node's certificate for the API is no
+    // apiserver: the CLI refuses it, whatever the CA says of the chain.
+    let (_server, addr) = impostor(
+        &node_1.ca_cert,
+        &node_1_cert,
+        flotilla_client::tls::ALPN_API,
+    );
+    let out = run_cli(
+        &[
+            "--config",
+            cluster.config().to_str().unwrap(),
+            "--server",
+            &addr,
+            "get",
+            "ns",
+        ],
+        None,
+        Duration::from_secs(30),
+    );
+    assert!(
+        !out.status.success(),
+        "the CLI talked to a node posing as the apiserver"
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("node:node-1") && err.contains("not of a store peer"),
+        "{err}"
+    );
+    let out = cluster.cli(0, &["get", "ns", "default"]);
+    assert!(out.status.success(), "{}", stderr(&out));
 }

@@ -231,7 +231,7 @@ async fn serve_tunnel_probe(
         .await;
         return;
     };
-    let probed = tokio::time::timeout(TUNNEL_PROBE_TIMEOUT, net.probe_tunnel(to_address)).await;
+    let probed = tokio::time::timeout(TUNNEL_PROBE_TIMEOUT, net.probe_tunnel(to, to_address)).await;
     let resp = match probed {
         Ok(Ok(probe)) => ResponseV1::TunnelProbe {
             round_trip_micros: u64::try_from(probe.round_trip.as_micros()).unwrap_or(u64::MAX),

@@ -196,8 +196,12 @@ impl Network {
     }
 
     /// Probes the tunnel to the node at `addr` (see [`tunnel::TunnelClient::probe`]).
-    pub async fn probe_tunnel(&self, addr: &str) -> Result<tunnel::TunnelProbe, OutboundError> {
-        self.tunnel.probe(addr).await
+    pub async fn probe_tunnel(
+        &self,
+        node: &str,
+        addr: &str,
+    ) -> Result<tunnel::TunnelProbe, OutboundError> {
+        self.tunnel.probe(node, addr).await
     }
 
     /// This node's range, once known.
@@ -350,7 +354,9 @@ impl Network {
                         route.name
                     )));
                 }
-                self.tunnel.send(&route.tunnel, ip, req, deadline).await
+                self.tunnel
+                    .send(&route.name, &route.tunnel, ip, req, deadline)
+                    .await
             }
             None => Err(OutboundError::NotFound(format!(
                 "{ip} is in no node's instance range"

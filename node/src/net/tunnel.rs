@@ -255,7 +255,8 @@ struct Peer {
     /// The QUIC connection, dialled under this lock, so that dialling one
     /// peer (a dead one can take until the dial's timeout) holds up only
     /// requests to it.
-    link: Mutex<Option<(quinn::Endpoint, quinn::Connection)>>,
+    /// The connection, and the node whose certificate it was made with.
+    link: Mutex<Option<(quinn::Endpoint, quinn::Connection, String)>>,
     /// Idle exchanges, the most recently used last.
     idle: std::sync::Mutex<Vec<Idle>>,
 }
@@ -435,11 +436,12 @@ impl TunnelClient {
     async fn connection(
         &self,
         peer: &Peer,
+        node: &str,
         addr: &str,
     ) -> Result<quinn::Connection, OutboundError> {
         let mut cached = peer.link.lock().await;
-        if let Some((_, c)) = cached.as_ref() {
-            if c.close_reason().is_none() {
+        if let Some((_, c, with)) = cached.as_ref() {
+            if c.close_reason().is_none() && with == node {
                 return Ok(c.clone());
             }
         }
@@ -449,12 +451,19 @@ impl TunnelClient {
             ));
         };
         let current = shared.get();
-        let config = tls::client_config(&current.ca_cert, Some(&current.cert()), ALPN_TUNNEL)
-            .map_err(|e| OutboundError::Unavailable(format!("tunnel tls: {e}")))?;
-        let (endpoint, conn) = dial(addr, config)
-            .await
-            .map_err(|e| OutboundError::Unavailable(format!("tunnel to {addr}: {e}")))?;
-        *cached = Some((endpoint, conn.clone()));
+        // Only node `node` may answer at its address: any certificate of
+        // the CA would pass the chain check, another node's included.
+        let config = tls::client_config(
+            &current.ca_cert,
+            Some(&current.cert()),
+            ALPN_TUNNEL,
+            tls::ServerIdentity::Node(node.to_string()),
+        )
+        .map_err(|e| OutboundError::Unavailable(format!("tunnel tls: {e}")))?;
+        let (endpoint, conn) = dial(addr, config).await.map_err(|e| {
+            OutboundError::Unavailable(format!("tunnel to node {node} at {addr}: {e}"))
+        })?;
+        *cached = Some((endpoint, conn.clone(), node.to_string()));
         Ok(conn)
     }
 
@@ -466,8 +475,8 @@ impl TunnelClient {
 
     /// Opens a stream to the node at `addr` and makes it an HTTP/1.1
     /// connection.
-    async fn open(&self, peer: &Peer, addr: &str) -> Result<Exchange, OutboundError> {
-        let conn = self.connection(peer, addr).await?;
+    async fn open(&self, peer: &Peer, node: &str, addr: &str) -> Result<Exchange, OutboundError> {
+        let conn = self.connection(peer, node, addr).await?;
         let opened = async {
             let (send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
             hyper::client::conn::http1::handshake(stream_io(send, recv, vec![VERSION]))
@@ -490,10 +499,11 @@ impl TunnelClient {
         }
     }
 
-    /// Sends a request for `ip` to the node at `addr`; its response head
+    /// Sends a request for `ip` to node `node` at `addr`; its response head
     /// must arrive by `deadline`. The bodies stream.
     pub async fn send(
         &self,
+        node: &str,
         addr: &str,
         ip: Ipv4Addr,
         mut req: http::Request<Body>,
@@ -512,7 +522,7 @@ impl TunnelClient {
         headers.insert(DEADLINE_HEADER, http::HeaderValue::from(millis));
         let (exchange, again) = match peer.take_idle() {
             Some(e) => (e, replayable(&req)),
-            None => (self.open(&peer, addr).await?, None),
+            None => (self.open(&peer, node, addr).await?, None),
         };
         let answer = match tokio::time::timeout_at(deadline, exchange.request(req)).await {
             Ok(Ok(done)) => done,
@@ -522,7 +532,7 @@ impl TunnelClient {
                 let Some(req) = unsent.or(again) else {
                     return Err(OutboundError::Unavailable(format!("tunnel to {addr}: {e}")));
                 };
-                let exchange = self.open(&peer, addr).await?;
+                let exchange = self.open(&peer, node, addr).await?;
                 match tokio::time::timeout_at(deadline, exchange.request(req)).await {
                     Ok(Ok(done)) => done,
                     Ok(Err((e, _))) => {
@@ -554,7 +564,7 @@ impl TunnelClient {
     /// Sends a probe to the node at `addr` over the connection requests use
     /// (dialled first if there is none), and reads the peer's clock from
     /// its answer.
-    pub async fn probe(&self, addr: &str) -> Result<TunnelProbe, OutboundError> {
+    pub async fn probe(&self, node: &str, addr: &str) -> Result<TunnelProbe, OutboundError> {
         let sent_at = flotilla_api::meta::unix_micros_now();
         let started = std::time::Instant::now();
         let deadline = Deadline::now() + PROBE_ANSWER_TIMEOUT;
@@ -564,7 +574,8 @@ impl TunnelClient {
         // A connection whose peer went away silently would hold a probe
         // until QUIC's idle timeout; a silent probe drops it instead.
         let answer =
-            match tokio::time::timeout_at(deadline, self.send(addr, PROBE_IP, req, deadline)).await
+            match tokio::time::timeout_at(deadline, self.send(node, addr, PROBE_IP, req, deadline))
+                .await
             {
                 Ok(a) => a,
                 Err(_) => Err(OutboundError::Timeout(format!(

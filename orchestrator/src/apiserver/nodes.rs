@@ -107,8 +107,13 @@ impl ApiServer {
     /// A connection to a node's own listener, as an apiserver.
     async fn dial_node(&self, node_name: &str) -> ApiResult<(quinn::Endpoint, quinn::Connection)> {
         let addr = self.node_tunnel_address(node_name)?;
-        let config = tls::client_config(&self.ca.cert_pem, Some(&self.peer_cert()), ALPN_NODE)
-            .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+        let config = tls::client_config(
+            &self.ca.cert_pem,
+            Some(&self.peer_cert()),
+            ALPN_NODE,
+            tls::ServerIdentity::Node(node_name.to_string()),
+        )
+        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
         dial(&addr, config)
             .await
             .map_err(|e| unavailable(format!("node \"{node_name}\": {e}")))

@@ -864,6 +864,7 @@ mod tests {
             &ca.cert_pem,
             Some(&cert),
             flotilla_client::tls::ALPN_RAFT,
+            flotilla_client::tls::ServerIdentity::AnyPeer,
         )
         .unwrap();
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();

@@ -339,7 +339,10 @@ mod tests {
         assert_eq!(store.shared.below.get("/k").unwrap(), Some(value("v", 7)));
         // The flusher forgets what it wrote just after writing it.
         while !store.shared.pending().entries.is_empty() {
-            assert!(std::time::Instant::now() < deadline, "flushed keys stay pending");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "flushed keys stay pending"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
