@@ -25,7 +25,9 @@ enum UserCommand {
     /// configuration (needs cluster-admin). The user can do nothing until a
     /// RoleBinding or ClusterRoleBinding grants it a role.
     Create {
-        /// The user's name (the identity is user:NAME).
+        /// The user's name (the identity is user:NAME), or component:scheduler
+        /// or component:controllers for `flotilla scheduler|controllers` run on
+        /// their own.
         name: String,
         /// A group to put the user in (bindings may name groups); repeatable.
         #[arg(long = "group")]
@@ -49,7 +51,11 @@ impl UserArgs {
             output,
         } = self.command;
         let mine = ctx.client_config()?;
-        let identity = format!("user:{name}");
+        let identity = if name.starts_with("component:") {
+            name.clone()
+        } else {
+            format!("user:{name}")
+        };
         let (key_pem, csr_pem) = tls::generate_csr(&identity)?;
         let client = ctx.connect().await?;
         let resp = client

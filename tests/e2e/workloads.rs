@@ -516,10 +516,25 @@ pub(crate) fn instance(name: &str, memory: &str) -> String {
 }
 
 /// A `flotilla scheduler|controllers` process against the cluster.
+/// It runs as its own identity (`component:VERB`), as in a real
+/// deployment: nothing about it needs the admin's credentials.
 pub(crate) fn component(cluster: &Cluster, verb: &str, extra: &[&str]) -> Child {
+    let config = cluster.dir.path().join(format!("component-{verb}.config"));
+    if !config.exists() {
+        let identity = format!("component:{verb}");
+        let out = cluster.cli(
+            0,
+            &["user", "create", &identity, "-o", config.to_str().unwrap()],
+        );
+        assert!(
+            out.status.success(),
+            "user create {identity}: {}",
+            crate::harness::stderr(&out)
+        );
+    }
     let mut args: Vec<String> = vec![
         "--config".into(),
-        cluster.config().display().to_string(),
+        config.display().to_string(),
         "--server".into(),
         cluster.peers[0].addr.clone(),
         verb.into(),

@@ -8,7 +8,7 @@ use flotilla_api::rbac::{is_resource, Attributes, CLUSTER_RESOURCES, VERBS};
 use flotilla_api::validation::is_dns1123_subdomain;
 use flotilla_client::wire::{ApiError, ErrorCode, ResponseV1};
 
-use super::authz::{self, Caller};
+use super::authz::{self, roles, Caller};
 use super::errors::ApiResult;
 use super::ApiServer;
 use crate::ca::MAX_CERT_LIFETIME;
@@ -43,10 +43,11 @@ impl ApiServer {
         csr_pem: String,
         ttl_seconds: u64,
     ) -> ApiResult<ResponseV1> {
-        if !is_dns1123_subdomain(&name) {
+        let component = [roles::SCHEDULER, roles::CONTROLLERS].contains(&name.as_str());
+        if !component && !is_dns1123_subdomain(&name) {
             return Err(invalid(
                 "name",
-                format!("{name:?} is not a valid user name (lowercase letters, digits, '-' and '.', at most 253 characters)"),
+                format!("{name:?} is not a valid user name (lowercase letters, digits, '-' and '.', at most 253 characters; or {} or {} for a component run on its own)", roles::SCHEDULER, roles::CONTROLLERS),
             ));
         }
         if groups.len() > MAX_GROUPS {
@@ -69,7 +70,11 @@ impl ApiServer {
             ));
         }
         let lifetime = time::Duration::seconds(ttl_seconds as i64);
-        let identity = format!("user:{name}");
+        let identity = if component {
+            name
+        } else {
+            format!("user:{name}")
+        };
         let cert_pem = self
             .ca
             .sign_user_csr(&csr_pem, &identity, &groups, lifetime)
