@@ -29,6 +29,7 @@ use flotilla_client::token::JoinToken;
 use flotilla_client::wire::{read_frame, write_frame, RequestV1, ResponseV1};
 use flotilla_telemetry::{Readiness, Telemetry};
 
+use crate::apiserver::audit::AuditLog;
 use crate::apiserver::{ApiMetrics, ApiServer};
 use crate::certs::{
     self, quic_peer_client_config, quic_server_config, write_admin_config, CertPaths, CertPolicy,
@@ -153,12 +154,15 @@ pub struct ServerConfig {
     /// When this peer renews its own, its components' and the admin's
     /// certificates (nodes have their own `--cert-renew-at`).
     pub cert_renew_at: tls::RenewAt,
+    /// Where the apiserver records changes and refusals; `None` for off.
+    pub audit_log: Option<crate::apiserver::audit::AuditConfig>,
 }
 
 impl ServerConfig {
     /// Defaults for a data dir and listen address.
     pub fn new(data_dir: PathBuf, listen: String) -> Self {
         Self {
+            audit_log: Some(crate::apiserver::audit::AuditConfig::in_dir(&data_dir)),
             data_dir,
             listen,
             advertise: None,
@@ -400,6 +404,7 @@ impl Server {
             telemetry,
             cert_lifetime,
             cert_renew_at,
+            audit_log,
         } = config;
         let policy = CertPolicy::new(cert_lifetime, cert_renew_at)?;
         // First, so that a caller serving `/readyz` during a slow start (a
@@ -485,18 +490,21 @@ impl Server {
                 )),
             }
         });
-        let api = Arc::new(
-            ApiServer::new(
-                store.clone(),
-                identity.ca.clone(),
-                identity.peer.cluster_name.clone(),
-                certs.current(),
-                max_module_bytes,
-                ranges,
-                ApiMetrics::register(&telemetry.registry),
-            )
-            .with_cert_lifetime(policy.lifetime),
-        );
+        let mut api = ApiServer::new(
+            store.clone(),
+            identity.ca.clone(),
+            identity.peer.cluster_name.clone(),
+            certs.current(),
+            max_module_bytes,
+            ranges,
+            ApiMetrics::register(&telemetry.registry),
+        )
+        .with_cert_lifetime(policy.lifetime);
+        if let Some(audit) = audit_log {
+            let path = audit.path.clone();
+            api = api.with_audit(AuditLog::open(audit).map_err(io_err(&path))?);
+        }
+        let api = Arc::new(api);
 
         let mut tasks = vec![
             tokio::spawn(accept_loop(endpoint.clone(), api.clone())),

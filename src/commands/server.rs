@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use flotilla_api::duration::Duration;
+use flotilla_orchestrator::apiserver::audit::AuditConfig;
 use flotilla_orchestrator::server::{run, ServerConfig};
 
 #[derive(Args, Debug)]
@@ -65,6 +66,16 @@ pub struct ServerArgs {
     /// period (0.667, or 67%), or `off`.
     #[arg(long, default_value = "0.667", value_name = "FRACTION|off")]
     cert_renew_at: flotilla_client::tls::RenewAt,
+    /// Where the apiserver appends a JSON line for every change and every
+    /// refused request (default: DATA_DIR/audit.log), or `off`.
+    #[arg(long, value_name = "PATH|off")]
+    audit_log: Option<String>,
+    /// Size past which the audit log is rotated to audit.log.1.
+    #[arg(long, default_value = "100Mi", value_parser = super::context::parse_quantity)]
+    audit_log_max_size: flotilla_api::quantity::Quantity,
+    /// Rotated audit logs kept.
+    #[arg(long, default_value_t = 5)]
+    audit_log_max_backups: usize,
     #[command(flatten)]
     metrics: super::metrics_flag::MetricsArgs,
 }
@@ -90,6 +101,9 @@ impl ServerArgs {
             service_cidr,
             cert_lifetime,
             cert_renew_at,
+            audit_log,
+            audit_log_max_size,
+            audit_log_max_backups,
             metrics,
         } = self;
         if node_cidr_mask_size < cluster_cidr.prefix_len() {
@@ -97,7 +111,17 @@ impl ServerArgs {
                 "--node-cidr-mask-size {node_cidr_mask_size} is shorter than the cluster CIDR {cluster_cidr}'s prefix: a node's range must fit inside it"
             );
         }
+        let audit_log = match audit_log.as_deref() {
+            Some("off") => None,
+            Some(path) => Some(PathBuf::from(path)),
+            None => Some(data_dir.join("audit.log")),
+        };
         let mut config = ServerConfig::new(data_dir, listen);
+        config.audit_log = audit_log.map(|path| AuditConfig {
+            path,
+            max_bytes: audit_log_max_size.as_bytes().max(1),
+            backups: audit_log_max_backups,
+        });
         config.advertise = advertise;
         config.join = join.zip(token);
         config.history = watch_history;

@@ -229,6 +229,90 @@ fn a_nodes_own_credentials_reach_only_what_is_its_own() {
         "Running"
     );
     serves();
+
+    // Every refusal, and every change it made, is in the audit log.
+    let lines = audit_lines(&cluster, |l| {
+        l["verb"] == "update-status" && l["identity"] == "node:node-1"
+    });
+    let has = |verb: &str, kind: &str, namespace: &str, name: &str, result: &str| {
+        assert!(
+            lines
+                .iter()
+                .any(|l| audited(l, "node:node-1", verb, kind, namespace, name, result)),
+            "no audit line for node:node-1 {verb} {kind} {namespace}/{name} {result}"
+        );
+    };
+    has("get", "Instance", "default", "theirs", "Forbidden");
+    has("list", "Instance", "", "", "Forbidden");
+    has("apply", "Node", "", "node-2", "Forbidden");
+    has(
+        "apply",
+        "Lease",
+        "flotilla-node-lease",
+        "node-2",
+        "Forbidden",
+    );
+    has("create-token", "", "", "", "Forbidden");
+    has("remove-member", "", "", "1", "Forbidden");
+    has("join-peer", "", "", "", "Forbidden");
+    has("bind", "Instance", "default", "theirs", "Forbidden");
+    has("update", "Lease", "flotilla-node-lease", "node-1", "ok");
+    has("update-status", "Instance", "default", "mine", "ok");
+    let denied = lines
+        .iter()
+        .find(|l| l["verb"] == "create-token" && l["identity"] == "node:node-1")
+        .unwrap();
+    assert!(
+        denied["message"]
+            .as_str()
+            .unwrap()
+            .contains("forbidden: node:node-1 may not create tokens"),
+        "{denied}"
+    );
+    assert_eq!(denied["groups"], serde_json::json!(["system:nodes"]));
+    assert!(
+        denied["latencyMicros"].as_u64().is_some()
+            && denied["time"].as_str().unwrap().ends_with('Z')
+    );
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l["verb"] == "get" && l["result"] == "ok"),
+        "reads that were allowed are not audited"
+    );
+}
+
+/// The lines of peer 0's audit log, parsed, once it holds one that `want`
+/// accepts (the writer appends moments after the answer).
+fn audit_lines(cluster: &Cluster, want: impl Fn(&Value) -> bool) -> Vec<Value> {
+    let path = cluster.peers[0].data_dir.join("audit.log");
+    wait_for("the audit log line", Duration::from_secs(10), || {
+        let lines: Vec<Value> = std::fs::read_to_string(&path)
+            .ok()?
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("every audit line is JSON"))
+            .collect();
+        lines.iter().any(&want).then_some(lines)
+    })
+}
+
+/// Whether `line` records `identity` doing `verb` on `kind` `namespace/name`
+/// with `result`.
+fn audited(
+    line: &Value,
+    identity: &str,
+    verb: &str,
+    kind: &str,
+    namespace: &str,
+    name: &str,
+    result: &str,
+) -> bool {
+    line["identity"] == identity
+        && line["verb"] == verb
+        && line["kind"] == kind
+        && line["namespace"] == namespace
+        && line["name"] == name
+        && line["result"] == result
 }
 
 fn run_as(config: &Path, cluster: &Cluster, args: &[&str]) -> Output {
@@ -624,6 +708,43 @@ rules:
         "{}",
         stderr(&shadow)
     );
+
+    // The audit log holds the users' changes and refusals, with their groups.
+    let lines = audit_lines(&cluster, |l| {
+        l["identity"] == "user:dave" && l["result"] == "Forbidden"
+    });
+    let has = |who: &str, verb: &str, kind: &str, namespace: &str, name: &str, result: &str| {
+        assert!(
+            lines
+                .iter()
+                .any(|l| audited(l, who, verb, kind, namespace, name, result)),
+            "no audit line for {who} {verb} {kind} {namespace}/{name} {result}"
+        );
+    };
+    has("user:admin", "sign-user", "", "", "alice", "ok");
+    has("user:alice", "apply", "Service", "a", "web", "ok");
+    has("user:alice", "delete", "Service", "a", "web", "ok");
+    has("user:alice", "list", "Service", "b", "", "Forbidden");
+    has("user:alice", "apply", "Service", "b", "web", "Forbidden");
+    has("user:alice", "list", "Node", "", "", "Forbidden");
+    has("user:alice", "create-token", "", "", "", "Forbidden");
+    has("user:alice", "sign-user", "", "", "eve", "Forbidden");
+    has(
+        "user:bob",
+        "apply",
+        "RoleBinding",
+        "a",
+        "bob-owns",
+        "Forbidden",
+    );
+    has("user:bob", "apply", "RoleBinding", "a", "carol-edits", "ok");
+    has("user:dave", "apply", "Service", "a", "dave", "Forbidden");
+    has("user:admin", "apply", "ClusterRole", "", "edit", "Invalid");
+    let dave = lines
+        .iter()
+        .find(|l| l["identity"] == "user:dave" && l["result"] == "Forbidden")
+        .unwrap();
+    assert_eq!(dave["groups"], serde_json::json!(["team-a", "readers"]));
 }
 
 /// Every file under `dir`, with its text (binary files read lossily).
@@ -783,6 +904,32 @@ fn tokens_admit_their_kind_their_uses_and_no_more_and_removed_peers_lose_their_c
             _ => panic!("a removed peer's raft request was served"),
         }
     });
+    let lines = audit_lines(&cluster, |l| {
+        l["identity"] == "peer:2" && l["result"] == "Unauthorized"
+    });
+    let refused_join = |needle: &str| {
+        lines.iter().any(|l| {
+            l["verb"] == "join-peer"
+                && l["identity"] == ""
+                && l["result"] == "Unauthorized"
+                && l["message"].as_str().unwrap_or_default().contains(needle)
+        })
+    };
+    for needle in ["is a node token", "is used up", "was revoked"] {
+        assert!(
+            refused_join(needle),
+            "no audit line for the join refused as {needle:?}"
+        );
+    }
+    assert!(lines
+        .iter()
+        .any(|l| l["verb"] == "join-node" && l["name"] == "node-1" && l["result"] == "ok"));
+    assert!(lines
+        .iter()
+        .any(|l| l["verb"] == "revoke-token" && l["name"] == id.as_str() && l["result"] == "ok"));
+    assert!(lines
+        .iter()
+        .any(|l| l["verb"] == "remove-member" && l["name"] == "2" && l["result"] == "ok"));
     let out = cluster.cli(0, &["get", "ns", "default"]);
     assert!(
         out.status.success(),

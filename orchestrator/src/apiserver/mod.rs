@@ -16,6 +16,7 @@
 //! there only from [`update`] and the few blind writes of tokens and blobs),
 //! or accept an object that fails validation.
 
+pub mod audit;
 mod authz;
 mod crud;
 mod errors;
@@ -76,6 +77,8 @@ pub struct ApiServer {
     metrics: ApiMetrics,
     /// The stored Roles and bindings the authorizer reads.
     rbac: Arc<authz::bindings::RbacCache>,
+    /// Where changes and refusals are recorded; `None` when turned off.
+    audit: Option<audit::AuditLog>,
 }
 
 impl ApiServer {
@@ -104,6 +107,7 @@ impl ApiServer {
             watch_hub,
             metrics,
             rbac,
+            audit: None,
         }
     }
 
@@ -111,6 +115,12 @@ impl ApiServer {
     /// `lifetime` (default [`ca::DEFAULT_CERT_LIFETIME`]).
     pub fn with_cert_lifetime(mut self, lifetime: time::Duration) -> Self {
         self.cert_lifetime = lifetime;
+        self
+    }
+
+    /// Records every change and every refusal in `log`.
+    pub fn with_audit(mut self, log: audit::AuditLog) -> Self {
+        self.audit = Some(log);
         self
     }
 

@@ -17,12 +17,43 @@ use flotilla_client::wire::{
     MAX_FRAME, MODULE_CHUNK,
 };
 
-use super::authz::Caller;
+use super::audit::AuditEvent;
+use super::authz::{audit_target, Caller};
 use super::errors::ApiResult;
-use super::metrics::{self, code_label, result_of};
+use super::metrics::{self, result_of};
 use super::router::Routed;
 use super::watch::WatchFeed;
 use super::ApiServer;
+
+/// Whether a request of this verb (as the metrics label it) changes
+/// something: those are audited whatever their result, the others only when
+/// refused.
+fn changes(verb: &str) -> bool {
+    !matches!(
+        verb,
+        "get"
+            | "list"
+            | "watch"
+            | "members"
+            | "whoami"
+            | "download"
+            | "logs"
+            | "clock"
+            | "probe-tunnel"
+            | "self-subject-review"
+            | "access-review"
+            | "list-tokens"
+            | "unknown"
+    )
+}
+
+fn audit_time() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+    );
+    now.format(&format).unwrap_or_default()
+}
 
 fn invalid(msg: String) -> ApiError {
     ApiError::new(ErrorCode::Invalid, msg)
@@ -64,9 +95,17 @@ impl ApiServer {
         };
         let Request::V1(req) = req;
         let (verb, kind) = metrics::labels_of(&req);
+        let target = self.audit.as_ref().map(|_| audit_target(&req));
+        let mut failure = String::new();
+        let mut keep = |r: &ApiResult<ResponseV1>| {
+            if let Err(e) = r {
+                failure = e.message.clone();
+            }
+            result_of(r)
+        };
         let result = match self.route(&caller, req).await {
             Routed::Answer(result) => {
-                let label = result_of(&result);
+                let label = keep(&result);
                 answer(&mut send, result).await;
                 label
             }
@@ -78,8 +117,9 @@ impl ApiServer {
                 return;
             }
             Routed::Watch(Err(e)) => {
-                let label = code_label(e.code);
-                answer(&mut send, Err(e)).await;
+                let result = Err(e);
+                let label = keep(&result);
+                answer(&mut send, result).await;
                 label
             }
             Routed::Upload {
@@ -94,7 +134,7 @@ impl ApiServer {
                         .map(ResponseV1::Object),
                     Err(e) => Err(e),
                 };
-                let label = result_of(&result);
+                let label = keep(&result);
                 answer(&mut send, result).await;
                 label
             }
@@ -103,20 +143,39 @@ impl ApiServer {
                     Ok(chunks) => send_chunks(&mut send, chunks).await,
                     Err(e) => Err(e),
                 };
-                let label = result_of(&result);
+                let label = keep(&result);
                 answer(&mut send, result).await;
                 label
             }
             Routed::ToNode(req) => match self.proxy_to_node(&mut send, &mut recv, req).await {
                 Ok(()) => "ok",
                 Err(e) => {
-                    let label = code_label(e.code);
-                    answer(&mut send, Err(e)).await;
+                    let result = Err(e);
+                    let label = keep(&result);
+                    answer(&mut send, result).await;
                     label
                 }
             },
         };
         self.metrics.observe(verb, kind, result, started);
+        if let (Some(log), Some((namespace, name))) = (&self.audit, target) {
+            let denied = matches!(result, "Forbidden" | "Unauthorized");
+            if denied || changes(verb) {
+                log.record(AuditEvent {
+                    time: audit_time(),
+                    identity: caller.name().to_string(),
+                    groups: caller.groups().to_vec(),
+                    verb: verb.to_string(),
+                    kind: kind.to_string(),
+                    namespace,
+                    name,
+                    result: result.to_string(),
+                    message: failure,
+                    latency_micros: u64::try_from(started.elapsed().as_micros())
+                        .unwrap_or(u64::MAX),
+                });
+            }
+        }
     }
 
     /// Reads an upload's chunks: exactly `size` bytes, refused as soon as the

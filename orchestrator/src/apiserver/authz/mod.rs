@@ -145,6 +145,17 @@ fn forbidden(caller: &Caller, attrs: &Attributes, why: &str) -> ApiError {
     )
 }
 
+/// The namespace and name `req` is about, as the audit log records them.
+pub(super) fn audit_target(req: &RequestV1) -> (String, String) {
+    match req {
+        RequestV1::JoinNode { name, .. } => (String::new(), name.clone()),
+        RequestV1::AddPeer { id, .. } => (String::new(), id.to_string()),
+        _ => attributes::of(req)
+            .map(|a| (a.namespace, a.name))
+            .unwrap_or_default(),
+    }
+}
+
 /// Whether `caller` may make `req` at all, given the stored `bindings`.
 pub(super) fn authorize(caller: &Caller, req: &RequestV1, bindings: &Bindings) -> ApiResult<()> {
     match req {
