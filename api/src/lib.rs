@@ -27,6 +27,7 @@ pub mod namespace;
 pub mod node;
 pub mod object;
 pub mod quantity;
+pub mod quota;
 pub mod rbac;
 pub mod service;
 pub mod validation;

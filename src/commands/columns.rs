@@ -48,6 +48,28 @@ pub fn columns(object: &Object, wide: bool) -> Vec<(&'static str, String)> {
         Object::ClusterRoleBinding(o) => {
             binding(&o.metadata.name, &o.role_ref, &o.subjects, wide, age)
         }
+        Object::ResourceQuota(o) => {
+            let used = o
+                .spec
+                .hard
+                .iter()
+                .map(|(k, cap)| {
+                    let now = o.status.used.get(k).map_or("0", |q| q.as_str());
+                    format!("{k}: {now}/{}", cap.as_str())
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            vec![
+                ("NAME", o.metadata.name.clone()),
+                ("USED/HARD", or_none(&used)),
+                ("AGE", age),
+            ]
+        }
+        Object::LimitRange(o) => vec![
+            ("NAME", o.metadata.name.clone()),
+            ("ITEMS", o.spec.limits.len().to_string()),
+            ("AGE", age),
+        ],
     }
 }
 
@@ -511,6 +533,14 @@ kind: ClusterRoleBinding
 metadata: {{name: team-reads-nodes}}
 roleRef: {{kind: ClusterRole, name: node-reader}}
 subjects: [{{kind: Group, name: team-a}}]
+---
+kind: ResourceQuota
+metadata: {{name: compute, namespace: a}}
+spec: {{hard: {{instances: "3", limits.cpu: "2"}}}}
+---
+kind: LimitRange
+metadata: {{name: defaults, namespace: a}}
+spec: {{limits: [{{type: Instance, default: {{cpu: 250m, memory: 64Mi}}}}]}}
 "#,
             hex = "ab".repeat(32)
         )

@@ -1041,3 +1041,141 @@ fn clients_talk_only_to_the_server_they_mean() {
     let out = cluster.cli(0, &["get", "ns", "default"]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+fn instance_in(name: &str, namespace: &str, limits: &str) -> String {
+    format!(
+        "apiVersion: flotilla.dev/v1
+kind: Instance
+metadata:
+  name: {name}
+  namespace: {namespace}
+spec:
+  module: {}
+  world: http
+{limits}",
+        crate::node::examples().join("hello.wasm").display()
+    )
+}
+
+#[test]
+fn quotas_cap_a_namespace_and_limit_ranges_default_its_instances() {
+    let cluster = Cluster::start(1, &[]);
+    cluster.wait_ready(0);
+    apply(
+        &cluster,
+        "apiVersion: flotilla.dev/v1
+kind: Namespace
+metadata: {name: q}
+---
+apiVersion: flotilla.dev/v1
+kind: LimitRange
+metadata: {name: defaults, namespace: q}
+spec:
+  limits:
+  - type: Instance
+    default: {cpu: 250m, memory: 32Mi}
+---
+apiVersion: flotilla.dev/v1
+kind: ResourceQuota
+metadata: {name: compute, namespace: q}
+spec:
+  hard: {instances: '3', limits.cpu: '1', limits.memory: 1Gi}
+---
+apiVersion: flotilla.dev/v1
+kind: ResourceQuota
+metadata: {name: services, namespace: q}
+spec:
+  hard: {services: '1'}
+",
+    );
+    let apply_in = |manifest: &str| cluster.cli_in(0, &["apply", "-f", "-"], Some(manifest));
+    for name in ["one", "two", "three"] {
+        let out = apply_in(&instance_in(name, "q", ""));
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+    }
+    let one = json(&cluster, &["inst", "one", "-n", "q"]);
+    let resources = &one["spec"]["resources"];
+    assert_eq!(
+        resources["limits"],
+        serde_json::json!({"cpu": "250m", "memory": "32Mi"})
+    );
+    assert_eq!(
+        resources["requests"],
+        serde_json::json!({"cpu": "250m", "memory": "32Mi"})
+    );
+    let again = apply_in(&instance_in("one", "q", ""));
+    assert!(stdout(&again).contains("unchanged"), "{}", stdout(&again));
+
+    let fourth = apply_in(&instance_in("four", "q", ""));
+    assert_eq!(
+        fourth.status.code(),
+        Some(FORBIDDEN_STATUS),
+        "{}",
+        stderr(&fourth)
+    );
+    assert!(
+        stderr(&fourth).contains(
+            "exceeded quota \"compute\" in namespace \"q\": requested instances=1, used instances=3, limited instances=3"
+        ),
+        "{}",
+        stderr(&fourth)
+    );
+    assert!(cluster.get_json(&["inst", "four", "-n", "q"]).is_none());
+    let quota = json(&cluster, &["quota", "compute", "-n", "q"]);
+    assert_eq!(
+        quota["status"]["used"],
+        serde_json::json!({"instances": "3", "limits.cpu": "750m", "limits.memory": "96Mi"})
+    );
+
+    // Room for one more instance, but not for its CPU.
+    let out = cluster.cli(0, &["delete", "inst", "three", "-n", "q"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let big = apply_in(&instance_in(
+        "big",
+        "q",
+        "  resources:\n    limits: {cpu: 600m, memory: 32Mi}\n",
+    ));
+    assert_eq!(
+        big.status.code(),
+        Some(FORBIDDEN_STATUS),
+        "{}",
+        stderr(&big)
+    );
+    assert!(
+        stderr(&big)
+            .contains("requested limits.cpu=600m, used limits.cpu=500m, limited limits.cpu=1"),
+        "{}",
+        stderr(&big)
+    );
+    let out = apply_in(&instance_in("four", "q", ""));
+    assert!(
+        out.status.success(),
+        "a freed slot is taken again: {}",
+        stderr(&out)
+    );
+
+    let first = apply_in(&service_in("first", "q"));
+    assert!(first.status.success(), "{}", stderr(&first));
+    let second = apply_in(&service_in("second", "q"));
+    assert_eq!(
+        second.status.code(),
+        Some(FORBIDDEN_STATUS),
+        "{}",
+        stderr(&second)
+    );
+    assert!(
+        stderr(&second).contains("exceeded quota \"services\" in namespace \"q\": requested services=1, used services=1, limited services=1"),
+        "{}",
+        stderr(&second)
+    );
+    // Other namespaces are not capped.
+    for name in ["a", "b", "c", "d"] {
+        let out = apply_in(&instance_in(name, "default", ""));
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let free = json(&cluster, &["inst", "a"]);
+    assert!(
+        free["spec"]["resources"]["limits"].is_null(),
+        "no LimitRange in default"
+    );
+}

@@ -33,6 +33,7 @@ impl Object {
             Object::DaemonSet(o) => o.status = Default::default(),
             Object::Job(o) => o.status = Default::default(),
             Object::Service(o) => o.status = Default::default(),
+            Object::ResourceQuota(o) => o.status = Default::default(),
             Object::Lease(_)
             | Object::Endpoints(_)
             | Object::Event(_)
@@ -40,7 +41,8 @@ impl Object {
             | Object::Role(_)
             | Object::ClusterRole(_)
             | Object::RoleBinding(_)
-            | Object::ClusterRoleBinding(_) => {}
+            | Object::ClusterRoleBinding(_)
+            | Object::LimitRange(_) => {}
         }
     }
 
@@ -63,6 +65,7 @@ impl Object {
             (Object::DaemonSet(a), Object::DaemonSet(b)) => a.status = b.status.clone(),
             (Object::Job(a), Object::Job(b)) => a.status = b.status.clone(),
             (Object::Service(a), Object::Service(b)) => a.status = b.status.clone(),
+            (Object::ResourceQuota(a), Object::ResourceQuota(b)) => a.status = b.status.clone(),
             _ => {}
         }
     }
@@ -89,6 +92,8 @@ impl Object {
             }
             (Object::Module(a), Object::Module(b)) => a.spec = b.spec.clone(),
             (Object::Role(a), Object::Role(b)) => a.rules = b.rules.clone(),
+            (Object::ResourceQuota(a), Object::ResourceQuota(b)) => a.spec = b.spec.clone(),
+            (Object::LimitRange(a), Object::LimitRange(b)) => a.spec = b.spec.clone(),
             (Object::ClusterRole(a), Object::ClusterRole(b)) => a.rules = b.rules.clone(),
             (Object::RoleBinding(a), Object::RoleBinding(b)) => {
                 a.role_ref = b.role_ref.clone();

@@ -255,6 +255,8 @@ impl Object {
             Kind::ClusterRole => deserialize_kind(map).map(Object::ClusterRole),
             Kind::RoleBinding => deserialize_kind(map).map(Object::RoleBinding),
             Kind::ClusterRoleBinding => deserialize_kind(map).map(Object::ClusterRoleBinding),
+            Kind::ResourceQuota => deserialize_kind(map).map(Object::ResourceQuota),
+            Kind::LimitRange => deserialize_kind(map).map(Object::LimitRange),
         };
         parsed.map_err(|(field, message)| ManifestError::new(kind.as_str(), &name, &field, message))
     }

@@ -39,6 +39,10 @@ pub enum Kind {
     RoleBinding,
     /// [`ClusterRoleBinding`] (cluster-scoped).
     ClusterRoleBinding,
+    /// [`ResourceQuota`].
+    ResourceQuota,
+    /// [`LimitRange`].
+    LimitRange,
 }
 
 /// A kind name that is not one of [`Kind::ALL`].
@@ -56,7 +60,7 @@ fn known_kinds() -> String {
 
 impl Kind {
     /// Every kind, in a stable order.
-    pub const ALL: [Kind; 15] = [
+    pub const ALL: [Kind; 17] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Lease,
@@ -72,6 +76,8 @@ impl Kind {
         Kind::ClusterRole,
         Kind::RoleBinding,
         Kind::ClusterRoleBinding,
+        Kind::ResourceQuota,
+        Kind::LimitRange,
     ];
 
     /// Parses a kind name as the CLI accepts it: case-insensitive, singular,
@@ -93,6 +99,8 @@ impl Kind {
             "clusterrole" | "clusterroles" => Kind::ClusterRole,
             "rolebinding" | "rolebindings" => Kind::RoleBinding,
             "clusterrolebinding" | "clusterrolebindings" => Kind::ClusterRoleBinding,
+            "resourcequota" | "resourcequotas" | "quota" => Kind::ResourceQuota,
+            "limitrange" | "limitranges" | "limits" => Kind::LimitRange,
             _ => return Err(UnknownKind(s.to_owned())),
         };
         Ok(kind)
@@ -116,6 +124,8 @@ impl Kind {
             Kind::ClusterRole => "ClusterRole",
             Kind::RoleBinding => "RoleBinding",
             Kind::ClusterRoleBinding => "ClusterRoleBinding",
+            Kind::ResourceQuota => "ResourceQuota",
+            Kind::LimitRange => "LimitRange",
         }
     }
 
@@ -137,6 +147,8 @@ impl Kind {
             Kind::ClusterRole => "clusterroles",
             Kind::RoleBinding => "rolebindings",
             Kind::ClusterRoleBinding => "clusterrolebindings",
+            Kind::ResourceQuota => "resourcequotas",
+            Kind::LimitRange => "limitranges",
         }
     }
 

@@ -20,6 +20,7 @@ use crate::meta::ObjectMeta;
 use crate::module::Module;
 use crate::namespace::Namespace;
 use crate::node::Node;
+use crate::quota::{LimitRange, ResourceQuota};
 use crate::rbac::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use crate::service::Service;
 
@@ -61,6 +62,10 @@ pub enum Object {
     RoleBinding(RoleBinding),
     /// A cluster role granted everywhere.
     ClusterRoleBinding(ClusterRoleBinding),
+    /// Caps on a namespace.
+    ResourceQuota(ResourceQuota),
+    /// Defaults for a namespace's instances.
+    LimitRange(LimitRange),
 }
 
 /// Runs `$body` with `$o` bound to the inner struct, whatever the variant.
@@ -82,6 +87,8 @@ macro_rules! dispatch {
             Object::ClusterRole($o) => $body,
             Object::RoleBinding($o) => $body,
             Object::ClusterRoleBinding($o) => $body,
+            Object::ResourceQuota($o) => $body,
+            Object::LimitRange($o) => $body,
         }
     };
 }
@@ -143,7 +150,9 @@ resource!(
     Role,
     ClusterRole,
     RoleBinding,
-    ClusterRoleBinding
+    ClusterRoleBinding,
+    ResourceQuota,
+    LimitRange
 );
 
 mod compare;
@@ -174,6 +183,8 @@ impl Object {
             Object::ClusterRole(_) => Kind::ClusterRole,
             Object::RoleBinding(_) => Kind::RoleBinding,
             Object::ClusterRoleBinding(_) => Kind::ClusterRoleBinding,
+            Object::ResourceQuota(_) => Kind::ResourceQuota,
+            Object::LimitRange(_) => Kind::LimitRange,
         }
     }
 
@@ -252,6 +263,14 @@ impl Object {
             Kind::ClusterRoleBinding => Object::ClusterRoleBinding(ClusterRoleBinding {
                 metadata,
                 ..ClusterRoleBinding::default()
+            }),
+            Kind::ResourceQuota => Object::ResourceQuota(ResourceQuota {
+                metadata,
+                ..ResourceQuota::default()
+            }),
+            Kind::LimitRange => Object::LimitRange(LimitRange {
+                metadata,
+                ..LimitRange::default()
             }),
         }
     }

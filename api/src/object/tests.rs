@@ -254,6 +254,26 @@ fn samples() -> Vec<Object> {
         role_ref: role_ref("Role", "reader"),
         subjects: vec![subject("User", "alice"), subject("Group", "team-a")],
     };
+    let quota = crate::quota::ResourceQuota {
+        metadata: meta("a", "compute"),
+        spec: crate::quota::ResourceQuotaSpec {
+            hard: [("instances".to_string(), Quantity::parse("3").unwrap())].into(),
+        },
+        ..Default::default()
+    };
+    let limit_range = crate::quota::LimitRange {
+        metadata: meta("a", "defaults"),
+        spec: crate::quota::LimitRangeSpec {
+            limits: vec![crate::quota::LimitRangeItem {
+                type_: "Instance".into(),
+                default: crate::instance::ResourceList {
+                    cpu: Some(Quantity::parse("250m").unwrap()),
+                    memory: Some(Quantity::parse("64Mi").unwrap()),
+                },
+                ..Default::default()
+            }],
+        },
+    };
     let cluster_role_binding = ClusterRoleBinding {
         metadata: meta("", "edge-reads-itself"),
         role_ref: role_ref("ClusterRole", "node-reader"),
@@ -275,6 +295,8 @@ fn samples() -> Vec<Object> {
         Object::ClusterRole(cluster_role),
         Object::RoleBinding(role_binding),
         Object::ClusterRoleBinding(cluster_role_binding),
+        Object::ResourceQuota(quota),
+        Object::LimitRange(limit_range),
     ]
 }
 
@@ -400,7 +422,7 @@ fn from_manifest_errors() {
         ),
         (
             serde_json::json!({"apiVersion": API_VERSION, "kind": "Pod", "metadata": {"name": "web"}}),
-            "kind: unknown kind \"Pod\" (known kinds: Namespace, Node, Lease, Instance, Deployment, DaemonSet, Job, Service, Endpoints, Event, Module, Role, ClusterRole, RoleBinding, ClusterRoleBinding)",
+            "kind: unknown kind \"Pod\" (known kinds: Namespace, Node, Lease, Instance, Deployment, DaemonSet, Job, Service, Endpoints, Event, Module, Role, ClusterRole, RoleBinding, ClusterRoleBinding, ResourceQuota, LimitRange)",
         ),
         (
             serde_json::json!({"apiVersion": API_VERSION, "kind": "instance"}),
@@ -691,4 +713,48 @@ fn rbac_objects_name_what_is_wrong() {
     }
     let ok = manifest("apiVersion: flotilla.dev/v1\nkind: RoleBinding\nmetadata: {name: b}\nroleRef: {kind: ClusterRole, name: edit}\nsubjects:\n- {kind: Group, name: 'system:masters'}\n");
     assert_eq!(ok, Ok(()), "a RoleBinding defaults to namespace default");
+}
+
+#[test]
+fn quotas_and_limit_ranges_name_what_is_wrong() {
+    let check = |yaml: &str| {
+        let value: serde_json::Value = serde_yaml_ng::from_str(yaml).unwrap();
+        let mut o = Object::from_manifest(value).expect("parses");
+        o.apply_defaults();
+        o.validate().map_err(|e| e.to_string())
+    };
+    let err = check("apiVersion: flotilla.dev/v1\nkind: ResourceQuota\nmetadata: {name: q}\nspec: {hard: {pods: '3'}}\n").unwrap_err();
+    assert!(err.contains(r#"spec.hard.pods: "pods" cannot be capped (expected one of instances, services, limits.cpu, limits.memory)"#), "{err}");
+    let err = check("apiVersion: flotilla.dev/v1\nkind: LimitRange\nmetadata: {name: l}\nspec: {limits: [{type: Pod}]}\n").unwrap_err();
+    assert!(
+        err.contains(
+            r#"spec.limits[0].type: "Pod" is not a kind limits apply to (expected Instance)"#
+        ),
+        "{err}"
+    );
+    let value: serde_json::Value = serde_yaml_ng::from_str("apiVersion: flotilla.dev/v1\nkind: ResourceQuota\nmetadata: {name: q}\nspec: {hard: {instances: -1}}\n").unwrap();
+    let err = Object::from_manifest(value).unwrap_err().to_string();
+    assert!(
+        err.contains("spec.hard.instances") && err.contains("must not be negative"),
+        "{err}"
+    );
+    let mut instance = crate::instance::Instance::default();
+    instance.spec.resources.limits.memory = Some(Quantity::parse("8Mi").unwrap());
+    let range: crate::quota::LimitRange = serde_yaml_ng::from_str(
+        "metadata: {name: l}\nspec: {limits: [{type: Instance, default: {cpu: 250m, memory: 64Mi}, defaultRequest: {cpu: 100m}}]}\n",
+    )
+    .unwrap();
+    range.default_instance(&mut instance);
+    let r = &instance.spec.resources;
+    assert_eq!(r.limits.cpu.as_ref().map(Quantity::as_str), Some("250m"));
+    assert_eq!(
+        r.limits.memory.as_ref().map(Quantity::as_str),
+        Some("8Mi"),
+        "what is set stays"
+    );
+    assert_eq!(r.requests.cpu.as_ref().map(Quantity::as_str), Some("100m"));
+    assert_eq!(
+        r.requests.memory.as_ref().map(Quantity::as_str),
+        Some("8Mi")
+    );
 }

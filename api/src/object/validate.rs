@@ -35,6 +35,8 @@ impl Object {
             Object::ClusterRole(o) => o.validate_into(&mut errs),
             Object::RoleBinding(o) => o.validate_into(&mut errs),
             Object::ClusterRoleBinding(o) => o.validate_into(&mut errs),
+            Object::ResourceQuota(o) => o.validate_into(&mut errs),
+            Object::LimitRange(o) => o.validate_into(&mut errs),
         }
         errs.into_result()
     }

@@ -218,7 +218,12 @@ mod tests {
             kind: "Service".into(),
             namespace: "a".into(),
             name: format!("web-{n}"),
-            result: if n.is_multiple_of(2) { "ok" } else { "Forbidden" }.into(),
+            result: if n.is_multiple_of(2) {
+                "ok"
+            } else {
+                "Forbidden"
+            }
+            .into(),
             message: if n.is_multiple_of(2) {
                 String::new()
             } else {

@@ -86,6 +86,7 @@ impl ApiServer {
 
     fn prepare_new(&self, mut object: Object) -> ApiResult<Object> {
         object.apply_defaults();
+        self.default_limits(&mut object)?;
         let kind = object.kind();
         let meta = object.meta_mut();
         if !kind.namespaced() {
@@ -219,6 +220,11 @@ impl ApiServer {
                 precondition: Precondition::ModRevision(rev),
                 action: Action::Check,
             });
+        }
+        match self.charge_quotas(&object) {
+            Ok(ops) => also.extend(ops),
+            Err(_) if !attempt.synced => return Ok(Decision::Sync),
+            Err(e) => return Err(e),
         }
         match self.controller_guard(&object) {
             Ok(Some((key, rev))) => also.push(Op {
@@ -390,6 +396,8 @@ impl ApiServer {
                 check_current(caller, Change::Spec, &current)?;
                 let mut desired = object.clone();
                 desired.meta_mut().resource_version.clear();
+                // As at its create, so a manifest applied again is unchanged.
+                self.default_limits(&mut desired)?;
                 // A manifest that names no node keeps the binding the scheduler made.
                 if let (Object::Instance(d), Object::Instance(c)) = (&mut desired, &current) {
                     if d.spec.node_name.is_empty() {

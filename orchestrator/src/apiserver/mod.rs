@@ -16,6 +16,7 @@
 //! there only from [`update`] and the few blind writes of tokens and blobs),
 //! or accept an object that fails validation.
 
+mod admission;
 pub mod audit;
 mod authz;
 mod crud;

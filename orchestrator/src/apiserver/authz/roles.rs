@@ -47,6 +47,10 @@ const NAMESPACED: [&str; 8] = [
     "leases",
 ];
 
+/// A namespace's quotas and defaults: set by cluster admins, read by all
+/// who work there.
+const LIMITS: [&str; 2] = ["resourcequotas", "limitranges"];
+
 /// Every object kind, the cluster-scoped ones included.
 const OBJECTS: [&str; 11] = [
     "namespaces",
@@ -81,6 +85,7 @@ fn built_in() -> &'static [ClusterRole] {
                     PolicyRule::new(&NAMESPACED, &VERBS),
                     PolicyRule::new(&instance_subresources, &VERBS),
                     PolicyRule::new(&["modules"], &["get", "create"]),
+                    PolicyRule::new(&LIMITS, &READ),
                     PolicyRule::new(&["roles", "rolebindings"], &VERBS),
                 ],
             },
@@ -90,12 +95,14 @@ fn built_in() -> &'static [ClusterRole] {
                     PolicyRule::new(&NAMESPACED, &VERBS),
                     PolicyRule::new(&instance_subresources, &VERBS),
                     PolicyRule::new(&["modules"], &["get", "create"]),
+                    PolicyRule::new(&LIMITS, &READ),
                 ],
             },
             ClusterRole {
                 name: "view",
                 rules: vec![
                     PolicyRule::new(&NAMESPACED, &READ),
+                    PolicyRule::new(&LIMITS, &READ),
                     PolicyRule::new(&["instances/logs"], &["get"]),
                 ],
             },
