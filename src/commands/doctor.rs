@@ -255,6 +255,9 @@ async fn diagnose(ctx: &Context) -> Report {
         ),
     );
 
+    // 2b. what this identity, and the components, may do
+    check_identity(&mut report, &client).await;
+
     // 3. store quorum
     let mut readings = Vec::new();
     let mut peer_certificates = Vec::new();
@@ -359,6 +362,106 @@ async fn diagnose(ctx: &Context) -> Report {
 }
 
 /// Returns whether the store has a quorum.
+/// What doctor reads, as (verb, resource, namespace).
+const DOCTOR_READS: [(&str, &str, &str); 5] = [
+    ("list", "members", ""),
+    ("list", "nodes", ""),
+    ("list", "instances", ""),
+    ("get", "leases", "flotilla-system"),
+    ("get", "nodes/tunnel", ""),
+];
+
+/// What each component's loops need, as (identity, verb, resource).
+const COMPONENT_NEEDS: [(&str, &str, &str); 6] = [
+    ("component:scheduler", "create", "instances/bind"),
+    ("component:scheduler", "create", "events"),
+    ("component:scheduler", "list", "nodes"),
+    ("component:controllers", "create", "instances"),
+    ("component:controllers", "update", "deployments/status"),
+    ("component:controllers", "update", "nodes/status"),
+];
+
+async fn review(
+    client: &Client,
+    identity: &str,
+    verb: &str,
+    resource: &str,
+    namespace: &str,
+) -> Result<(bool, String), String> {
+    let asked = client.call(RequestV1::AccessReview {
+        identity: identity.to_string(),
+        groups: Vec::new(),
+        verb: verb.to_string(),
+        resource: resource.to_string(),
+        namespace: namespace.to_string(),
+        name: String::new(),
+    });
+    match tokio::time::timeout(CALL_TIMEOUT, asked).await {
+        Ok(Ok(ResponseV1::Access { allowed, reason })) => Ok((allowed, reason)),
+        Ok(Ok(other)) => Err(format!("unexpected answer {other:?}")),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {CALL_TIMEOUT:?}")),
+    }
+}
+
+/// Reports an identity that cannot do what doctor (or, asked by whoever may
+/// review others, a component) needs.
+async fn check_identity(report: &mut Report, client: &Client) {
+    let who =
+        match tokio::time::timeout(CALL_TIMEOUT, client.call(RequestV1::SelfSubjectReview)).await {
+            Ok(Ok(ResponseV1::Subject { identity, groups })) => (identity, groups),
+            _ => return,
+        };
+    let (identity, groups) = who;
+    let mut missing = Vec::new();
+    for (verb, resource, namespace) in DOCTOR_READS {
+        if let Ok((false, reason)) = review(client, "", verb, resource, namespace).await {
+            missing.push(format!("{verb} {resource}: {reason}"));
+        }
+    }
+    if missing.is_empty() {
+        report.ok(
+            "identity",
+            format!(
+                "{identity} (groups {}) may read what doctor checks",
+                groups.join(",")
+            ),
+        );
+    } else {
+        report.add(
+            "identity",
+            Status::Warn,
+            format!("{identity} cannot do what doctor needs, so the checks below that need it fail: {}", missing.join("; ")),
+            "run doctor as cluster-admin (a server's DATA_DIR/admin.config), or bind a ClusterRole that reads nodes, instances, leases and members",
+        );
+        return;
+    }
+    let mut broken = Vec::new();
+    for (component, verb, resource) in COMPONENT_NEEDS {
+        match review(client, component, verb, resource, "default").await {
+            Ok((true, _)) => {}
+            Ok((false, reason)) => {
+                broken.push(format!("{component} may not {verb} {resource}: {reason}"))
+            }
+            // Reviewing others needs more than reading: say nothing.
+            Err(_) => return,
+        }
+    }
+    if broken.is_empty() {
+        report.ok(
+            "identity",
+            "the scheduler and the controllers may do what their loops need".to_string(),
+        );
+    } else {
+        report.add(
+            "identity",
+            Status::Fail,
+            broken.join("; "),
+            "the components' roles (system:scheduler, system:controllers) are built in: this server is out of date or damaged; upgrade or restart it",
+        );
+    }
+}
+
 async fn check_store(
     report: &mut Report,
     client: &Client,

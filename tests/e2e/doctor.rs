@@ -161,6 +161,7 @@ fn doctor_on_a_healthy_cluster_exits_0_within_3_s() {
         "forwarder",
         "certificates",
         "clocks",
+        "identity",
     ] {
         assert!(
             text.lines()
@@ -169,6 +170,11 @@ fn doctor_on_a_healthy_cluster_exits_0_within_3_s() {
         );
     }
     assert!(text.contains("3 of 3 peers answering, leader "), "{text}");
+    assert!(
+        text.contains("user:admin (groups system:masters) may read what doctor checks")
+            && text.contains("the scheduler and the controllers may do what their loops need"),
+        "{text}"
+    );
     // Each node probed the other through the tunnel.
     for (from, to) in [("node-1", "node-2"), ("node-2", "node-1")] {
         assert!(

@@ -544,6 +544,19 @@ metadata: {name: b}
             );
         }
     }
+    // Doctor says what alice's identity lacks for its checks.
+    let doctor = run_as(&alice, &cluster, &["doctor"]);
+    let said = stdout(&doctor);
+    let line = said
+        .lines()
+        .find(|l| l.starts_with("WARN") && l.split_whitespace().nth(1) == Some("identity"))
+        .unwrap_or_else(|| panic!("no identity warning:\n{said}"));
+    assert!(
+        line.contains("user:alice cannot do what doctor needs")
+            && line.contains("list nodes: no role bound to user:alice"),
+        "{line}"
+    );
+
     // The refused requests changed nothing.
     let in_b = json(&cluster, &["svc", "-n", "b"]);
     let names: Vec<&str> = in_b["items"]
@@ -897,6 +910,18 @@ fn tokens_admit_their_kind_their_uses_and_no_more_and_removed_peers_lose_their_c
             )
             .await
             .expect("peer 1 answers");
+        let wrong = net
+            .call(
+                7,
+                &addr,
+                &PeerRequest::Forward(Forward::ReadIndex),
+                Duration::from_secs(10),
+            )
+            .await;
+        match wrong {
+            Err(e) => assert!(e.to_string().contains("is peer:1, not peer:7"), "{e}"),
+            Ok(_) => panic!("raft talked to peer 1 as if it were peer 7"),
+        }
         match answer {
             PeerResponse::Refused(why) => {
                 assert!(why.contains("peer 2 was removed"), "{why}")

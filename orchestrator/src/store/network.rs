@@ -238,6 +238,20 @@ impl PeerNet {
             .await
             .map_err(|_| unreachable("connect timed out".into()))?
             .map_err(|e| unreachable(e.to_string()))?;
+        // The handshake proved a peer of this cluster; raft must reach the
+        // one it means, or votes and entries go to whoever holds the address.
+        let answered = flotilla_client::tls::connection_identity(&conn).unwrap_or_default();
+        if answered != format!("peer:{peer}") {
+            conn.close(0u32.into(), b"not the peer dialled");
+            return Err(unreachable(format!(
+                "the server at {addr} is {}, not peer:{peer}",
+                if answered.is_empty() {
+                    "anonymous"
+                } else {
+                    &answered
+                }
+            )));
+        }
         *guard = Some((addr.to_string(), conn.clone()));
         Ok(conn)
     }
