@@ -4,7 +4,8 @@
 //!
 //! Run: `cargo bench --bench api_writes` (FLOTILLA_BENCH_SECS sets the seconds
 //! per measurement, default 10; FLOTILLA_BENCH_COMPARE_BIN=PATH runs that
-//! binary and this build in turn, A B B A, each on a fresh cluster).
+//! binary and this build in turn, A B B A, each on a fresh cluster;
+//! FLOTILLA_BENCH_THIS_ARGS adds server flags to this build's peers only).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -39,6 +40,15 @@ fn start(bin: &str, dir: &Path, extra: &[&str], threads: Option<usize>) -> Peer 
                 .unwrap_or_default(),
         )
         .args(extra)
+        // Flags only this build knows (`--audit-log off`), for comparing a
+        // feature's cost against a baseline built before it.
+        .args(
+            std::env::var("FLOTILLA_BENCH_THIS_ARGS")
+                .ok()
+                .filter(|_| bin == support::BIN)
+                .map(|a| a.split_whitespace().map(String::from).collect::<Vec<_>>())
+                .unwrap_or_default(),
+        )
         .envs(threads.map(|t| ("TOKIO_WORKER_THREADS".to_string(), t.to_string())));
     let (proc, addr) = spawn_listening(cmd);
     Peer { _proc: proc, addr }

@@ -1203,4 +1203,33 @@ spec:
         free["spec"]["resources"]["limits"].is_null(),
         "no LimitRange in default"
     );
+
+    let lines = audit_lines(&cluster, |l| {
+        l["name"] == "second" && l["result"] == "Forbidden"
+    });
+    for (kind, name, result) in [
+        ("Instance", "one", "ok"),
+        ("Instance", "four", "Forbidden"),
+        ("Instance", "big", "Forbidden"),
+        ("Instance", "four", "ok"),
+        ("Service", "second", "Forbidden"),
+    ] {
+        assert!(
+            lines
+                .iter()
+                .any(|l| audited(l, "user:admin", "apply", kind, "q", name, result)),
+            "no audit line for apply {kind} q/{name} {result}"
+        );
+    }
+    let refused = lines
+        .iter()
+        .find(|l| l["name"] == "big" && l["result"] == "Forbidden")
+        .unwrap();
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("exceeded quota \"compute\""),
+        "{refused}"
+    );
 }

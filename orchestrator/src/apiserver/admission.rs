@@ -8,16 +8,58 @@
 //! create included) under compare-and-swap on the quota's revision, so two
 //! creates racing for the last slot cannot both commit: the second is
 //! retried on a fresh view and refused.
+//!
+//! Which namespaces have quotas or ranges at all is held in memory
+//! ([`Limited`]), so a create elsewhere reads nothing more; like
+//! Kubernetes' admission plugins, which read informer caches, a quota takes
+//! effect once this peer has applied it and its cache has seen it (a moment
+//! later).
+
+use std::collections::HashSet;
 
 use flotilla_api::object::{Kind, Object};
 use flotilla_api::quota::{cap_amount, ResourceQuota, Usage, LIMITS_CPU, LIMITS_MEMORY};
 use flotilla_client::wire::{ApiError, ErrorCode};
 
 use super::errors::{internal, ApiResult};
-use super::keys::{key_for, namespace_prefix};
+use super::keys::{key_for, kind_prefix, namespace_prefix};
 use super::stored::{decode_object, encode_object};
 use super::ApiServer;
+use crate::store::state_machine::StateReader;
 use crate::store::{Action, Op, Precondition};
+
+/// The top segments ResourceQuotas and LimitRanges are stored under.
+pub const LIMIT_TOPS: [&str; 2] = ["resourcequotas", "limitranges"];
+
+/// The namespaces that have a ResourceQuota, and those that have a
+/// LimitRange.
+#[derive(Debug, Default)]
+pub struct Limited {
+    quotas: HashSet<String>,
+    ranges: HashSet<String>,
+}
+
+/// The namespace of each key under `kind` in `reader`.
+fn namespaces_of(reader: &StateReader, kind: Kind) -> std::io::Result<HashSet<String>> {
+    let prefix = kind_prefix(kind);
+    Ok(reader
+        .scan(&prefix)?
+        .into_iter()
+        .filter_map(|(key, _)| {
+            key.strip_prefix(&prefix)
+                .and_then(|rest| rest.split('/').next())
+                .map(str::to_string)
+        })
+        .collect())
+}
+
+/// [`Limited`] as stored in `reader`.
+pub fn read_limited(reader: &StateReader) -> std::io::Result<Limited> {
+    Ok(Limited {
+        quotas: namespaces_of(reader, Kind::ResourceQuota)?,
+        ranges: namespaces_of(reader, Kind::LimitRange)?,
+    })
+}
 
 impl ApiServer {
     /// Every object of `kind` in `namespace`, as this replica has them.
@@ -40,6 +82,9 @@ impl ApiServer {
             return Ok(());
         };
         let namespace = instance.metadata.namespace.clone();
+        if !self.limited.current().ranges.contains(&namespace) {
+            return Ok(());
+        }
         for range in self.objects_in(Kind::LimitRange, &namespace)? {
             if let Object::LimitRange(range) = range {
                 range.default_instance(instance);
@@ -63,6 +108,9 @@ impl ApiServer {
             ),
             _ => return Ok(Vec::new()),
         };
+        if !self.limited.current().quotas.contains(namespace.as_str()) {
+            return Ok(Vec::new());
+        }
         let quotas = self.read_quotas(namespace)?;
         if quotas.is_empty() {
             return Ok(Vec::new());

@@ -51,6 +51,7 @@ use std::sync::Arc;
 use flotilla_client::tls;
 
 use crate::ca::{self, CertificateAuthority};
+use crate::store::cache::PrefixCache;
 use crate::store::Store;
 
 use errors::internal;
@@ -77,7 +78,9 @@ pub struct ApiServer {
     /// Requests served, their latency, watches open.
     metrics: ApiMetrics,
     /// The stored Roles and bindings the authorizer reads.
-    rbac: Arc<authz::bindings::RbacCache>,
+    rbac: Arc<PrefixCache<authz::bindings::Bindings>>,
+    /// The namespaces that have ResourceQuotas and LimitRanges.
+    limited: Arc<PrefixCache<admission::Limited>>,
     /// Where changes and refusals are recorded; `None` when turned off.
     audit: Option<audit::AuditLog>,
 }
@@ -95,7 +98,18 @@ impl ApiServer {
         metrics: ApiMetrics,
     ) -> Self {
         let watch_hub = watchhub::WatchHub::start(store.reader().clone());
-        let rbac = authz::bindings::RbacCache::start(store.reader().clone());
+        let rbac = PrefixCache::start(
+            store.reader().clone(),
+            &authz::bindings::RBAC_TOPS,
+            "RBAC bindings",
+            authz::bindings::read,
+        );
+        let limited = PrefixCache::start(
+            store.reader().clone(),
+            &admission::LIMIT_TOPS,
+            "quotas and limit ranges",
+            admission::read_limited,
+        );
         Self {
             store,
             ca,
@@ -108,6 +122,7 @@ impl ApiServer {
             watch_hub,
             metrics,
             rbac,
+            limited,
             audit: None,
         }
     }

@@ -81,8 +81,8 @@ impl ApiServer {
         }
     }
 
-    /// Authorizes `req`; a refusal is final once this peer's bindings have
-    /// caught up with what it applied (a binding just written elsewhere).
+    /// Authorizes `req`; a refusal is decided again on bindings read on the
+    /// spot, so it never rests on the cache's lag behind this peer's state.
     async fn authorize(&self, caller: &Caller, req: &RequestV1) -> ApiResult<()> {
         if let Some(id) = caller.peer_id() {
             if self.store.was_removed(id) {
@@ -92,10 +92,9 @@ impl ApiServer {
                 ));
             }
         }
-        let bindings = self.rbac.current();
-        match authorize(caller, req, &bindings) {
-            Err(e) if e.code == ErrorCode::Forbidden && self.rbac.caught_up(&bindings).await => {
-                authorize(caller, req, &self.rbac.current())
+        match authorize(caller, req, &self.rbac.current()) {
+            Err(e) if e.code == ErrorCode::Forbidden => {
+                authorize(caller, req, &self.rbac.refresh())
             }
             decided => decided,
         }

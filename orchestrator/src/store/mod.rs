@@ -12,6 +12,7 @@
 //! and bytes only.
 
 pub mod backend;
+pub mod cache;
 pub mod log_store;
 pub mod network;
 pub mod state_machine;
@@ -42,9 +43,22 @@ pub use self::types::{
 };
 use self::write_behind::WriteBehind;
 
+/// Where removed peers are recorded.
+const REMOVED_PEERS_TOP: &str = "_removed-peers";
+
 /// The key that records that a peer was removed.
 fn removed_peer_key(id: PeerId) -> String {
-    format!("/_removed-peers/{id}")
+    format!("/{REMOVED_PEERS_TOP}/{id}")
+}
+
+/// The removed peers recorded in `reader`.
+fn read_removed(reader: &StateReader) -> std::io::Result<BTreeSet<PeerId>> {
+    let prefix = format!("/{REMOVED_PEERS_TOP}/");
+    Ok(reader
+        .scan(&prefix)?
+        .into_iter()
+        .filter_map(|(key, _)| key.strip_prefix(&prefix)?.parse().ok())
+        .collect())
 }
 
 /// Errors of the store.
@@ -112,6 +126,9 @@ pub struct Store {
     in_flight: Arc<Semaphore>,
     /// Writes being committed by this peer as leader, its own and forwarded.
     committing: Arc<AtomicUsize>,
+    /// The peers removed from the cluster, whose raft requests are refused
+    /// (read on every one, so held in memory).
+    removed: Arc<cache::PrefixCache<BTreeSet<PeerId>>>,
 }
 
 type Pending = (Command, oneshot::Sender<Result<CommandResponse>>);
@@ -172,7 +189,14 @@ impl Store {
         .map_err(|e| StoreError::Raft(e.into()))?;
         let (proposals, rx) = mpsc::unbounded_channel();
         let in_flight = Arc::new(Semaphore::new(PROPOSALS_IN_FLIGHT));
+        let removed = cache::PrefixCache::start(
+            reader.clone(),
+            &[REMOVED_PEERS_TOP],
+            "removed peers",
+            read_removed,
+        );
         let store = Arc::new(Self {
+            removed,
             in_flight: in_flight.clone(),
             id: config.id,
             raft,
@@ -393,14 +417,15 @@ impl Store {
                 action: Action::Put(Vec::new()),
             }],
         })
-        .await
-        .map(|_| ())
+        .await?;
+        self.removed.refresh();
+        Ok(())
     }
 
     /// Whether peer `id` was removed from the cluster, as this peer has
     /// applied it.
     pub fn was_removed(&self, id: PeerId) -> bool {
-        matches!(self.reader().get(&removed_peer_key(id)), Ok(Some(_)))
+        self.removed.current().contains(&id)
     }
 
     /// Removes a peer (through the leader).

@@ -2,17 +2,14 @@
 //! authorizer: every request that the built-in roles do not already allow
 //! asks them, so they are never read from the store on a request's path.
 //!
-//! One task per peer keeps them current: it watches the four kinds'
-//! prefixes and, on any change, reads all four again (they change rarely and
-//! are few). Like Kubernetes' RBAC authorizer, which reads informer caches,
-//! this peer decides from what it has applied: a binding just written on the
-//! leader takes effect here once this peer applied it. A refusal therefore
-//! waits, briefly, for the cache to reach the store's revision before it is
-//! final ([`RbacCache::caught_up`]).
+//! A [`PrefixCache`](crate::store::cache::PrefixCache) keeps them current:
+//! on any change under the four kinds it reads all four again (they change
+//! rarely and are few). Like Kubernetes' RBAC authorizer, which reads
+//! informer caches, this peer decides from what it has applied; a refusal is
+//! decided again on a copy read on the spot, so a binding this peer applied
+//! a moment ago is never refused for the cache's lag.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use flotilla_api::object::{Kind, Object};
 use flotilla_api::rbac::{Attributes, ClusterRoleBinding, PolicyRule, RoleBinding};
@@ -28,10 +25,6 @@ const RBAC_KINDS: [Kind; 4] = [
     Kind::RoleBinding,
     Kind::ClusterRoleBinding,
 ];
-
-/// Longest a refusal waits for this peer to apply what the store already
-/// committed before it is final.
-const CATCH_UP: Duration = Duration::from_millis(500);
 
 /// The stored RBAC objects, indexed for the authorizer.
 #[derive(Debug, Default)]
@@ -128,97 +121,26 @@ impl Bindings {
     }
 }
 
-/// The current [`Bindings`] of this peer and the revision they reflect.
-pub struct RbacCache {
-    current: RwLock<(u64, Arc<Bindings>)>,
-    reader: StateReader,
-    changed: tokio::sync::watch::Sender<u64>,
-}
+/// The top segments the RBAC kinds are stored under.
+pub const RBAC_TOPS: [&str; 4] = [
+    "roles",
+    "clusterroles",
+    "rolebindings",
+    "clusterrolebindings",
+];
 
-impl RbacCache {
-    /// Reads the RBAC objects from `reader` and keeps them current.
-    pub fn start(reader: StateReader) -> Arc<Self> {
-        let cache = Arc::new(Self {
-            current: RwLock::new((0, Arc::new(Bindings::default()))),
-            reader: reader.clone(),
-            changed: tokio::sync::watch::channel(0).0,
-        });
-        let notify = Arc::new(tokio::sync::Notify::new());
-        for kind in RBAC_KINDS {
-            let reader = reader.clone();
-            let notify = notify.clone();
-            let weak = Arc::downgrade(&cache);
-            tokio::spawn(async move {
-                loop {
-                    let Ok(mut stream) = reader.watch_under(0, Some(kind.plural())) else {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    };
-                    // Read again whatever the stream may have missed before
-                    // it started.
-                    notify.notify_one();
-                    while let Ok(Some(_)) = stream.next().await {
-                        if weak.strong_count() == 0 {
-                            return;
-                        }
-                        notify.notify_one();
-                    }
-                    if weak.strong_count() == 0 {
-                        return;
-                    }
-                }
-            });
-        }
-        cache.reload();
-        let weak = Arc::downgrade(&cache);
-        tokio::spawn(async move {
-            loop {
-                notify.notified().await;
-                let Some(cache) = weak.upgrade() else { return };
-                cache.reload();
-            }
-        });
-        cache
+/// The bindings as stored in `reader`.
+pub fn read(reader: &StateReader) -> std::io::Result<Bindings> {
+    let mut objects = Vec::new();
+    for kind in RBAC_KINDS {
+        objects.extend(
+            reader
+                .scan(&kind_prefix(kind))?
+                .into_iter()
+                .filter_map(|(_, stored)| decode_object(&stored).ok()),
+        );
     }
-
-    fn reload(&self) {
-        let at = self.reader.revision();
-        let mut objects = Vec::new();
-        for kind in RBAC_KINDS {
-            match self.reader.scan(&kind_prefix(kind)) {
-                Ok(items) => objects.extend(
-                    items
-                        .into_iter()
-                        .filter_map(|(_, stored)| decode_object(&stored).ok()),
-                ),
-                Err(e) => {
-                    tracing::warn!(error = %e, kind = %kind, "cannot read RBAC objects; keeping the previous ones");
-                    return;
-                }
-            }
-        }
-        let fresh = Arc::new(Bindings::from_objects(objects));
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = (at, fresh);
-        self.changed.send_replace(at);
-    }
-
-    /// The bindings as this peer last read them.
-    pub fn current(&self) -> Arc<Bindings> {
-        self.current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .1
-            .clone()
-    }
-
-    /// Waits (at most half a second) until the bindings reflect every change
-    /// this peer has applied; true when they then changed since `seen`.
-    pub async fn caught_up(&self, seen: &Arc<Bindings>) -> bool {
-        let target = self.reader.revision();
-        let mut changed = self.changed.subscribe();
-        let _ = tokio::time::timeout(CATCH_UP, changed.wait_for(|at| *at >= target)).await;
-        !Arc::ptr_eq(seen, &self.current())
-    }
+    Ok(Bindings::from_objects(objects))
 }
 
 #[cfg(test)]

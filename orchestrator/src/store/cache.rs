@@ -1,0 +1,102 @@
+//! A value built from every key under a few top segments of the state,
+//! kept in memory and rebuilt whenever one of those keys changes: for the
+//! few, rarely changed things that hot paths ask about on every request
+//! (the RBAC bindings, which namespaces have quotas, which peers were
+//! removed), so they never read the store there.
+//!
+//! Like an informer's cache it reflects what this peer has applied, a
+//! moment after the apply: [`PrefixCache::refresh`] rebuilds it on the spot
+//! when a decision must not rest on a copy that may lag (a refusal).
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use super::state_machine::StateReader;
+
+/// Builds the value from the state.
+pub type Build<T> = fn(&StateReader) -> std::io::Result<T>;
+
+/// The current value and the revision it was built at.
+pub struct PrefixCache<T> {
+    current: RwLock<Arc<T>>,
+    reader: StateReader,
+    build: Build<T>,
+    what: &'static str,
+}
+
+impl<T: Default + Send + Sync + 'static> PrefixCache<T> {
+    /// Builds the value now and again whenever a key under one of `tops`
+    /// changes. `what` names it in logs.
+    pub fn start(
+        reader: StateReader,
+        tops: &[&'static str],
+        what: &'static str,
+        build: Build<T>,
+    ) -> Arc<Self> {
+        let cache = Arc::new(Self {
+            current: RwLock::new(Arc::new(T::default())),
+            reader: reader.clone(),
+            build,
+            what,
+        });
+        let notify = Arc::new(tokio::sync::Notify::new());
+        for &top in tops {
+            let (reader, notify, weak) = (reader.clone(), notify.clone(), Arc::downgrade(&cache));
+            tokio::spawn(async move {
+                loop {
+                    let Ok(mut stream) = reader.watch_under(0, Some(top)) else {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    };
+                    // What changed before the stream started is read again.
+                    notify.notify_one();
+                    while let Ok(Some(_)) = stream.next().await {
+                        if weak.strong_count() == 0 {
+                            return;
+                        }
+                        notify.notify_one();
+                    }
+                    if weak.strong_count() == 0 {
+                        return;
+                    }
+                }
+            });
+        }
+        cache.rebuild();
+        let weak = Arc::downgrade(&cache);
+        tokio::spawn(async move {
+            loop {
+                notify.notified().await;
+                let Some(cache) = weak.upgrade() else { return };
+                cache.rebuild();
+            }
+        });
+        cache
+    }
+
+    fn rebuild(&self) {
+        match (self.build)(&self.reader) {
+            Ok(value) => {
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(value);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, what = self.what, "cannot read the state; keeping the previous copy")
+            }
+        }
+    }
+
+    /// The value as last built.
+    pub fn current(&self) -> Arc<T> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Rebuilds the value from what this peer has applied, now, and
+    /// returns it.
+    pub fn refresh(&self) -> Arc<T> {
+        self.rebuild();
+        self.current()
+    }
+}
