@@ -22,6 +22,9 @@ pub struct PrefixCache<T> {
     reader: StateReader,
     build: Build<T>,
     what: &'static str,
+    /// Dropped with the cache: its watchers then stop, and with them their
+    /// hold on the state (a store reopened in the same process needs it).
+    _alive: tokio::sync::watch::Sender<()>,
 }
 
 impl<T: Default + Send + Sync + 'static> PrefixCache<T> {
@@ -33,40 +36,52 @@ impl<T: Default + Send + Sync + 'static> PrefixCache<T> {
         what: &'static str,
         build: Build<T>,
     ) -> Arc<Self> {
+        let (alive, watching) = tokio::sync::watch::channel(());
         let cache = Arc::new(Self {
             current: RwLock::new(Arc::new(T::default())),
             reader: reader.clone(),
             build,
             what,
+            _alive: alive,
         });
         let notify = Arc::new(tokio::sync::Notify::new());
         for &top in tops {
-            let (reader, notify, weak) = (reader.clone(), notify.clone(), Arc::downgrade(&cache));
+            // Only a weak hold while waiting: the state is released as soon
+            // as the cache is dropped.
+            let (weak, notify, mut alive) =
+                (Arc::downgrade(&cache), notify.clone(), watching.clone());
             tokio::spawn(async move {
-                loop {
-                    let Ok(mut stream) = reader.watch_under(0, Some(top)) else {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    };
-                    // What changed before the stream started is read again.
-                    notify.notify_one();
-                    while let Ok(Some(_)) = stream.next().await {
-                        if weak.strong_count() == 0 {
-                            return;
-                        }
+                let follow = async {
+                    loop {
+                        let Some(cache) = weak.upgrade() else { return };
+                        let started = cache.reader.watch_under(0, Some(top));
+                        drop(cache);
+                        let Ok(mut stream) = started else {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        };
+                        // What changed before the stream started is read again.
                         notify.notify_one();
+                        while let Ok(Some(_)) = stream.next().await {
+                            notify.notify_one();
+                        }
                     }
-                    if weak.strong_count() == 0 {
-                        return;
-                    }
+                };
+                tokio::select! {
+                    _ = follow => {}
+                    _ = alive.changed() => {}
                 }
             });
         }
         cache.rebuild();
         let weak = Arc::downgrade(&cache);
+        let mut alive = watching;
         tokio::spawn(async move {
             loop {
-                notify.notified().await;
+                tokio::select! {
+                    _ = notify.notified() => {}
+                    _ = alive.changed() => return,
+                }
                 let Some(cache) = weak.upgrade() else { return };
                 cache.rebuild();
             }
