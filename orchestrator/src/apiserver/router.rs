@@ -93,7 +93,8 @@ impl ApiServer {
             }
         }
         match authorize(caller, req, &self.rbac.current()) {
-            Err(e) if e.code == ErrorCode::Forbidden => {
+            // Node restriction reads no bindings: a node's refusals are final.
+            Err(e) if e.code == ErrorCode::Forbidden && caller.node().is_none() => {
                 authorize(caller, req, &self.rbac.refresh())
             }
             decided => decided,
