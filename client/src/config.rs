@@ -45,14 +45,7 @@ impl ClientConfig {
             std::fs::create_dir_all(dir)?;
         }
         let text = serde_yaml_ng::to_string(self).map_err(std::io::Error::other)?;
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, text)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
-        }
-        std::fs::rename(tmp, path)
+        crate::files::write_private(path, text.as_bytes())
     }
 
     /// The default location: `~/.flotilla/config`.

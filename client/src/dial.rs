@@ -82,23 +82,12 @@ pub fn listening_endpoint_config(
 /// A random reset key, written (owner-only, atomically) to `path`.
 fn new_reset_key(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
     use rand::RngCore;
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let mut key = vec![0u8; RESET_KEY_LEN];
     rand::thread_rng().fill_bytes(&mut key);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let partial = path.with_extension("partial");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&partial)?;
-    file.write_all(&key)?;
-    file.sync_all()?;
-    std::fs::rename(&partial, path)?;
+    crate::files::write_private(path, &key)?;
     Ok(key)
 }
 

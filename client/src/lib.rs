@@ -12,6 +12,7 @@ mod client;
 mod config;
 mod dial;
 mod error;
+pub mod files;
 pub mod link;
 pub mod tls;
 pub mod token;

@@ -211,15 +211,7 @@ fn read_text(path: &Path) -> Result<String> {
 }
 
 pub(crate) fn write_private(path: &Path, text: &str) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).map_err(io_err(&tmp))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
-            .map_err(io_err(&tmp))?;
-    }
-    std::fs::rename(&tmp, path).map_err(io_err(path))
+    flotilla_client::files::write_private(path, text.as_bytes()).map_err(io_err(path))
 }
 
 struct Identity {
@@ -413,7 +405,7 @@ impl Server {
             "starting: the apiserver has not yet written its namespaces (default, flotilla-node-lease, flotilla-system)",
         );
         telemetry.health.add("apiserver", &serving);
-        std::fs::create_dir_all(&data_dir).map_err(io_err(&data_dir))?;
+        flotilla_client::files::create_private_dir(&data_dir).map_err(io_err(&data_dir))?;
         let paths = Paths::new(&data_dir);
         let existing = load_identity(&paths)?;
 

@@ -808,6 +808,33 @@ fn tokens_admit_their_kind_their_uses_and_no_more_and_removed_peers_lose_their_c
         );
     }
 
+    // Credentials are their owner's only, and no temporary copy is left.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let peer_dir = &cluster.peers[0].data_dir;
+        let node_dir = cluster.dir.path().join("node-1");
+        assert_eq!(mode(peer_dir), 0o700, "the peer's data dir");
+        assert_eq!(mode(&node_dir), 0o700, "the node's data dir");
+        for file in [
+            peer_dir.join("ca.key"),
+            peer_dir.join("peer.key"),
+            peer_dir.join("admin.config"),
+            node_dir.join("node.config"),
+        ] {
+            assert_eq!(mode(&file), 0o600, "{}", file.display());
+        }
+        for dir in [peer_dir.clone(), node_dir] {
+            let temporary: Vec<_> = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".tmp"))
+                .collect();
+            assert!(temporary.is_empty(), "{}: {temporary:?}", dir.display());
+        }
+    }
+
     // A node token never joins a store peer.
     let node_token = cluster.token("1h");
     let err = join_refusal(&cluster, "peer-by-node-token", &node_token);

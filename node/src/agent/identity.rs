@@ -58,7 +58,7 @@ pub async fn load_or_join(
     token: Option<&str>,
     name: &str,
 ) -> Result<Identity> {
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    flotilla_client::files::create_private_dir(dir).map_err(io(dir))?;
     let node_file = path(dir, "node.json");
     let config_file = path(dir, "node.config");
     if node_file.exists() && config_file.exists() {

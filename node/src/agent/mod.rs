@@ -233,7 +233,7 @@ impl Agent {
     /// the loops that keep the node in step with the cluster.
     pub async fn start(config: AgentConfig) -> Result<Self> {
         let data_dir = config.data_dir.clone();
-        std::fs::create_dir_all(&data_dir).map_err(AgentError::io(&data_dir))?;
+        flotilla_client::files::create_private_dir(&data_dir).map_err(AgentError::io(&data_dir))?;
         let standalone = config.server.is_none() && !data_dir.join("node.json").exists();
         let identity = if standalone {
             if config.manifests_dir.is_none() {
