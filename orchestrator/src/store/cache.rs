@@ -13,6 +13,10 @@ use std::time::Duration;
 
 use super::state_machine::StateReader;
 
+/// Longest a watcher waits for the next applied entry before it tries to
+/// start its stream again.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
 /// Builds the value from the state.
 pub type Build<T> = fn(&StateReader) -> std::io::Result<T>;
 
@@ -54,12 +58,17 @@ impl<T: Default + Send + Sync + 'static> PrefixCache<T> {
                 let follow = async {
                     loop {
                         let Some(cache) = weak.upgrade() else { return };
-                        let started = cache.reader.watch_under(0, Some(top));
+                        let reader = cache.reader.clone();
                         drop(cache);
-                        let Ok(mut stream) = started else {
-                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        let Ok(mut stream) = reader.watch_under(0, Some(top)) else {
+                            // The history was reset under the stream (a
+                            // snapshot installed): start again once the
+                            // next entry is applied.
+                            let next = reader.applied_index() + 1;
+                            reader.wait_applied(next, RETRY_AFTER).await;
                             continue;
                         };
+                        drop(reader);
                         // What changed before the stream started is read again.
                         notify.notify_one();
                         while let Ok(Some(_)) = stream.next().await {
