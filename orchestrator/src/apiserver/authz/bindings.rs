@@ -65,34 +65,21 @@ impl Bindings {
     /// The rules of the role a binding in `namespace` ("" for a cluster
     /// binding) refers to: a built-in ClusterRole, a stored ClusterRole, or
     /// a Role of that namespace. Empty when it does not exist (yet).
-    pub fn rules_of(&self, kind: &str, name: &str, namespace: &str) -> Vec<PolicyRule> {
-        match kind {
-            "ClusterRole" => match roles::role(name) {
-                Some(built_in) => built_in.rules.clone(),
-                None => self.cluster_roles.get(name).cloned().unwrap_or_default(),
-            },
-            "Role" => self
-                .roles
-                .get(&(namespace.to_string(), name.to_string()))
-                .cloned()
-                .unwrap_or_default(),
-            _ => Vec::new(),
-        }
+    pub fn rules_of(&self, kind: &str, name: &str, namespace: &str) -> &[PolicyRule] {
+        let found = match kind {
+            "ClusterRole" => roles::role(name)
+                .map(|built_in| &built_in.rules)
+                .or_else(|| self.cluster_roles.get(name)),
+            "Role" => self.roles.get(&(namespace.to_string(), name.to_string())),
+            _ => None,
+        };
+        found.map_or(&[], Vec::as_slice)
     }
 
     fn grants_rules(&self, kind: &str, name: &str, namespace: &str, attrs: &Attributes) -> bool {
-        let allows = |rules: &[PolicyRule]| rules.iter().any(|r| r.allows(attrs));
-        match kind {
-            "ClusterRole" => match roles::role(name) {
-                Some(built_in) => built_in.allows(attrs),
-                None => self.cluster_roles.get(name).is_some_and(|r| allows(r)),
-            },
-            "Role" => self
-                .roles
-                .get(&(namespace.to_string(), name.to_string()))
-                .is_some_and(|r| allows(r)),
-            _ => false,
-        }
+        self.rules_of(kind, name, namespace)
+            .iter()
+            .any(|r| r.allows(attrs))
     }
 
     /// Whether a binding of `identity` (in `groups`) grants `attrs`: a

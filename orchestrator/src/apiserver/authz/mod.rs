@@ -302,14 +302,14 @@ fn check_escalation(caller: &Caller, object: &Object, bindings: &Bindings) -> Ap
             ));
         }
     }
-    let rules = match object {
-        Object::Role(r) => r.rules.clone(),
-        Object::ClusterRole(r) => r.rules.clone(),
+    let rules: &[PolicyRule] = match object {
+        Object::Role(r) => &r.rules,
+        Object::ClusterRole(r) => &r.rules,
         Object::RoleBinding(b) => bindings.rules_of(&b.role_ref.kind, &b.role_ref.name, namespace),
         Object::ClusterRoleBinding(b) => bindings.rules_of(&b.role_ref.kind, &b.role_ref.name, ""),
         _ => return Ok(()),
     };
-    for wanted in grants_of(&rules, namespace) {
+    for wanted in grants_of(rules, namespace) {
         if !allows(caller.name(), caller.groups(), &wanted, bindings) {
             return Err(ApiError::new(
                 ErrorCode::Forbidden,
