@@ -11,6 +11,7 @@ mod harness;
 mod metrics;
 mod network;
 mod node;
+mod reliability;
 mod sdk;
 mod security;
 mod streaming;

@@ -3,9 +3,11 @@
 //! is replaced atomically.
 //!
 //! Record layout: `len: u32 BE | crc32(kind, payload): u32 BE | kind: u8 | payload`,
-//! where `len` counts the kind byte and the payload. A record cut short at the tail
-//! of the newest segment (a crash mid-write) is dropped on recovery; a bad checksum
-//! anywhere else is corruption and recovery refuses to go on.
+//! where `len` counts the kind byte and the payload. Only a torn tail of the newest
+//! segment is dropped on recovery: what a crash mid-write leaves after the last
+//! complete record (see [`is_torn_tail`]). Damage anywhere else, a bad checksum
+//! before the last complete record included, is corruption: recovery refuses to go
+//! on and names the file and the byte offset.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -289,57 +291,166 @@ fn replay_segment(
     File::open(path)?.read_to_end(&mut data)?;
     let mut pos = 0usize;
     let mut max_index = None;
-    let torn = |pos: usize, what: &str| -> io::Result<(Option<u64>, u64)> {
-        if is_last {
-            Ok((None, pos as u64))
-        } else {
-            Err(corrupt(format!(
-                "write-ahead log segment {} is corrupt at byte {pos}: {what}",
-                path.display()
-            )))
-        }
-    };
     while pos < data.len() {
-        if data.len() - pos < 9 {
-            let r = torn(pos, "truncated header")?;
-            return Ok((max_index, r.1));
-        }
-        let len = u32::from_be_bytes(data[pos..pos + 4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_be_bytes(data[pos + 4..pos + 8].try_into().expect("4 bytes"));
-        if len == 0 || len > MAX_RECORD || pos + 8 + len > data.len() {
-            let r = torn(pos, "truncated or oversized record")?;
-            return Ok((max_index, r.1));
-        }
-        let body = &data[pos + 8..pos + 8 + len];
-        if crc32fast::hash(body) != crc {
-            let r = torn(pos, "checksum mismatch")?;
-            return Ok((max_index, r.1));
-        }
-        let (kind, payload) = (body[0], &body[1..]);
-        match kind {
-            KIND_ENTRY if payload.len() >= 8 => {
-                let index = u64::from_be_bytes(payload[..8].try_into().expect("8 bytes"));
-                out.entries.insert(index, payload[8..].to_vec());
-                max_index = max_index.max(Some(index));
+        let damage = match parse_record(&data, pos) {
+            Ok((kind, payload)) => match kind {
+                KIND_ENTRY if payload.len() >= 8 => {
+                    let index = u64::from_be_bytes(payload[..8].try_into().expect("8 bytes"));
+                    out.entries.insert(index, payload[8..].to_vec());
+                    max_index = max_index.max(Some(index));
+                    None
+                }
+                KIND_TRUNCATE if payload.len() == 8 => {
+                    let from = u64::from_be_bytes(payload.try_into().expect("8 bytes"));
+                    out.entries.split_off(&from);
+                    None
+                }
+                KIND_PURGE if payload.len() >= 8 => {
+                    let upto = u64::from_be_bytes(payload[..8].try_into().expect("8 bytes"));
+                    out.entries = out.entries.split_off(&(upto + 1));
+                    out.purged = Some((upto, payload[8..].to_vec()));
+                    None
+                }
+                KIND_COMMITTED => {
+                    out.committed = Some(payload.to_vec());
+                    None
+                }
+                _ => Some(RecordDamage::UnknownKind(kind)),
+            },
+            Err(damage) => Some(damage),
+        };
+        match damage {
+            None => pos += RECORD_HEADER + record_len(&data, pos),
+            Some(damage) if is_last && is_torn_tail(&data, pos, &damage) => {
+                return Ok((max_index, pos as u64));
             }
-            KIND_TRUNCATE if payload.len() == 8 => {
-                let from = u64::from_be_bytes(payload.try_into().expect("8 bytes"));
-                out.entries.split_off(&from);
-            }
-            KIND_PURGE if payload.len() >= 8 => {
-                let upto = u64::from_be_bytes(payload[..8].try_into().expect("8 bytes"));
-                out.entries = out.entries.split_off(&(upto + 1));
-                out.purged = Some((upto, payload[8..].to_vec()));
-            }
-            KIND_COMMITTED => out.committed = Some(payload.to_vec()),
-            _ => {
-                let r = torn(pos, "unknown record kind")?;
-                return Ok((max_index, r.1));
+            Some(damage) => {
+                return Err(corrupt(format!(
+                    "write-ahead log segment {} is corrupt at byte {pos}: {damage}; \
+                     it lies before the last complete record, so it is not a torn write \
+                     and dropping it would lose acknowledged writes. Restore this peer's \
+                     data dir from a backup, or remove the peer and join it afresh",
+                    path.display()
+                )));
             }
         }
-        pos += 8 + len;
     }
     Ok((max_index, pos as u64))
+}
+
+/// `len | crc`: the bytes before a record's kind byte.
+const RECORD_HEADER: usize = 8;
+/// The unit a disk writes whole or not at all, as far as recovery assumes.
+const SECTOR: usize = 512;
+
+/// Why the bytes at some offset are not a good record.
+#[derive(Debug)]
+enum RecordDamage {
+    /// Fewer bytes than a header are left.
+    ShortHeader,
+    /// The length field is zero or above [`MAX_RECORD`].
+    BadLength(usize),
+    /// The record runs past the end of the file.
+    CutShort { len: usize, have: usize },
+    /// The record is whole but fails its checksum.
+    Checksum,
+    /// The record is whole and checksummed but of no kind this build knows.
+    UnknownKind(u8),
+}
+
+impl std::fmt::Display for RecordDamage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::ShortHeader => write!(f, "the record header is cut short"),
+            Self::BadLength(len) => {
+                write!(f, "the record length {len} is outside 1..={MAX_RECORD}")
+            }
+            Self::CutShort { len, have } => write!(
+                f,
+                "the record says it holds {len} bytes but only {have} follow"
+            ),
+            Self::Checksum => write!(f, "the record fails its checksum"),
+            Self::UnknownKind(kind) => write!(f, "the record kind {kind} is unknown"),
+        }
+    }
+}
+
+fn record_len(data: &[u8], pos: usize) -> usize {
+    u32::from_be_bytes(data[pos..pos + 4].try_into().expect("4 bytes")) as usize
+}
+
+/// The record at `pos`: its kind and payload, or what is wrong with it.
+fn parse_record(data: &[u8], pos: usize) -> Result<(u8, &[u8]), RecordDamage> {
+    if data.len() - pos < RECORD_HEADER {
+        return Err(RecordDamage::ShortHeader);
+    }
+    let len = record_len(data, pos);
+    let crc = u32::from_be_bytes(data[pos + 4..pos + 8].try_into().expect("4 bytes"));
+    checked_body(data, pos, len, crc).map(|body| (body[0], &body[1..]))
+}
+
+fn checked_body(data: &[u8], pos: usize, len: usize, crc: u32) -> Result<&[u8], RecordDamage> {
+    if len == 0 || len > MAX_RECORD {
+        return Err(RecordDamage::BadLength(len));
+    }
+    let have = data.len() - pos - RECORD_HEADER;
+    if len > have {
+        return Err(RecordDamage::CutShort { len, have });
+    }
+    let body = &data[pos + RECORD_HEADER..pos + RECORD_HEADER + len];
+    if crc32fast::hash(body) != crc {
+        return Err(RecordDamage::Checksum);
+    }
+    Ok(body)
+}
+
+/// Whether damage at `pos` of the newest segment is what a crash mid-write leaves
+/// (a torn tail, safe to drop: no record after it was ever complete, so none was
+/// acknowledged) rather than corruption of written data.
+///
+/// A crash can cut the last write short, or leave the file longer than what landed
+/// with the rest reading as zeros. So it is torn when the header is cut short; when
+/// the length is zero and only zeros follow; when the record runs past the end of
+/// the file, unless a single flipped bit in its length explains that instead; and
+/// when the record fails its checksum, only zeros follow it, and a sector of it
+/// reads as zeros (a write the disk did not finish). A bad length, a bad checksum
+/// with data after it, or an unknown kind is corruption.
+fn is_torn_tail(data: &[u8], pos: usize, damage: &RecordDamage) -> bool {
+    let only_zeros_from = |at: usize| {
+        data.get(at..)
+            .is_none_or(|rest| rest.iter().all(|b| *b == 0))
+    };
+    match damage {
+        RecordDamage::ShortHeader => true,
+        RecordDamage::BadLength(0) => only_zeros_from(pos),
+        RecordDamage::BadLength(_) | RecordDamage::UnknownKind(_) => false,
+        RecordDamage::CutShort { len, .. } => !one_bit_repair_of_length(data, pos, *len),
+        RecordDamage::Checksum => {
+            let end = pos + RECORD_HEADER + record_len(data, pos);
+            only_zeros_from(end) && holds_a_zero_sector(data, pos, end)
+        }
+    }
+}
+
+/// Whether flipping one bit of the length field at `pos` gives a whole record
+/// with a good checksum: then the length was damaged, not cut short by a crash.
+fn one_bit_repair_of_length(data: &[u8], pos: usize, len: usize) -> bool {
+    let crc = u32::from_be_bytes(data[pos + 4..pos + 8].try_into().expect("4 bytes"));
+    (0..32).any(|bit| checked_body(data, pos, len ^ (1 << bit), crc).is_ok())
+}
+
+/// Whether some piece of `data[from..to]`, cut at sector boundaries of the file,
+/// is all zeros.
+fn holds_a_zero_sector(data: &[u8], from: usize, to: usize) -> bool {
+    let mut start = from;
+    while start < to {
+        let end = ((start / SECTOR + 1) * SECTOR).min(to);
+        if data[start..end].iter().all(|b| *b == 0) {
+            return true;
+        }
+        start = end;
+    }
+    false
 }
 
 #[cfg(test)]
@@ -402,22 +513,127 @@ mod tests {
         );
     }
 
+    fn flip(seg: &Path, at: usize, mask: u8) {
+        let mut data = fs::read(seg).unwrap();
+        data[at] ^= mask;
+        fs::write(seg, &data).unwrap();
+    }
+
+    /// Offsets of each record in the newest segment.
+    fn record_offsets(seg: &Path) -> Vec<usize> {
+        let data = fs::read(seg).unwrap();
+        let mut offsets = Vec::new();
+        let mut pos = 0;
+        while pos < data.len() {
+            offsets.push(pos);
+            pos += RECORD_HEADER + record_len(&data, pos);
+        }
+        offsets
+    }
+
+    fn refusal(dir: &Path) -> String {
+        match Wal::open(dir) {
+            Ok(_) => panic!("a corrupt write-ahead log was opened"),
+            Err(e) => {
+                assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+                e.to_string()
+            }
+        }
+    }
+
     #[test]
-    fn a_flipped_bit_is_detected() {
+    fn a_flipped_bit_before_the_last_record_of_the_newest_segment_refuses_to_start() {
         let dir = tempfile::tempdir().unwrap();
         {
             let (mut wal, _) = Wal::open(dir.path()).unwrap();
             wal.append(&entries(1..4)).unwrap();
         }
         let seg = segment_path(dir.path(), 1);
+        let second = record_offsets(&seg)[1];
+        let before = fs::read(&seg).unwrap();
+        flip(&seg, second + RECORD_HEADER + 3, 0x40);
+        let msg = refusal(dir.path());
+        assert!(
+            msg.contains(&seg.display().to_string())
+                && msg.contains(&format!("at byte {second}"))
+                && msg.contains("checksum"),
+            "{msg}"
+        );
+        assert_eq!(
+            fs::metadata(&seg).unwrap().len(),
+            before.len() as u64,
+            "a refused log is left as it was"
+        );
+    }
+
+    #[test]
+    fn a_flipped_bit_in_the_last_record_is_not_taken_for_a_torn_write() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut wal, _) = Wal::open(dir.path()).unwrap();
+            wal.append(&entries(1..4)).unwrap();
+        }
+        let seg = segment_path(dir.path(), 1);
+        let last = *record_offsets(&seg).last().unwrap();
+        flip(&seg, last + RECORD_HEADER + 2, 0x01);
+        assert!(refusal(dir.path()).contains(&format!("at byte {last}")));
+    }
+
+    #[test]
+    fn a_flipped_bit_in_a_length_is_not_taken_for_a_cut_short_record() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut wal, _) = Wal::open(dir.path()).unwrap();
+            wal.append(&entries(1..4)).unwrap();
+        }
+        let seg = segment_path(dir.path(), 1);
+        let second = record_offsets(&seg)[1];
+        // The length's third byte: 256 bytes more than the file holds.
+        flip(&seg, second + 2, 0x01);
+        let msg = refusal(dir.path());
+        assert!(msg.contains(&format!("at byte {second}")), "{msg}");
+    }
+
+    #[test]
+    fn a_tail_the_filesystem_left_as_zeros_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut wal, _) = Wal::open(dir.path()).unwrap();
+            wal.append(&entries(1..3)).unwrap();
+            // A big last record, whose second sector never reached the disk.
+            wal.append(&[(3, vec![7u8; 3 * SECTOR])]).unwrap();
+        }
+        let seg = segment_path(dir.path(), 1);
+        let last = *record_offsets(&seg).last().unwrap();
         let mut data = fs::read(&seg).unwrap();
-        data[12] ^= 0x40;
+        let sector = (last / SECTOR + 1) * SECTOR;
+        data[sector..sector + SECTOR].fill(0);
+        // And the file grew past what was written, as after a crash.
+        data.extend_from_slice(&[0u8; 700]);
         fs::write(&seg, &data).unwrap();
         let (_, rec) = Wal::open(dir.path()).unwrap();
-        assert!(
-            rec.entries.is_empty(),
-            "a record failing its checksum must not be replayed"
-        );
+        assert_eq!(rec.entries.keys().copied().collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(fs::metadata(&seg).unwrap().len(), last as u64);
+    }
+
+    #[test]
+    fn damage_in_an_older_segment_refuses_to_start() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut wal, _) = Wal::open(dir.path()).unwrap();
+            wal.append(&entries(1..4)).unwrap();
+            wal.roll().unwrap();
+            wal.append(&entries(4..6)).unwrap();
+        }
+        let old = segment_path(dir.path(), 1);
+        let len = fs::metadata(&old).unwrap().len();
+        OpenOptions::new()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_len(len - 3)
+            .unwrap();
+        assert!(refusal(dir.path()).contains(&old.display().to_string()));
     }
 
     #[test]
