@@ -11,6 +11,10 @@ use crate::validation::{check_timestamp, ValidationErrors};
 /// Namespace holding node heartbeat leases (one per node, named after it).
 pub const NODE_LEASE_NAMESPACE: &str = "flotilla-node-lease";
 
+/// The annotation on a node's lease that says how often the node renews it,
+/// so that a node grace period too short for it can be pointed out.
+pub const RENEW_INTERVAL_ANNOTATION: &str = "flotilla.dev/renew-interval";
+
 /// A lease (Kubernetes' `coordination.k8s.io/Lease`); it has no status.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

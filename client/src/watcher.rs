@@ -106,6 +106,13 @@ pub struct Backoff {
     pub max: Duration,
 }
 
+impl Backoff {
+    /// The wait after one of `delay` failed again.
+    pub fn after(&self, delay: Duration) -> Duration {
+        (delay * 2).min(self.max)
+    }
+}
+
 impl Default for Backoff {
     /// 200 ms doubling to 2 s: short, because the caches it feeds decide
     /// placements and routes, and a control plane coming back should be seen
@@ -331,6 +338,6 @@ impl<S: Source> Watcher<S> {
             until: Instant::now() + self.delay + jitter,
             revision,
         };
-        self.delay = (self.delay * 2).min(self.backoff.max);
+        self.delay = self.backoff.after(self.delay);
     }
 }

@@ -500,6 +500,8 @@ pub enum ResponseV1 {
     Clock {
         /// The reading.
         unix_micros: i64,
+        /// How long this apiserver has been serving.
+        serving_millis: u64,
     },
     /// The answer to `ProbeTunnel`.
     TunnelProbe {

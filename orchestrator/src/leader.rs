@@ -7,18 +7,24 @@
 //! duration, and stops acting as soon as it cannot renew for two thirds of it:
 //! before any other candidate may take over.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use flotilla_api::lease::Lease;
 use flotilla_api::meta::now_timestamp;
 use flotilla_api::object::{Kind, Object};
+use flotilla_client::watcher::Backoff;
 use flotilla_client::wire::ErrorCode;
 use flotilla_client::{Client, ClientError, SharedClientConfig};
 use flotilla_telemetry::{Family, Gauge, Readiness, Registry};
 
 /// Namespace of the leader-election leases.
 pub const SYSTEM_NAMESPACE: &str = "flotilla-system";
+
+/// How long a silent leader keeps the lease unless told otherwise
+/// (`--leader-lease`).
+pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
 
 /// What is being elected and by whom.
 #[derive(Clone, Debug)]
@@ -33,6 +39,8 @@ pub struct Election {
     pub connected: Readiness,
     /// 1 while this candidate leads.
     leading: Gauge,
+    /// Settings the leader publishes on its lease, for `flotilla doctor`.
+    annotations: BTreeMap<String, String>,
 }
 
 impl Election {
@@ -46,7 +54,14 @@ impl Election {
             duration,
             connected: Readiness::not_ready("not connected to the apiserver yet"),
             leading: Gauge::default(),
+            annotations: BTreeMap::new(),
         }
+    }
+
+    /// Publishes `key: value` on the lease while this candidate holds it.
+    pub fn with_annotation(mut self, key: &str, value: String) -> Self {
+        self.annotations.insert(key.to_string(), value);
+        self
     }
 
     /// Shows whether this candidate leads in `metrics`.
@@ -105,6 +120,7 @@ async fn try_acquire(
             let mut lease = Lease::default();
             lease.metadata.namespace = SYSTEM_NAMESPACE.into();
             lease.metadata.name = election.lease.clone();
+            lease.metadata.annotations = election.annotations.clone();
             lease.spec.holder_identity = election.identity.clone();
             lease.spec.lease_duration_seconds = seconds;
             lease.spec.acquire_time = now.clone();
@@ -147,6 +163,9 @@ async fn try_acquire(
     }
     next.spec.holder_identity = election.identity.clone();
     next.spec.lease_duration_seconds = seconds;
+    next.metadata
+        .annotations
+        .extend(election.annotations.clone());
     next.spec.renew_time = now;
     match client.update(Object::Lease(next)).await {
         Ok(_) => Ok(Attempt::Acquired),
@@ -210,6 +229,14 @@ where
 {
     let config = config.into();
     let retry = (election.duration / 4).max(Duration::from_millis(100));
+    // Short at first, since the usual failure is a server still starting (no
+    // raft leader yet, its system namespace not made yet), then doubling up to
+    // the campaign period.
+    let backoff = Backoff {
+        initial: Duration::from_millis(25),
+        max: retry,
+    };
+    let mut delay = backoff.initial;
     let mut observed = None;
     loop {
         let client = match Client::connect(&config.get()).await {
@@ -217,12 +244,15 @@ where
             Err(e) => {
                 tracing::debug!(error = %e, "candidate cannot reach the apiserver");
                 election.connected.set_not_ready(e.to_string());
-                tokio::time::sleep(retry).await;
+                let wait = delay;
+                delay = backoff.after(delay);
+                tokio::time::sleep(wait).await;
                 continue;
             }
         };
         match try_acquire(&client, &election, &mut observed).await {
             Ok(Attempt::Acquired) => {
+                delay = backoff.initial;
                 election.connected.set_ready();
                 tracing::info!(lease = %election.lease, identity = %election.identity, "became leader");
                 election.leading.set(1);
@@ -235,6 +265,7 @@ where
                 observed = None;
             }
             Ok(Attempt::HeldByOther) => {
+                delay = backoff.initial;
                 election.connected.set_ready();
                 tokio::time::sleep(retry).await
             }
@@ -244,7 +275,9 @@ where
                     "the apiserver at {} did not answer the campaign: {e}",
                     config.get().server
                 ));
-                tokio::time::sleep(retry).await;
+                let wait = delay;
+                delay = backoff.after(delay);
+                tokio::time::sleep(wait).await;
             }
         }
     }

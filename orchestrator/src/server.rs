@@ -174,7 +174,7 @@ impl ServerConfig {
             scheduler: true,
             controllers: true,
             controller_settings: crate::controllers::Settings::default(),
-            leader_lease: Duration::from_secs(15),
+            leader_lease: crate::leader::DEFAULT_LEASE_DURATION,
             ranges: crate::apiserver::NetworkRanges::default(),
             telemetry: Telemetry::default(),
             cert_lifetime: ca::DEFAULT_CERT_LIFETIME.unsigned_abs(),
@@ -532,8 +532,10 @@ impl Server {
             )));
         }
         if controllers {
-            let election = Election::new(CONTROLLERS_LEASE, "controllers", leader_lease)
-                .with_metrics(&leader_metrics);
+            let election = controller_settings.published_on(
+                Election::new(CONTROLLERS_LEASE, "controllers", leader_lease)
+                    .with_metrics(&leader_metrics),
+            );
             let metrics = ControllerMetrics::register(&telemetry.registry);
             tasks.push(tokio::spawn(run_elected(
                 component_config("controllers")?,

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use flotilla_api::duration::Duration;
+use flotilla_node::agent::DEFAULT_LEASE_INTERVAL;
 use flotilla_orchestrator::controllers::{ControllerMetrics, Settings};
 use flotilla_orchestrator::leader::{run_elected, Election, LeaderMetrics};
 use flotilla_orchestrator::scheduler::SchedulerMetrics;
@@ -33,6 +34,17 @@ pub struct ControllerFlags {
 
 impl ControllerFlags {
     pub fn settings(&self) -> Settings {
+        let grace = self.node_grace_period.as_std();
+        if grace <= DEFAULT_LEASE_INTERVAL {
+            tracing::warn!(
+                "--node-grace-period {} is not longer than the nodes' default lease interval ({}): \
+                 every node that renews at the default is marked NotReady between its renewals. \
+                 Give a longer grace period (the default is 40s), or start nodes with a shorter \
+                 --lease-interval",
+                self.node_grace_period,
+                Duration::from_std(DEFAULT_LEASE_INTERVAL)
+            );
+        }
         Settings {
             node_grace_period: self.node_grace_period.as_std(),
             default_toleration: std::time::Duration::from_secs(self.default_toleration_seconds),
@@ -57,8 +69,10 @@ impl ControllersArgs {
         let config = ctx.client_config()?;
         let settings = self.flags.settings();
         let telemetry = Telemetry::new();
-        let election = Election::new(CONTROLLERS_LEASE, "controllers", self.leader_lease.as_std())
-            .with_metrics(&LeaderMetrics::register(&telemetry.registry));
+        let election = settings.published_on(
+            Election::new(CONTROLLERS_LEASE, "controllers", self.leader_lease.as_std())
+                .with_metrics(&LeaderMetrics::register(&telemetry.registry)),
+        );
         // Ready while it reaches the apiserver, leading or standing by.
         telemetry.health.add("apiserver", &election.connected);
         let metrics = ControllerMetrics::register(&telemetry.registry);

@@ -15,13 +15,14 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use flotilla_api::lease::NODE_LEASE_NAMESPACE;
+use flotilla_api::lease::{NODE_LEASE_NAMESPACE, RENEW_INTERVAL_ANNOTATION};
 use flotilla_api::meta::{find_condition, parse_timestamp, ConditionStatus};
 use flotilla_api::node::{CONDITION_READY, CONDITION_SERVICE_FORWARDER};
 use flotilla_api::object::{Kind, Object};
 use flotilla_client::wire::{Consistency, RequestV1, ResponseV1};
 use flotilla_client::{Client, ClientConfig};
-use flotilla_orchestrator::leader::SYSTEM_NAMESPACE;
+use flotilla_orchestrator::controllers::NODE_GRACE_ANNOTATION;
+use flotilla_orchestrator::leader::{DEFAULT_LEASE_DURATION, SYSTEM_NAMESPACE};
 use flotilla_orchestrator::server::{CONTROLLERS_LEASE, SCHEDULER_LEASE};
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -283,20 +284,33 @@ async fn diagnose(ctx: &Context) -> Report {
     // 4. scheduler and controllers
     let now = OffsetDateTime::now_utc();
     let mut clocks = Vec::new();
+    let moment = Moment {
+        consistency,
+        now,
+        stale,
+        serving_for: readings.iter().filter_map(|r| r.serving_for).max(),
+    };
+    let mut node_grace = None;
     for (link, lease, what) in [
         ("scheduler", SCHEDULER_LEASE, "the scheduler"),
         ("controllers", CONTROLLERS_LEASE, "the controllers"),
     ] {
-        check_election(
+        let lease = check_election(
             &mut report,
             &client,
-            consistency,
+            &moment,
             (link, lease, what),
-            now,
-            stale,
             &mut clocks,
         )
         .await;
+        if let Some(grace) = lease
+            .as_ref()
+            .and_then(|l| l.metadata.annotations.get(NODE_GRACE_ANNOTATION))
+        {
+            node_grace = flotilla_api::duration::Duration::parse(grace)
+                .ok()
+                .map(|d| d.as_std());
+        }
     }
 
     // 5. and 6. nodes, their forwarders and ingress
@@ -305,6 +319,7 @@ async fn diagnose(ctx: &Context) -> Report {
         &client,
         consistency,
         (now, stale),
+        node_grace,
         &mut clocks,
         &mut readings,
     )
@@ -533,11 +548,10 @@ async fn check_store(
             peer_certificates.push((peer.clone(), certificate));
         }
         if let Some(clock) = answer {
-            if let Some((offset_micros, uncertainty_micros)) = clock {
+            if let Some(reading) = clock {
                 readings.push(ClockReading {
                     who: format!("peer {peer}"),
-                    offset_micros,
-                    uncertainty_micros,
+                    ..reading
                 });
             }
             answering.push(peer);
@@ -612,20 +626,27 @@ struct ClockReading {
     offset_micros: i64,
     /// How far off that may be: half the round trip it was read over.
     uncertainty_micros: i64,
+    /// How long it has served, for a store peer.
+    serving_for: Option<Duration>,
 }
 
-/// Asks a peer for its clock: (offset from this machine's, uncertainty), in
-/// microseconds, taking the reading to be halfway through the round trip.
-async fn read_clock(client: &Client) -> Option<(i64, i64)> {
+/// Asks a peer for its clock (taking the reading to be halfway through the
+/// round trip) and how long it has served.
+async fn read_clock(client: &Client) -> Option<ClockReading> {
     let sent_at = flotilla_api::meta::unix_micros_now();
     let started = Instant::now();
     let answer = client.call(RequestV1::Clock).await;
     let half = micros(started.elapsed()) / 2;
     match answer {
-        Ok(ResponseV1::Clock { unix_micros }) => Some((
-            unix_micros.saturating_sub(sent_at.saturating_add(half)),
-            half,
-        )),
+        Ok(ResponseV1::Clock {
+            unix_micros,
+            serving_millis,
+        }) => Some(ClockReading {
+            who: String::new(),
+            offset_micros: unix_micros.saturating_sub(sent_at.saturating_add(half)),
+            uncertainty_micros: half,
+            serving_for: Some(Duration::from_millis(serving_millis)),
+        }),
         _ => None,
     }
 }
@@ -693,15 +714,36 @@ where
     out
 }
 
+/// When the checks were made, and what they could read.
+struct Moment<'a> {
+    consistency: Consistency,
+    now: OffsetDateTime,
+    /// Said after what was read stale.
+    stale: &'a str,
+    /// The longest any store peer has served: a component is given its first
+    /// lease period after that before it is called missing.
+    serving_for: Option<Duration>,
+}
+
+impl Moment<'_> {
+    /// How long the cluster has served, while that is within the time a
+    /// candidate takes to hold a lease of `duration`: it takes a missing lease at
+    /// once, and one left by a previous run after watching it a whole duration.
+    fn starting(&self, duration: Duration) -> Option<Duration> {
+        self.serving_for
+            .filter(|served| *served < duration + duration / 2)
+    }
+}
+
+/// Checks the lease of an elected component; returns it when it was read.
 async fn check_election(
     report: &mut Report,
     client: &Client,
-    consistency: Consistency,
+    moment: &Moment<'_>,
     (link, lease_name, what): (&'static str, &str, &str),
-    now: OffsetDateTime,
-    stale: &str,
     clocks: &mut Vec<(String, Duration)>,
-) {
+) -> Option<flotilla_api::lease::Lease> {
+    let stale = moment.stale;
     let got = tokio::time::timeout(
         CALL_TIMEOUT,
         get_with(
@@ -709,20 +751,32 @@ async fn check_election(
             Kind::Lease,
             SYSTEM_NAMESPACE,
             lease_name,
-            consistency,
+            moment.consistency,
         ),
     )
     .await;
+    let starting_hint = "run `flotilla doctor` again in a few seconds";
     let lease = match got {
         Ok(Ok(Object::Lease(lease))) => lease,
         Ok(Err(e)) if e.code() == Some(flotilla_client::wire::ErrorCode::NotFound) => {
-            report.add(
-                link,
-                Status::Fail,
-                format!("{what} never ran: no lease {SYSTEM_NAMESPACE}/{lease_name}"),
-                &format!("run `flotilla server` without --no-{link}, or `flotilla {link}`"),
-            );
-            return;
+            match moment.starting(DEFAULT_LEASE_DURATION) {
+                Some(served) => report.add(
+                    link,
+                    Status::Warn,
+                    format!(
+                        "{what} is starting: no lease {SYSTEM_NAMESPACE}/{lease_name} yet, {} after the apiserver started",
+                        human_std(served)
+                    ),
+                    starting_hint,
+                ),
+                None => report.add(
+                    link,
+                    Status::Fail,
+                    format!("{what} never ran: no lease {SYSTEM_NAMESPACE}/{lease_name}"),
+                    &format!("run `flotilla server` without --no-{link}, or `flotilla {link}`"),
+                ),
+            }
+            return None;
         }
         Ok(Ok(_)) | Ok(Err(_)) | Err(_) => {
             report.add(
@@ -731,16 +785,18 @@ async fn check_election(
                 format!("could not read the lease {SYSTEM_NAMESPACE}/{lease_name}{stale}"),
                 "",
             );
-            return;
+            return None;
         }
     };
     let holder = lease.spec.holder_identity.clone();
     let renewed = parse_timestamp(&lease.spec.renew_time);
-    let age = renewed.map(|t| now - t);
+    let age = renewed.map(|t| moment.now - t);
     if let Some(age) = age {
         clocks.push((format!("{link} {holder}"), ahead_by(age)));
     }
-    let duration = time::Duration::seconds(i64::from(lease.spec.lease_duration_seconds));
+    let seconds = u64::from(lease.spec.lease_duration_seconds);
+    let duration = time::Duration::seconds(seconds as i64);
+    let starting = moment.starting(Duration::from_secs(seconds));
     match age {
         _ if holder.is_empty() => report.add(
             link,
@@ -755,13 +811,22 @@ async fn check_election(
                 human(age)
             ),
         ),
+        Some(age) if starting.is_some() => report.add(
+            link,
+            Status::Warn,
+            format!(
+                "{what} is starting: the lease {lease_name} was last renewed {} ago by {holder}, before the apiserver started {} ago; a new candidate takes it over once it has watched it for {seconds}s{stale}",
+                human(age),
+                human_std(starting.unwrap_or_default()),
+            ),
+            starting_hint,
+        ),
         Some(age) => report.add(
             link,
             Status::Fail,
             format!(
-                "{what} stopped: the lease {lease_name} was last renewed {} ago by {holder} (it lasts {}s){stale}",
+                "{what} stopped: the lease {lease_name} was last renewed {} ago by {holder} (it lasts {seconds}s){stale}",
                 human(age),
-                lease.spec.lease_duration_seconds
             ),
             &format!(
                 "start `flotilla {link}` (or restart the server that ran it); new instances stay Pending meanwhile"
@@ -774,6 +839,7 @@ async fn check_election(
             "",
         ),
     }
+    Some(lease)
 }
 
 async fn get_with(
@@ -804,6 +870,7 @@ async fn check_nodes(
     client: &Client,
     consistency: Consistency,
     (now, stale): (OffsetDateTime, &str),
+    node_grace: Option<Duration>,
     clocks: &mut Vec<(String, Duration)>,
     readings: &mut Vec<ClockReading>,
 ) -> Vec<flotilla_api::node::Node> {
@@ -868,6 +935,7 @@ async fn check_nodes(
                     who: format!("node {}", probe.from),
                     offset_micros: answer.from_offset_micros,
                     uncertainty_micros: answer.from_uncertainty_micros,
+                    serving_for: None,
                 });
             }
         }
@@ -888,6 +956,17 @@ async fn check_nodes(
         };
         let ready = find_condition(&node.status.conditions, CONDITION_READY);
         let link = "node";
+        if let Some(problem) = lease
+            .zip(node_grace)
+            .and_then(|(l, g)| grace_too_short(l, g))
+        {
+            report.add(
+                link,
+                Status::Warn,
+                format!("{name}: {problem}"),
+                "give the controllers a --node-grace-period of a few lease intervals (the default is 40s), or start the node with a shorter --lease-interval",
+            );
+        }
         match ready.map(|c| c.status) {
             Some(ConditionStatus::True) => {
                 let theirs = &node.status.node_info.flotilla_version;
@@ -936,6 +1015,24 @@ async fn check_nodes(
         check_forwarding(report, node, tunnel).await;
     }
     nodes
+}
+
+/// What is wrong with a node grace period of `grace` for a node renewing
+/// `lease` as often as it says, if anything.
+fn grace_too_short(lease: &flotilla_api::lease::Lease, grace: Duration) -> Option<String> {
+    let interval = lease
+        .metadata
+        .annotations
+        .get(RENEW_INTERVAL_ANNOTATION)
+        .and_then(|text| flotilla_api::duration::Duration::parse(text).ok())?
+        .as_std();
+    (grace <= interval).then(|| {
+        format!(
+            "renews its lease every {}, but the node grace period is {}: it is marked NotReady between renewals",
+            human_std(interval),
+            human_std(grace)
+        )
+    })
 }
 
 /// A probe one node sent through the tunnel to another, as the apiserver
@@ -1206,6 +1303,14 @@ fn ahead_by(age: time::Duration) -> Duration {
 }
 
 /// `3s`, `4m10s`, `2h5m`, `12d`.
+fn human_std(d: Duration) -> String {
+    if d < Duration::from_secs(60) {
+        format!("{:.1}s", d.as_secs_f64())
+    } else {
+        human(time::Duration::seconds(d.as_secs() as i64))
+    }
+}
+
 fn human(d: time::Duration) -> String {
     let s = d.whole_seconds().max(0);
     match s {
@@ -1219,6 +1324,22 @@ fn human(d: time::Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_component_is_starting_for_a_lease_period_and_a_half_after_the_server_started() {
+        let moment = |serving_for| Moment {
+            consistency: Consistency::Stale,
+            now: OffsetDateTime::now_utc(),
+            stale: "",
+            serving_for,
+        };
+        let lease = Duration::from_secs(15);
+        assert!(moment(Some(Duration::from_secs(3))).starting(lease).is_some());
+        assert!(moment(Some(Duration::from_secs(22))).starting(lease).is_some());
+        assert!(moment(Some(Duration::from_secs(23))).starting(lease).is_none());
+        // No peer's age was read: nothing is excused.
+        assert!(moment(None).starting(lease).is_none());
+    }
 
     #[test]
     fn the_worst_check_decides_and_is_named_first() {
@@ -1247,6 +1368,7 @@ mod tests {
             who: who.into(),
             offset_micros: offset_ms * 1000,
             uncertainty_micros: uncertainty_ms * 1000,
+            serving_for: None,
         }
     }
 

@@ -469,3 +469,98 @@ fn clocks_apart() {
     );
     crate::workloads::wait_ready_instances(&cluster, "on-skewed-node", 1, Duration::from_secs(60));
 }
+
+#[test]
+fn a_fresh_server_calls_its_components_starting_not_failed() {
+    let started = Instant::now();
+    let cluster = Cluster::start(1, &["--no-scheduler"]);
+    // The controllers take their lease as soon as the server serves.
+    let (_, report) = wait_for("the controllers' lease", Duration::from_secs(10), || {
+        let (code, report) = doctor(&cluster, 0);
+        lines(&report, "controllers")
+            .iter()
+            .any(|l| l.starts_with("OK active:"))
+            .then_some((code, report))
+    });
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "the controllers' first lease came {took:?} after the server was started"
+    );
+    // No candidate for the scheduler, but the server has just started: the
+    // scheduler may yet take its lease, so it is starting, not failed.
+    let scheduler = lines(&report, "scheduler");
+    assert!(
+        scheduler.len() == 1
+            && scheduler[0].starts_with(
+                "WARN the scheduler is starting: no lease flotilla-system/flotilla-scheduler yet, "
+            ),
+        "{scheduler:?}"
+    );
+    assert_ne!(report["status"], "FAIL", "{report}");
+}
+
+#[test]
+fn a_node_grace_period_shorter_than_the_lease_interval_is_warned_about() {
+    let cluster = Cluster::start(1, &["--node-grace-period", "2s"]);
+    let token = cluster.token("1h");
+    let _node = NodeProc::start_env(
+        Some(&cluster.peers[0].addr),
+        Some(&token),
+        "node-1",
+        &cluster.dir.path().join("node-1"),
+        &["--lease-interval", "3s"],
+        &[],
+    );
+    let line = wait_for("doctor's warning", Duration::from_secs(30), || {
+        let (_, report) = doctor(&cluster, 0);
+        lines(&report, "node")
+            .into_iter()
+            .find(|l| l.starts_with("WARN node-1: renews its lease every 3.0s"))
+    });
+    assert!(
+        line.contains("but the node grace period is 2.0s: it is marked NotReady between renewals"),
+        "{line}"
+    );
+
+    // And at start, against the nodes' default interval.
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = std::process::Command::new(crate::harness::BIN)
+        .args([
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--node-grace-period",
+            "5s",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr_pipe = server.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr_pipe)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("--node-grace-period") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    let warned = rx.recv_timeout(Duration::from_secs(20));
+    let _ = server.kill();
+    let _ = server.wait();
+    let warned = warned.expect("no warning about the grace period at start");
+    assert!(
+        warned.contains(
+            "--node-grace-period 5s is not longer than the nodes' default lease interval (10s)"
+        ),
+        "{warned}"
+    );
+}

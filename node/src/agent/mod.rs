@@ -130,6 +130,9 @@ pub enum RuntimeKind {
     Hollow,
 }
 
+/// How often a node renews its lease unless told otherwise (`--lease-interval`).
+pub const DEFAULT_LEASE_INTERVAL: Duration = Duration::from_secs(10);
+
 /// How a node runs.
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
@@ -191,7 +194,7 @@ impl AgentConfig {
             capacity_memory: Quantity::parse("4Gi").expect("valid quantity"),
             capacity_instances: 1000,
             listen: "127.0.0.1:0".into(),
-            lease_interval: Duration::from_secs(10),
+            lease_interval: DEFAULT_LEASE_INTERVAL,
             backoff: Backoff::default(),
             busy_timeout: Duration::from_secs(10),
             runtime: RuntimeKind::default(),

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_api::lease::NODE_LEASE_NAMESPACE;
+use flotilla_api::lease::{NODE_LEASE_NAMESPACE, RENEW_INTERVAL_ANNOTATION};
 use flotilla_api::meta::{now_timestamp, set_condition, Condition, ConditionStatus};
 use flotilla_api::node::{
     NodeAddress, NodeDaemonEndpoints, NodeResources, CONDITION_READY, CONDITION_SERVICE_FORWARDER,
@@ -188,12 +188,16 @@ async fn renew_lease(
 ) -> Result<(), flotilla_client::ClientError> {
     let now = now_timestamp();
     let duration = (interval.as_secs() as u32).max(1) * 4;
+    let interval_text = flotilla_api::duration::Duration::from_std(interval).to_string();
     match client.get(Kind::Lease, NODE_LEASE_NAMESPACE, name).await {
         Ok(mut lease) => {
             if let Object::Lease(l) = &mut lease {
                 l.spec.holder_identity = name.to_string();
                 l.spec.renew_time = now;
                 l.spec.lease_duration_seconds = duration;
+                l.metadata
+                    .annotations
+                    .insert(RENEW_INTERVAL_ANNOTATION.into(), interval_text);
             }
             lease.meta_mut().resource_version.clear();
             client.update(lease).await.map(|_| ())
@@ -205,6 +209,9 @@ async fn renew_lease(
                 l.spec.acquire_time = now.clone();
                 l.spec.renew_time = now;
                 l.spec.lease_duration_seconds = duration;
+                l.metadata
+                    .annotations
+                    .insert(RENEW_INTERVAL_ANNOTATION.into(), interval_text);
             }
             match client.create(lease).await {
                 Ok(_) => Ok(()),

@@ -83,6 +83,9 @@ pub struct ApiServer {
     limited: Arc<PrefixCache<admission::Limited>>,
     /// Where changes and refusals are recorded; `None` when turned off.
     audit: Option<audit::AuditLog>,
+    /// When this apiserver was made: how long it has served tells doctor a
+    /// component still starting from one that stopped.
+    started: std::time::Instant,
 }
 
 impl ApiServer {
@@ -111,6 +114,7 @@ impl ApiServer {
             admission::read_limited,
         );
         Self {
+            started: std::time::Instant::now(),
             store,
             ca,
             cluster_name,

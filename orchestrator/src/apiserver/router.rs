@@ -136,6 +136,8 @@ impl ApiServer {
             } => self.sign_user(name, groups, csr_pem, ttl_seconds),
             RequestV1::Clock => Ok(ResponseV1::Clock {
                 unix_micros: flotilla_api::meta::unix_micros_now(),
+                serving_millis: u64::try_from(self.started.elapsed().as_millis())
+                    .unwrap_or(u64::MAX),
             }),
             RequestV1::JoinPeer {
                 token,

@@ -55,6 +55,21 @@ pub struct Settings {
     pub event_ttl: Duration,
 }
 
+/// The annotation on the controllers' lease that publishes their node grace
+/// period, so that `flotilla doctor` can compare it with the nodes' lease
+/// intervals.
+pub const NODE_GRACE_ANNOTATION: &str = "flotilla.dev/node-grace-period";
+
+impl Settings {
+    /// `election` publishing these settings on the lease while it leads.
+    pub fn published_on(&self, election: crate::leader::Election) -> crate::leader::Election {
+        election.with_annotation(
+            NODE_GRACE_ANNOTATION,
+            flotilla_api::duration::Duration::from_std(self.node_grace_period).to_string(),
+        )
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Self {
