@@ -36,13 +36,23 @@ pub fn client_bind_addr(server: &SocketAddr) -> SocketAddr {
     }
 }
 
+/// A connection that hears nothing from its peer for this long is closed:
+/// a peer that vanished (its machine stopped, the link cut, no reset sent)
+/// is noticed this soon, and whoever used it dials another. QUIC stretches
+/// it to three probe timeouts on a slow path, so a live but distant peer is
+/// not given up on.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How often an otherwise quiet connection proves it is alive: three times
+/// within [`IDLE_TIMEOUT`], so one or two lost packets do not close it.
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(1);
+
 /// QUIC transport settings shared by every Flotilla connection.
 pub fn transport_config() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
-    t.keep_alive_interval(Some(Duration::from_secs(2)));
+    t.keep_alive_interval(Some(KEEP_ALIVE_INTERVAL));
     t.max_idle_timeout(Some(
-        quinn::IdleTimeout::try_from(Duration::from_secs(10))
-            .expect("10 s is a valid idle timeout"),
+        quinn::IdleTimeout::try_from(IDLE_TIMEOUT).expect("3 s is a valid idle timeout"),
     ));
     t.max_concurrent_bidi_streams(4096u32.into());
     Arc::new(t)

@@ -1334,9 +1334,15 @@ mod tests {
             serving_for,
         };
         let lease = Duration::from_secs(15);
-        assert!(moment(Some(Duration::from_secs(3))).starting(lease).is_some());
-        assert!(moment(Some(Duration::from_secs(22))).starting(lease).is_some());
-        assert!(moment(Some(Duration::from_secs(23))).starting(lease).is_none());
+        assert!(moment(Some(Duration::from_secs(3)))
+            .starting(lease)
+            .is_some());
+        assert!(moment(Some(Duration::from_secs(22)))
+            .starting(lease)
+            .is_some());
+        assert!(moment(Some(Duration::from_secs(23)))
+            .starting(lease)
+            .is_none());
         // No peer's age was read: nothing is excused.
         assert!(moment(None).starting(lease).is_none());
     }

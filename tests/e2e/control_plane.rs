@@ -337,7 +337,7 @@ fn a_restarted_follower_is_replicated_to_again_within_seconds() {
     };
     create("before-restart");
     // The leader's connection to the old process is now dead; QUIC alone
-    // would notice only at its idle timeout (10 s).
+    // would notice only at its idle timeout (3 s).
     cluster.peers[follower].restart();
     let restarted = Instant::now();
     create("after-restart");
@@ -371,7 +371,7 @@ fn a_restarted_server_resets_connections_to_its_previous_run() {
     cluster.peers[0].restart();
     // The new process keeps the old one's stateless-reset key, so it tells
     // this client at once that the connection is gone; without it the call
-    // would wait out QUIC's 10 s idle timeout.
+    // would wait out QUIC's 3 s idle timeout.
     let started = Instant::now();
     let answer = rt.block_on(async {
         tokio::time::timeout(Duration::from_secs(8), client.call(RequestV1::WhoAmI)).await

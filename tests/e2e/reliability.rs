@@ -50,3 +50,48 @@ fn a_flipped_bit_in_the_middle_of_the_newest_wal_segment_is_refused_at_start() {
         "a refused log is left as it was, for whoever repairs it"
     );
 }
+
+/// Sends `signal` to a process.
+pub(crate) fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+#[test]
+fn a_peer_that_vanished_is_noticed_in_about_3_s() {
+    let cluster = Cluster::start(1, &[]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let pid = cluster.peers[0].child.as_ref().unwrap().id();
+    let noticed = rt.block_on(async {
+        let client = cluster.client(0).await;
+        let mut watch = client
+            .watch(Some(flotilla_api::object::Kind::Service), None, "", 0)
+            .await
+            .expect("watch");
+        // Stopped, the process sends nothing: no close, no reset.
+        signal(pid, "STOP");
+        let stopped = std::time::Instant::now();
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(15), async {
+            loop {
+                if !matches!(watch.next().await, Ok(Some(_))) {
+                    return;
+                }
+            }
+        })
+        .await;
+        (ended.is_ok(), stopped.elapsed())
+    });
+    signal(pid, "CONT");
+    let (ended, took) = noticed;
+    assert!(ended, "the connection outlived 15 s of silence");
+    assert!(
+        took < std::time::Duration::from_millis(4500),
+        "a silent peer was noticed after {took:?}"
+    );
+}

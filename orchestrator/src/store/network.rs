@@ -144,7 +144,7 @@ pub struct PeerNet {
 /// A connection whose calls have gone unanswered this long is dropped at the
 /// next timeout and dialled again. A restarted peer cannot tell us the old
 /// connection is gone (its reset token died with the old process), so QUIC
-/// alone would keep timing out until its idle timeout (10 s).
+/// alone would keep timing out until its idle timeout (3 s).
 const UNANSWERED_REDIAL: Duration = Duration::from_secs(2);
 
 impl PeerNet {
