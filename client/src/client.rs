@@ -11,6 +11,49 @@ use crate::wire::{
     ResponseV1, UploadChunk, WatchEvent, MAX_FRAME, MODULE_CHUNK,
 };
 
+/// Objects per page when a whole list is read: as Kubernetes' clients do,
+/// so that no answer grows with the cluster.
+pub const LIST_PAGE: u32 = 500;
+
+/// What a list reads.
+#[derive(Clone, Copy, Debug)]
+pub struct ListQuery<'a> {
+    /// The kind.
+    pub kind: Kind,
+    /// One namespace, or all.
+    pub namespace: Option<&'a str>,
+    /// Label selector text, empty for all.
+    pub label_selector: &'a str,
+    /// Field selector text, empty for all.
+    pub field_selector: &'a str,
+    /// Read freshness (of the first page; the rest follow it).
+    pub consistency: Consistency,
+}
+
+impl<'a> ListQuery<'a> {
+    /// Every object of `kind`, read linearizably.
+    pub fn all(kind: Kind) -> Self {
+        Self {
+            kind,
+            namespace: None,
+            label_selector: "",
+            field_selector: "",
+            consistency: Consistency::Linearizable,
+        }
+    }
+}
+
+/// One page of a list.
+#[derive(Clone, Debug)]
+pub struct ListPage {
+    /// Its objects.
+    pub items: Vec<Object>,
+    /// The revision of the list's first page.
+    pub revision: u64,
+    /// Where the next page starts; empty on the last.
+    pub continue_token: String,
+}
+
 /// A connection to an apiserver.
 #[derive(Clone)]
 pub struct Client {
@@ -178,7 +221,8 @@ impl Client {
             .await
     }
 
-    /// Lists objects matching a label and a field selector.
+    /// Lists objects matching a label and a field selector, a page of
+    /// [`LIST_PAGE`] at a time; the revision is the first page's.
     pub async fn list_selected(
         &self,
         kind: Kind,
@@ -187,17 +231,54 @@ impl Client {
         field_selector: &str,
         consistency: Consistency,
     ) -> Result<(Vec<Object>, u64)> {
+        let query = ListQuery {
+            kind,
+            namespace,
+            label_selector,
+            field_selector,
+            consistency,
+        };
+        let mut page = self.list_page(&query, LIST_PAGE, "").await?;
+        let revision = page.revision;
+        let mut items = std::mem::take(&mut page.items);
+        while !page.continue_token.is_empty() {
+            page = self
+                .list_page(&query, LIST_PAGE, &page.continue_token)
+                .await?;
+            items.append(&mut page.items);
+        }
+        Ok((items, revision))
+    }
+
+    /// One page of a list: at most `limit` objects after where
+    /// `continue_token` says the previous page ended ("" for the first).
+    pub async fn list_page(
+        &self,
+        query: &ListQuery<'_>,
+        limit: u32,
+        continue_token: &str,
+    ) -> Result<ListPage> {
         match self
             .call(RequestV1::List {
-                kind,
-                namespace: namespace.map(str::to_string),
-                label_selector: label_selector.into(),
-                consistency,
-                field_selector: field_selector.into(),
+                kind: query.kind,
+                namespace: query.namespace.map(str::to_string),
+                label_selector: query.label_selector.into(),
+                consistency: query.consistency,
+                field_selector: query.field_selector.into(),
+                limit,
+                continue_token: continue_token.into(),
             })
             .await?
         {
-            ResponseV1::List { items, revision } => Ok((items, revision)),
+            ResponseV1::List {
+                items,
+                revision,
+                continue_token,
+            } => Ok(ListPage {
+                items,
+                revision,
+                continue_token,
+            }),
             other => Err(ClientError::Unexpected(format!("{other:?}"))),
         }
     }

@@ -19,7 +19,7 @@ pub mod token;
 pub mod watcher;
 pub mod wire;
 
-pub use client::{Client, WatchStream};
+pub use client::{Client, ListPage, ListQuery, WatchStream, LIST_PAGE};
 pub use config::{ClientConfig, SharedClientConfig};
 pub use dial::{
     client_bind_addr, dial, listening_endpoint_config, resolve, transport_config, CONNECT_TIMEOUT,

@@ -172,6 +172,12 @@ pub enum RequestV1 {
         consistency: Consistency,
         /// Field selector text (`spec.nodeName=edge-1`), empty for all.
         field_selector: String,
+        /// Most objects in the answer; 0 for all of them, which fails when
+        /// they are more than one answer can carry.
+        limit: u32,
+        /// Where the previous page ended (its answer's `continue_token`);
+        /// empty for the first page.
+        continue_token: String,
     },
     /// Create an object; fails if it exists.
     Create {
@@ -445,12 +451,16 @@ pub enum Response {
 pub enum ResponseV1 {
     /// One object.
     Object(Object),
-    /// A list, consistent at `revision`.
+    /// A list, or one page of it: the objects are at least as new as
+    /// `revision`, so a watch from it misses nothing.
     List {
         /// Objects.
         items: Vec<Object>,
-        /// The store revision the list reflects.
+        /// The store revision the list reflects (for every page, the first
+        /// page's).
         revision: u64,
+        /// Asks for the next page when not empty.
+        continue_token: String,
     },
     /// The outcome of an apply.
     Applied {

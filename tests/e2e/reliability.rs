@@ -95,3 +95,58 @@ fn a_peer_that_vanished_is_noticed_in_about_3_s() {
         "a silent peer was noticed after {took:?}"
     );
 }
+
+#[test]
+fn a_list_of_more_than_16_mib_comes_in_pages() {
+    use flotilla_api::manifest::parse_manifests;
+    use flotilla_client::wire::{Consistency, ErrorCode, RequestV1};
+
+    let cluster = Cluster::start(1, &[]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let blob = "x".repeat(240 * 1024);
+    rt.block_on(async {
+        let client = cluster.client(0).await;
+        for i in 0..80 {
+            let mut svc = parse_manifests(&service_manifest(&format!("big-{i:02}")))
+                .unwrap()
+                .remove(0);
+            svc.meta_mut()
+                .annotations
+                .insert("example.com/blob".into(), blob.clone());
+            client.create(svc).await.expect("create a big service");
+        }
+        // Asked for all at once, the answer would not fit a frame: it is
+        // refused with the way out, not dropped.
+        let err = client
+            .call(RequestV1::List {
+                kind: flotilla_api::object::Kind::Service,
+                namespace: None,
+                label_selector: String::new(),
+                consistency: Consistency::Linearizable,
+                field_selector: String::new(),
+                limit: 0,
+                continue_token: String::new(),
+            })
+            .await
+            .expect_err("an unpaged list over the frame");
+        assert_eq!(err.code(), Some(ErrorCode::BadRequest), "{err}");
+        assert!(err.to_string().contains("ask for it in pages"), "{err}");
+    });
+    // The CLI reads it in pages: all 80, about 19 MiB.
+    let out = cluster.cli(0, &["get", "svc", "-o", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.stdout.len() > 16 * 1024 * 1024, "{} bytes", out.stdout.len());
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut names: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["metadata"]["name"].as_str().unwrap())
+        .collect();
+    names.sort_unstable();
+    let wanted: Vec<String> = (0..80).map(|i| format!("big-{i:02}")).collect();
+    assert_eq!(names, wanted);
+}

@@ -11,7 +11,9 @@ use super::authz::{check_current, Caller, Change};
 use super::errors::{parse_revision, validate, ApiResult, Subject};
 use super::ipam;
 use super::keys::{key_for, namespace_prefix};
-use super::stored::{decode_object, encode_object, new_uid, scope, Selectors};
+use super::stored::{
+    decode_object, encode_object, new_uid, scope, ListPage, Selectors, PAGE_BYTES,
+};
 use super::update::{Attempt, Decision, Freshness};
 use super::ApiServer;
 use crate::store::{Action, Op, Precondition, Rejection};
@@ -66,22 +68,32 @@ impl ApiServer {
             .ok_or_else(|| Subject::object(kind, &ns, name).not_found())
     }
 
-    /// Lists objects of one kind: a node's instances through the watch hub's
-    /// index, anything else by a scan.
+    /// Lists objects of one kind, a page at a time: a node's instances
+    /// through the watch hub's index when they fit one page, anything else
+    /// by a scan.
     pub(super) async fn list_objects(
         &self,
         kind: Kind,
         namespace: Option<&str>,
         selectors: &Selectors,
         consistency: Consistency,
-    ) -> ApiResult<(Vec<Object>, u64)> {
+        (limit, continue_token): (u32, &str),
+    ) -> ApiResult<ListPage> {
         self.barrier(consistency).await?;
-        if let (Kind::Instance, Some(node)) = (kind, selectors.1.node_name()) {
-            if let Some(listed) = self.list_node_instances(node, namespace, selectors).await? {
-                return Ok(listed);
+        if let (Kind::Instance, Some(node), "") = (kind, selectors.1.node_name(), continue_token) {
+            if let Some((items, revision, bytes)) =
+                self.list_node_instances(node, namespace, selectors).await?
+            {
+                if (limit == 0 || items.len() <= limit as usize) && bytes <= PAGE_BYTES {
+                    return Ok(ListPage {
+                        items,
+                        revision,
+                        continue_token: String::new(),
+                    });
+                }
             }
         }
-        self.list_selected(kind, namespace, selectors)
+        self.list_page(kind, namespace, selectors, limit, continue_token)
     }
 
     fn prepare_new(&self, mut object: Object) -> ApiResult<Object> {

@@ -113,14 +113,28 @@ impl ApiServer {
             FieldSelector::parse(&format!("spec.nodeName={node}"))
                 .map_err(|e| internal(format!("the node's field selector: {e}")))?,
         );
-        let (instances, _) = self
-            .list_objects(Kind::Instance, None, &selectors, Consistency::Linearizable)
-            .await?;
-        let runs = instances
-            .iter()
-            .any(|o| matches!(o, Object::Instance(i) if i.spec.module == digest));
-        if runs {
-            return Ok(());
+        let mut continue_token = String::new();
+        loop {
+            let page = self
+                .list_objects(
+                    Kind::Instance,
+                    None,
+                    &selectors,
+                    Consistency::Linearizable,
+                    (flotilla_client::LIST_PAGE, &continue_token),
+                )
+                .await?;
+            let runs = page
+                .items
+                .iter()
+                .any(|o| matches!(o, Object::Instance(i) if i.spec.module == digest));
+            if runs {
+                return Ok(());
+            }
+            if page.continue_token.is_empty() {
+                break;
+            }
+            continue_token = page.continue_token;
         }
         Err(ApiError::new(
             ErrorCode::Forbidden,

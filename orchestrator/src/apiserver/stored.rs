@@ -16,8 +16,61 @@ use crate::store::{Command, Op, Rejection, StoredValue};
 /// Largest encoded object the apiserver accepts.
 pub const MAX_OBJECT_BYTES: usize = 1024 * 1024;
 
+/// Most bytes of objects in one answer to a list: half a frame, so that a
+/// page always fits one whatever its objects (each is at most
+/// [`MAX_OBJECT_BYTES`]).
+pub const PAGE_BYTES: usize = flotilla_client::wire::MAX_FRAME / 2;
+
+/// Keys read from the store at a time while a page is filled.
+const SCAN_CHUNK: usize = 256;
+
 /// A label and a field selector, parsed.
 pub(super) type Selectors = (LabelSelector, FieldSelector);
+
+/// One page of a list, as the apiserver answers it.
+#[derive(Debug)]
+pub(super) struct ListPage {
+    pub items: Vec<Object>,
+    pub revision: u64,
+    pub continue_token: String,
+}
+
+/// Where a page of a list ended: the last key it read past, and the first
+/// page's revision (what the whole list is at least as new as). Opaque to
+/// clients: hex of its postcard.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct ContinueToken {
+    revision: u64,
+    after: String,
+}
+
+impl ContinueToken {
+    /// Longest token accepted: a key is far shorter.
+    const MAX_CHARS: usize = 4096;
+
+    fn encode(&self) -> String {
+        hex::encode(postcard::to_allocvec(self).expect("a token encodes"))
+    }
+
+    fn decode(text: &str) -> ApiResult<Self> {
+        let refuse = |why: &str| {
+            bad_request(format!(
+                "continue: not a token this server gave out ({why}); start the list again without one"
+            ))
+        };
+        if text.len() > Self::MAX_CHARS {
+            return Err(refuse("too long"));
+        }
+        let bytes = hex::decode(text).map_err(|_| refuse("not hex"))?;
+        postcard::from_bytes(&bytes).map_err(|_| refuse("does not decode"))
+    }
+}
+
+/// About what a stored object takes in an answer: its encoding and its
+/// resourceVersion.
+fn answer_bytes(stored: &StoredValue) -> usize {
+    stored.value.len() + 24
+}
 
 /// Decodes a stored object and stamps its resourceVersion.
 pub fn decode_object(stored: &StoredValue) -> ApiResult<Object> {
@@ -140,6 +193,84 @@ impl ApiServer {
         Ok((items, revision))
     }
 
+    /// One page of a list: at most `limit` (0: no limit) matching objects after
+    /// where `continue_token` says the last page ended, and at most
+    /// [`PAGE_BYTES`] of them. With no limit, a list over that is refused
+    /// rather than cut; with one, the page ends early and says where to go on.
+    pub(super) fn list_page(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        (labels, fields): &Selectors,
+        limit: u32,
+        continue_token: &str,
+    ) -> ApiResult<ListPage> {
+        let prefix = match namespace {
+            Some(ns) if kind.namespaced() => namespace_prefix(kind, ns),
+            _ => kind_prefix(kind),
+        };
+        let (revision, mut consumed) = match continue_token {
+            "" => (self.store.reader().revision(), None),
+            token => {
+                let token = ContinueToken::decode(token)?;
+                if !token.after.starts_with(&prefix) {
+                    return Err(bad_request(format!(
+                        "continue: the token belongs to another list (of {}), not this one (of {prefix})",
+                        token.after
+                    )));
+                }
+                (token.revision, Some(token.after))
+            }
+        };
+        let limit = if limit == 0 {
+            usize::MAX
+        } else {
+            limit as usize
+        };
+        let mut items = Vec::new();
+        let mut bytes = 0usize;
+        loop {
+            let chunk = self
+                .store
+                .reader()
+                .scan_page(&prefix, consumed.as_deref(), SCAN_CHUNK)
+                .map_err(internal)?;
+            let last_chunk = chunk.len() < SCAN_CHUNK;
+            for (key, stored) in chunk {
+                let obj = decode_object(&stored)?;
+                if labels.matches(&obj.meta().labels) && fields.matches(&obj) {
+                    let size = answer_bytes(&stored);
+                    let full = items.len() >= limit || bytes + size > PAGE_BYTES;
+                    if full && limit == usize::MAX {
+                        return Err(bad_request(format!(
+                            "the list of {} is over {} MiB, more than one answer carries: ask for it in pages (limit and continue)",
+                            kind.plural(),
+                            PAGE_BYTES >> 20
+                        )));
+                    }
+                    if full {
+                        let after = consumed.unwrap_or_default();
+                        return Ok(ListPage {
+                            items,
+                            revision,
+                            continue_token: ContinueToken { revision, after }.encode(),
+                        });
+                    }
+                    bytes += size;
+                    items.push(obj);
+                }
+                consumed = Some(key);
+            }
+            if last_chunk {
+                return Ok(ListPage {
+                    items,
+                    revision,
+                    continue_token: String::new(),
+                });
+            }
+        }
+    }
+
     /// A node's instances through the hub's index: only its keys are read.
     /// `None` when the index is not current (the caller scans instead).
     pub(super) async fn list_node_instances(
@@ -147,13 +278,14 @@ impl ApiServer {
         node: &str,
         namespace: Option<&str>,
         (labels, fields): &Selectors,
-    ) -> ApiResult<Option<(Vec<Object>, u64)>> {
+    ) -> ApiResult<Option<(Vec<Object>, u64, usize)>> {
         let revision = self.store.reader().revision();
         let Some(keys) = self.watch_hub.keys_of(node, revision).await else {
             return Ok(None);
         };
         let prefix = namespace.map(|ns| namespace_prefix(Kind::Instance, ns));
         let mut items = Vec::new();
+        let mut bytes = 0;
         for key in keys {
             if prefix
                 .as_ref()
@@ -166,10 +298,11 @@ impl ApiServer {
             };
             let obj = decode_object(&stored)?;
             if labels.matches(&obj.meta().labels) && fields.matches(&obj) {
+                bytes += answer_bytes(&stored);
                 items.push(obj);
             }
         }
-        Ok(Some((items, revision)))
+        Ok(Some((items, revision, bytes)))
     }
 
     /// Proposes `ops` as one command: the revision it committed at, or why

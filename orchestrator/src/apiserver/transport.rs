@@ -13,8 +13,8 @@ use std::time::Instant;
 
 use flotilla_client::tls;
 use flotilla_client::wire::{
-    read_frame, write_frame, ApiError, ErrorCode, Request, Response, ResponseV1, UploadChunk,
-    MAX_FRAME, MODULE_CHUNK,
+    encode_frame, read_frame, write_frame, ApiError, ErrorCode, Request, Response, ResponseV1,
+    UploadChunk, MAX_FRAME, MODULE_CHUNK,
 };
 
 use super::audit::AuditEvent;
@@ -212,10 +212,26 @@ impl ApiServer {
     }
 }
 
-/// Writes the one answer of a request and ends the stream.
+/// Writes the one answer of a request and ends the stream. An answer that
+/// cannot be sent as a frame (too large) is replaced by an error saying so,
+/// never dropped: the caller always hears why.
 async fn answer(send: &mut quinn::SendStream, result: ApiResult<ResponseV1>) {
     let resp = result.unwrap_or_else(ResponseV1::Error);
-    let _ = write_frame(send, &Response::V1(resp)).await;
+    let frame = encode_frame(&Response::V1(resp)).or_else(|e| {
+        tracing::warn!(error = %e, "an answer could not be encoded; the caller gets the error");
+        encode_frame(&Response::V1(ResponseV1::Error(ApiError::new(
+            ErrorCode::Internal,
+            format!("the answer could not be sent: {e}"),
+        ))))
+    });
+    match frame {
+        Ok(frame) => {
+            if let Err(e) = send.write_all(&frame).await {
+                tracing::debug!(error = %e, "the caller went away before its answer was sent");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "not even an error answer encodes"),
+    }
     let _ = send.finish();
 }
 

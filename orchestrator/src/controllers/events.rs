@@ -1,7 +1,7 @@
 //! Events expire: one last seen longer than `--event-ttl` ago (default one
 //! hour, as Kubernetes' `--event-ttl`) is deleted, so a long-running cluster
 //! does not keep every event it ever recorded. Events are not cached: a
-//! sweep lists them, at most every minute (every quarter of the TTL when that
+//! sweep lists them a page at a time, at most every minute (every quarter of the TTL when that
 //! is shorter). One key, requeued after each sweep.
 
 use std::time::Duration;
@@ -9,6 +9,7 @@ use std::time::Duration;
 use flotilla_api::event::Event;
 use flotilla_api::meta::parse_timestamp;
 use flotilla_api::object::{Kind, Object};
+use flotilla_client::{ListQuery, LIST_PAGE};
 
 use super::runtime::{Action, Ctx, ObjectRef, ReconcileError, Reconciler};
 use super::writes::{execute, Plan, Write};
@@ -73,15 +74,33 @@ impl Reconciler for EventExpiry {
 
     async fn reconcile(&self, _key: &ObjectRef, ctx: &Ctx) -> Result<Action, ReconcileError> {
         let ttl = ctx.settings.event_ttl;
-        let (events, _) = ctx.client.list(Kind::Event, None, "").await?;
-        let events = events
-            .into_iter()
-            .filter_map(|o| match o {
-                Object::Event(e) => Some(e),
-                _ => None,
-            })
-            .collect();
-        let mut plan = decide(events, ttl, time::OffsetDateTime::now_utc());
+        let now = time::OffsetDateTime::now_utc();
+        // A page at a time: a cluster's events can be more than one answer
+        // carries, and a sweep needs only the first expired ones.
+        let query = ListQuery::all(Kind::Event);
+        let mut plan = Plan::nothing();
+        let mut continue_token = String::new();
+        loop {
+            let page = ctx
+                .client
+                .list_page(&query, LIST_PAGE, &continue_token)
+                .await?;
+            let events = page
+                .items
+                .into_iter()
+                .filter_map(|o| match o {
+                    Object::Event(e) => Some(e),
+                    _ => None,
+                })
+                .collect();
+            let room = DELETES_PER_SWEEP - plan.writes.len();
+            let found = decide(events, ttl, now).writes;
+            plan.writes.extend(found.into_iter().take(room));
+            if page.continue_token.is_empty() || plan.writes.len() >= DELETES_PER_SWEEP {
+                break;
+            }
+            continue_token = page.continue_token;
+        }
         plan.action = Action::requeue(sweep_every(ttl));
         execute(ctx, plan).await
     }

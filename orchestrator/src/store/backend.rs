@@ -15,7 +15,17 @@ pub trait StateBackend: Send + Sync + 'static {
     /// One key.
     fn get(&self, key: &str) -> io::Result<Option<StoredValue>>;
     /// Every key starting with `prefix`, in key order.
-    fn scan(&self, prefix: &str) -> io::Result<Vec<(String, StoredValue)>>;
+    fn scan(&self, prefix: &str) -> io::Result<Vec<(String, StoredValue)>> {
+        self.scan_page(prefix, None, usize::MAX)
+    }
+    /// At most `max` keys starting with `prefix` and coming after `after`
+    /// (all of them when `None`), in key order: one page of a long scan.
+    fn scan_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        max: usize,
+    ) -> io::Result<Vec<(String, StoredValue)>>;
     /// Applies puts (`Some`) and deletes (`None`) and sets the applied position
     /// (`meta`), atomically.
     fn write(&self, changes: &[(String, Option<StoredValue>)], meta: &[u8]) -> io::Result<()>;
@@ -79,10 +89,28 @@ impl StateBackend for SledBackend {
         }
     }
 
-    fn scan(&self, prefix: &str) -> io::Result<Vec<(String, StoredValue)>> {
+    fn scan_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        max: usize,
+    ) -> io::Result<Vec<(String, StoredValue)>> {
         let mut out = Vec::new();
-        for item in self.kv.scan_prefix(prefix.as_bytes()) {
+        let items = match after {
+            None => self.kv.scan_prefix(prefix.as_bytes()),
+            Some(after) => self.kv.range::<&[u8], _>((
+                std::ops::Bound::Excluded(after.as_bytes()),
+                std::ops::Bound::Unbounded,
+            )),
+        };
+        for item in items {
+            if out.len() >= max {
+                break;
+            }
             let (k, v) = item.map_err(to_io)?;
+            if !k.starts_with(prefix.as_bytes()) {
+                break;
+            }
             if k.first() != Some(&b'/') {
                 continue;
             }

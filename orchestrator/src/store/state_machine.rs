@@ -207,6 +207,16 @@ impl StateReader {
         self.shared.backend.scan(prefix)
     }
 
+    /// At most `max` keys of `prefix` after `after`, in key order.
+    pub fn scan_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        max: usize,
+    ) -> io::Result<Vec<(String, StoredValue)>> {
+        self.shared.backend.scan_page(prefix, after, max)
+    }
+
     /// The revision of the last applied change.
     pub fn revision(&self) -> u64 {
         self.shared

@@ -174,32 +174,47 @@ impl StateBackend for WriteBehind {
         self.shared.below.get(key)
     }
 
-    fn scan(&self, prefix: &str) -> io::Result<Vec<(String, StoredValue)>> {
+    fn scan_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        max: usize,
+    ) -> io::Result<Vec<(String, StoredValue)>> {
+        use std::ops::Bound;
         // Pending first: a key flushed after this copy is read below, and is
         // at least as new as the copy.
+        let start = match after {
+            Some(after) => Bound::Excluded(after),
+            None => Bound::Included(prefix),
+        };
         let overlay: Vec<(String, Option<StoredValue>)> = self
             .shared
             .pending()
             .entries
-            .range::<str, _>((
-                std::ops::Bound::Included(prefix),
-                std::ops::Bound::Unbounded,
-            ))
+            .range::<str, _>((start, Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(k, (_, v))| (k.clone(), v.clone()))
             .collect();
+        let below = self.shared.below.scan_page(prefix, after, max)?;
         if overlay.is_empty() {
-            return self.shared.below.scan(prefix);
+            return Ok(below);
         }
-        let mut merged: BTreeMap<String, StoredValue> =
-            self.shared.below.scan(prefix)?.into_iter().collect();
+        // Below's page ends at its last key when it is full; pending keys past
+        // it belong to a later page.
+        let page_end = (below.len() >= max)
+            .then(|| below.last().map(|(k, _)| k.clone()))
+            .flatten();
+        let mut merged: BTreeMap<String, StoredValue> = below.into_iter().collect();
         for (key, value) in overlay {
+            if page_end.as_ref().is_some_and(|end| &key > end) {
+                break;
+            }
             match value {
                 Some(v) => merged.insert(key, v),
                 None => merged.remove(&key),
             };
         }
-        Ok(merged.into_iter().collect())
+        Ok(merged.into_iter().take(max).collect())
     }
 
     fn write(&self, changes: &[(String, Option<StoredValue>)], meta: &[u8]) -> io::Result<()> {
@@ -321,6 +336,55 @@ mod tests {
             .collect();
         assert_eq!(keys, vec![("/a/2".into(), 5), ("/a/3".into(), 4)]);
         assert_eq!(store.meta().unwrap(), Some(b"m2".to_vec()));
+    }
+
+    #[test]
+    fn pages_of_a_scan_merge_pending_keys_into_the_page_they_fall_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let below: Vec<(String, Option<StoredValue>)> = [1, 3, 5, 7, 9]
+            .iter()
+            .map(|i| (format!("/a/{i}"), Some(value("below", *i))))
+            .collect();
+        store.write(&below, b"m1").unwrap();
+        store.flush().unwrap();
+        // Pending: a new key inside the first page, one past it, a delete.
+        store
+            .write(
+                &[
+                    ("/a/2".into(), Some(value("new", 10))),
+                    ("/a/8".into(), Some(value("new", 11))),
+                    ("/a/3".into(), None),
+                    ("/b/0".into(), Some(value("other kind", 12))),
+                ],
+                b"m2",
+            )
+            .unwrap();
+        let mut pages = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page: Vec<String> = store
+                .scan_page("/a/", after.as_deref(), 2)
+                .unwrap()
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect();
+            if page.is_empty() {
+                break;
+            }
+            assert!(page.len() <= 2, "{page:?}");
+            after = page.last().cloned();
+            pages.push(page);
+        }
+        let keys: Vec<String> = pages.concat();
+        assert_eq!(keys, ["/a/1", "/a/2", "/a/5", "/a/7", "/a/8", "/a/9"]);
+        let whole: Vec<String> = store
+            .scan("/a/")
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(keys, whole, "pages make up the whole scan");
     }
 
     #[test]
