@@ -44,13 +44,19 @@ pub enum FrameError {
     Encode(String),
 }
 
-/// Encodes `msg` as one frame.
+/// Encodes `msg` as one frame of at most [`MAX_FRAME`].
 pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
+    encode_frame_max(msg, MAX_FRAME)
+}
+
+/// Encodes `msg` as one frame of at most `max` bytes (for links whose
+/// receivers take larger frames).
+pub fn encode_frame_max<T: Serialize>(msg: &T, max: usize) -> Result<Vec<u8>, FrameError> {
     let body = postcard::to_allocvec(msg).map_err(|e| FrameError::Encode(e.to_string()))?;
-    if body.len() > MAX_FRAME {
+    if body.len() > max {
         return Err(FrameError::TooLarge {
             len: body.len(),
-            max: MAX_FRAME,
+            max,
         });
     }
     let mut out = Vec::with_capacity(body.len() + 4);

@@ -138,7 +138,11 @@ fn a_list_of_more_than_16_mib_comes_in_pages() {
     // The CLI reads it in pages: all 80, about 19 MiB.
     let out = cluster.cli(0, &["get", "svc", "-o", "json"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(out.stdout.len() > 16 * 1024 * 1024, "{} bytes", out.stdout.len());
+    assert!(
+        out.stdout.len() > 16 * 1024 * 1024,
+        "{} bytes",
+        out.stdout.len()
+    );
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let mut names: Vec<&str> = list["items"]
         .as_array()
@@ -149,4 +153,107 @@ fn a_list_of_more_than_16_mib_comes_in_pages() {
     names.sort_unstable();
     let wanted: Vec<String> = (0..80).map(|i| format!("big-{i:02}")).collect();
     assert_eq!(names, wanted);
+}
+
+/// A valid core module of about `bytes` bytes: a custom section of `fill`.
+fn padded_module(bytes: usize, fill: u8) -> Vec<u8> {
+    let name = b"pad";
+    let payload = bytes.saturating_sub(16);
+    let mut section = Vec::with_capacity(payload + 8);
+    section.push(name.len() as u8);
+    section.extend_from_slice(name);
+    section.resize(section.len() + payload, fill);
+    let mut module = b"\0asm\x01\0\0\0".to_vec();
+    module.push(0);
+    let mut len = section.len();
+    loop {
+        let byte = (len & 0x7f) as u8;
+        len >>= 7;
+        if len == 0 {
+            module.push(byte);
+            break;
+        }
+        module.push(byte | 0x80);
+    }
+    module.extend_from_slice(&section);
+    module
+}
+
+#[test]
+fn a_follower_down_during_a_40_mib_upload_catches_up() {
+    use flotilla_api::object::Kind;
+    use flotilla_client::wire::Consistency;
+
+    let mut cluster = Cluster::start(3, &[]);
+    let leader = cluster.leader(0).expect("a leader");
+    let follower = (0..3).find(|i| *i != leader).unwrap();
+    let other = (0..3).find(|i| *i != leader && *i != follower).unwrap();
+    cluster.peers[follower].kill9();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    // 40 MiB of entries: far more than one append carries, so the
+    // follower's catch-up comes in many.
+    let names: Vec<String> = rt.block_on(async {
+        let client = cluster.client(leader).await;
+        let mut names = Vec::new();
+        for fill in [7u8] {
+            let module = padded_module(40 * 1024 * 1024, fill);
+            let stored = client
+                .upload_module(&module, &format!("pad-{fill}.wasm"))
+                .await
+                .expect("upload with a follower down");
+            names.push(stored.meta().name.clone());
+        }
+        names
+    });
+    // Writes go on meanwhile, on the two peers left.
+    let out = cluster.cli_in(
+        other,
+        &["apply", "-f", "-"],
+        Some(&service_manifest("during")),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    cluster.peers[follower].restart();
+    let caught_up = rt.block_on(async {
+        tokio::time::timeout(std::time::Duration::from_secs(90), async {
+            loop {
+                if let Ok(client) = flotilla_client::Client::connect_to(
+                    &cluster.peers[follower].addr,
+                    &flotilla_client::ClientConfig::load(&cluster.config()).unwrap(),
+                )
+                .await
+                {
+                    let modules = client
+                        .list_with(Kind::Module, None, "", Consistency::Stale)
+                        .await
+                        .map(|(items, _)| items)
+                        .unwrap_or_default();
+                    let services = client
+                        .list_with(Kind::Service, None, "", Consistency::Stale)
+                        .await
+                        .map(|(items, _)| items)
+                        .unwrap_or_default();
+                    let have: Vec<String> = modules.iter().map(|m| m.meta().name.clone()).collect();
+                    if names.iter().all(|n| have.contains(n))
+                        && services.iter().any(|s| s.meta().name == "during")
+                    {
+                        return client;
+                    }
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        })
+        .await
+    });
+    let client = caught_up.expect("the follower caught up within 90 s");
+    // And it serves the bytes from its own copy.
+    let module = padded_module(40 * 1024 * 1024, 7);
+    let bytes = rt
+        .block_on(client.download_module(&flotilla_api::module::digest_of(&module)))
+        .expect("download from the follower");
+    assert!(bytes == module, "the follower's copy differs");
 }

@@ -139,6 +139,9 @@ type Pending = (Command, oneshot::Sender<Result<CommandResponse>>);
 const PROPOSALS_IN_FLIGHT: usize = 4;
 /// Most commands in one raft entry.
 const MAX_COMMANDS_PER_ENTRY: usize = 512;
+/// Most bytes of commands gathered into one raft entry (one command may be
+/// larger on its own): an entry fits one append ([`network::APPEND_BYTES`]).
+const MAX_ENTRY_BYTES: usize = network::APPEND_BYTES / 2;
 
 /// A peer as the store sees it.
 #[derive(Clone, Debug)]
@@ -839,14 +842,31 @@ async fn run_proposer(
     mut rx: mpsc::UnboundedReceiver<Pending>,
     in_flight: Arc<Semaphore>,
 ) {
-    while let Some(first) = rx.recv().await {
+    // A command that would have made the last entry too large starts the next.
+    let mut carried: Option<Pending> = None;
+    loop {
+        let first = match carried.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
+        let mut bytes = first.0.size();
         let mut batch = vec![first];
         while batch.len() < MAX_COMMANDS_PER_ENTRY {
             match rx.try_recv() {
-                Ok(p) => batch.push(p),
+                Ok(p) if bytes + p.0.size() > MAX_ENTRY_BYTES => {
+                    carried = Some(p);
+                    break;
+                }
+                Ok(p) => {
+                    bytes += p.0.size();
+                    batch.push(p);
+                }
                 Err(_) => break,
             }
         }

@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -19,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use flotilla_client::resolve;
 use flotilla_client::tls::SERVER_NAME;
-use flotilla_client::wire::{read_frame, write_frame};
+use flotilla_client::wire::{encode_frame_max, read_frame, FrameError};
 
 use super::types::{CommandResponse, PeerId, Proposal, TypeConfig};
 
@@ -116,6 +117,14 @@ pub enum CallError {
         peer: PeerId,
         /// Why.
         reason: String,
+    },
+    /// The request is more than a peer accepts in one message.
+    #[error("a request of {len} bytes to peer {peer} is over the limit of {MAX_PEER_FRAME}")]
+    TooLarge {
+        /// Peer id.
+        peer: PeerId,
+        /// The request's encoded size.
+        len: usize,
     },
     /// No answer in time.
     #[error("call to peer {peer} timed out after {after:?}")]
@@ -270,12 +279,20 @@ impl PeerNet {
         timeout: Duration,
     ) -> Result<PeerResponse, CallError> {
         let deadline = Instant::now() + timeout;
+        let frame = match encode_frame_max(req, MAX_PEER_FRAME) {
+            Ok(frame) => frame,
+            Err(FrameError::TooLarge { len, .. }) => return Err(CallError::TooLarge { peer, len }),
+            Err(e) => {
+                return Err(CallError::Failed {
+                    peer,
+                    reason: e.to_string(),
+                })
+            }
+        };
         let conn = self.connection(peer, addr, deadline).await?;
         let exchange = async {
             let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-            write_frame(&mut send, req)
-                .await
-                .map_err(|e| e.to_string())?;
+            send.write_all(&frame).await.map_err(|e| e.to_string())?;
             send.finish().map_err(|e| e.to_string())?;
             read_frame::<_, PeerResponse>(&mut recv, MAX_PEER_FRAME)
                 .await
@@ -347,6 +364,37 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     }
 }
 
+/// Most bytes of entries in one append. Raft gives an append one heartbeat
+/// interval to be sent and answered, so an append must stay small enough to
+/// cross the link and be written in that time, however far behind the
+/// follower is; a follower catching up takes several.
+pub const APPEND_BYTES: usize = 2 * 1024 * 1024;
+
+/// About what an entry takes in an append.
+fn entry_size(entry: &openraft::Entry<TypeConfig>) -> usize {
+    match &entry.payload {
+        openraft::EntryPayload::Normal(proposal) => {
+            64 + proposal.commands.iter().map(|c| c.size()).sum::<usize>()
+        }
+        openraft::EntryPayload::Blank | openraft::EntryPayload::Membership(_) => 256,
+    }
+}
+
+/// How many of the first `entries` fit within `budget` bytes; at least one,
+/// since raft must send something (an entry is kept small by the proposer:
+/// see its `MAX_ENTRY_BYTES`).
+fn entries_that_fit(entries: &[openraft::Entry<TypeConfig>], budget: usize) -> usize {
+    let mut used = 0;
+    let fit = entries
+        .iter()
+        .take_while(|entry| {
+            used += entry_size(entry);
+            used <= budget
+        })
+        .count();
+    fit.max(1)
+}
+
 fn rpc_error<E: std::error::Error>(e: CallError) -> RPCError<PeerId, BasicNode, E> {
     match e {
         CallError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&e)),
@@ -365,6 +413,14 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<PeerId>, RPCError<PeerId, BasicNode, RaftError<PeerId>>> {
+        // Raft sends the first entries again at once, as many as fit.
+        let fit = entries_that_fit(&rpc.entries, APPEND_BYTES);
+        if fit < rpc.entries.len() {
+            tracing::debug!(entries = rpc.entries.len(), fit, "splitting an append");
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(fit as u64),
+            ));
+        }
         let resp = self
             .net
             .call(
@@ -433,5 +489,37 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             }
             _ => Err(unexpected("vote")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::types::{Action, Command, Op, Precondition, Proposal};
+
+    fn entry(index: u64, bytes: usize) -> openraft::Entry<TypeConfig> {
+        let put = Op {
+            key: format!("/blob/{index}"),
+            precondition: Precondition::None,
+            action: Action::Put(vec![0; bytes]),
+        };
+        openraft::Entry {
+            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: openraft::EntryPayload::Normal(Proposal {
+                commands: vec![Command { ops: vec![put] }],
+            }),
+        }
+    }
+
+    #[test]
+    fn an_append_carries_the_first_entries_that_fit_and_always_one() {
+        let mib = 1024 * 1024;
+        let entries: Vec<_> = (1..=5).map(|i| entry(i, mib - 200)).collect();
+        assert_eq!(entries_that_fit(&entries, APPEND_BYTES), 2);
+        assert_eq!(entries_that_fit(&entries[..1], APPEND_BYTES), 1);
+        let huge = [entry(1, 3 * mib)];
+        assert_eq!(entries_that_fit(&huge, APPEND_BYTES), 1);
+        let small: Vec<_> = (1..=100).map(|i| entry(i, 100)).collect();
+        assert_eq!(entries_that_fit(&small, APPEND_BYTES), 100);
     }
 }

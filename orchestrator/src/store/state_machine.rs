@@ -444,7 +444,6 @@ fn apply_command(
             return Ok(CommandResponse {
                 revision: *counter,
                 rejected: Some(rejected),
-                previous: Vec::new(),
             });
         }
         previous.push(current);
@@ -491,7 +490,6 @@ fn apply_command(
     Ok(CommandResponse {
         revision: *counter,
         rejected: None,
-        previous,
     })
 }
 

@@ -81,6 +81,24 @@ pub struct Command {
     pub ops: Vec<Op>,
 }
 
+impl Command {
+    /// About how many bytes the command takes in a raft entry: what bounds
+    /// how many commands one entry gathers.
+    pub fn size(&self) -> usize {
+        self.ops
+            .iter()
+            .map(|op| {
+                op.key.len()
+                    + 16
+                    + match &op.action {
+                        Action::Put(bytes) => bytes.len(),
+                        Action::Delete | Action::Check => 0,
+                    }
+            })
+            .sum()
+    }
+}
+
 /// One raft entry: the commands the proposer gathered while earlier entries were
 /// in flight. Each command stands alone: one failing its preconditions does not
 /// affect the others.
@@ -134,6 +152,4 @@ pub struct CommandResponse {
     pub revision: u64,
     /// Why nothing changed, when a precondition failed.
     pub rejected: Option<Rejection>,
-    /// The previous values of the keys, in op order.
-    pub previous: Vec<Option<StoredValue>>,
 }
