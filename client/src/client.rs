@@ -139,6 +139,12 @@ impl Client {
         self.conn.close_reason().is_none()
     }
 
+    /// Waits until the connection is closed, by either side or by silence;
+    /// returns why.
+    pub async fn closed(&self) -> String {
+        self.conn.closed().await.to_string()
+    }
+
     /// The address this client is connected to.
     pub fn addr(&self) -> &str {
         &self.addr

@@ -257,3 +257,79 @@ fn a_follower_down_during_a_40_mib_upload_catches_up() {
         .expect("download from the follower");
     assert!(bytes == module, "the follower's copy differs");
 }
+
+#[test]
+fn a_thousand_idle_unauthenticated_connections_do_not_slow_a_client() {
+    use flotilla_client::wire::RequestV1;
+    use std::time::{Duration, Instant};
+
+    let cluster = Cluster::start(1, &[]);
+    let addr = cluster.peers[0].addr.clone();
+    let config = flotilla_client::ClientConfig::load(&cluster.config()).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = cluster.client(0).await;
+        // Strangers connect, a hundred at a time, and then say nothing.
+        let mut strangers = Vec::new();
+        let mut slowest = Duration::ZERO;
+        for _ in 0..10 {
+            let dials = (0..100).map(|_| {
+                let (addr, ca) = (addr.clone(), config.ca_cert.clone());
+                tokio::spawn(async move {
+                    flotilla_client::Client::connect_with(&addr, &ca, None).await
+                })
+            });
+            for dial in dials {
+                if let Ok(Ok(c)) = dial.await {
+                    strangers.push(c);
+                }
+            }
+            let asked = Instant::now();
+            client
+                .call(RequestV1::WhoAmI)
+                .await
+                .expect("a client with a certificate is answered");
+            slowest = slowest.max(asked.elapsed());
+        }
+        assert!(
+            slowest < Duration::from_secs(1),
+            "a client waited {slowest:?} among idle strangers"
+        );
+        // Only a few of them are kept from one address, and those only for
+        // their ten seconds; the rest are closed at once.
+        let dialled = strangers.len();
+        let reasons = tokio::time::timeout(Duration::from_secs(15), async {
+            let mut reasons = Vec::new();
+            for c in &strangers {
+                reasons.push(c.closed().await);
+            }
+            reasons
+        })
+        .await
+        .expect("every unauthenticated connection is closed within 15 s");
+        let refused = reasons
+            .iter()
+            .filter(|r| r.contains("too many unauthenticated connections from this address"))
+            .count();
+        let timed_out = reasons
+            .iter()
+            .filter(|r| r.contains("may only join, within 10 s"))
+            .count();
+        assert!(
+            dialled >= 990,
+            "only {dialled} of 1000 handshakes completed"
+        );
+        assert!(timed_out <= 8, "{timed_out} were kept: {reasons:?}");
+        assert_eq!(refused + timed_out, dialled, "{reasons:?}");
+        let asked = Instant::now();
+        client
+            .call(RequestV1::WhoAmI)
+            .await
+            .expect("still answered");
+        assert!(asked.elapsed() < Duration::from_secs(1));
+    });
+}

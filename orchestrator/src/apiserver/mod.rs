@@ -86,6 +86,8 @@ pub struct ApiServer {
     /// When this apiserver was made: how long it has served tells doctor a
     /// component still starting from one that stopped.
     started: std::time::Instant,
+    /// Unauthenticated connections open, by source address.
+    anonymous: Arc<transport::AnonymousConnections>,
 }
 
 impl ApiServer {
@@ -115,6 +117,7 @@ impl ApiServer {
         );
         Self {
             started: std::time::Instant::now(),
+            anonymous: Arc::default(),
             store,
             ca,
             cluster_name,

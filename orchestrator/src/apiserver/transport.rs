@@ -8,8 +8,10 @@
 //! Must never: decide anything about a request (the router and the verbs
 //! do), or keep reading a peer's bytes past the caps.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use flotilla_client::tls;
 use flotilla_client::wire::{
@@ -59,10 +61,115 @@ fn invalid(msg: String) -> ApiError {
     ApiError::new(ErrorCode::Invalid, msg)
 }
 
+/// What a connection may do: a caller without a certificate may only join,
+/// so it gets little of everything.
+#[derive(Clone, Copy)]
+struct Allowance {
+    /// Streams open at once.
+    streams: u32,
+    /// Largest request frame.
+    frame: usize,
+    /// How long a request's frame may take to arrive.
+    request_within: Duration,
+    /// How long the connection may last, if bounded.
+    lasts: Option<Duration>,
+}
+
+impl Allowance {
+    /// A certificate of the cluster CA: nodes keep hundreds of watches.
+    const AUTHENTICATED: Self = Self {
+        streams: 4096,
+        frame: MAX_FRAME,
+        request_within: Duration::from_secs(30),
+        lasts: None,
+    };
+    /// No certificate: a join is one small request and its answer.
+    const ANONYMOUS: Self = Self {
+        streams: 2,
+        frame: 64 * 1024,
+        request_within: Duration::from_secs(5),
+        lasts: Some(Duration::from_secs(10)),
+    };
+}
+
+/// Most unauthenticated connections at once from one address: joins are
+/// one at a time, and a stranger must not hold the listener's memory.
+pub const ANONYMOUS_PER_SOURCE: usize = 8;
+
+/// The unauthenticated connections open from each address.
+#[derive(Default)]
+pub struct AnonymousConnections(std::sync::Mutex<HashMap<IpAddr, usize>>);
+
+impl AnonymousConnections {
+    fn admit(self: &Arc<Self>, from: IpAddr) -> Option<AnonymousSlot> {
+        let mut open = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(from).or_default();
+        if *count >= ANONYMOUS_PER_SOURCE {
+            return None;
+        }
+        *count += 1;
+        Some(AnonymousSlot {
+            all: self.clone(),
+            from,
+        })
+    }
+}
+
+/// One admitted unauthenticated connection; dropping it frees its place.
+struct AnonymousSlot {
+    all: Arc<AnonymousConnections>,
+    from: IpAddr,
+}
+
+impl Drop for AnonymousSlot {
+    fn drop(&mut self) {
+        let mut open = self.all.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&self.from) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.from);
+            }
+        }
+    }
+}
+
 impl ApiServer {
-    /// Serves every stream of one client connection.
+    /// Serves every stream of one client connection. One without a
+    /// certificate gets two streams, small frames and ten seconds, and at
+    /// most [`ANONYMOUS_PER_SOURCE`] such connections come from one address.
     pub async fn serve_connection(self: Arc<Self>, conn: quinn::Connection) {
         let caller = Caller::from_certificate(tls::connection_certificate(&conn));
+        if !caller.is_anonymous() {
+            return self
+                .serve_streams(conn, caller, Allowance::AUTHENTICATED)
+                .await;
+        }
+        let from = conn.remote_address().ip();
+        let Some(_slot) = self.anonymous.admit(from) else {
+            conn.close(
+                3u32.into(),
+                b"too many unauthenticated connections from this address",
+            );
+            return;
+        };
+        let allowance = Allowance::ANONYMOUS;
+        let lasts = allowance.lasts.unwrap_or(Duration::MAX);
+        let serving = self.serve_streams(conn.clone(), caller, allowance);
+        if tokio::time::timeout(lasts, serving).await.is_err() {
+            conn.close(
+                4u32.into(),
+                b"an unauthenticated connection may only join, within 10 s",
+            );
+        }
+    }
+
+    async fn serve_streams(
+        self: Arc<Self>,
+        conn: quinn::Connection,
+        caller: Caller,
+        allowance: Allowance,
+    ) {
+        conn.set_max_concurrent_bi_streams(allowance.streams.into());
         loop {
             let (send, recv) = match conn.accept_bi().await {
                 Ok(s) => s,
@@ -71,7 +178,7 @@ impl ApiServer {
             let this = self.clone();
             let caller = caller.clone();
             tokio::spawn(async move {
-                this.serve_stream(caller, send, recv).await;
+                this.serve_stream(caller, allowance, send, recv).await;
             });
         }
     }
@@ -79,15 +186,33 @@ impl ApiServer {
     async fn serve_stream(
         &self,
         caller: Caller,
+        allowance: Allowance,
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
     ) {
         let started = Instant::now();
-        let req: Request = match read_frame(&mut recv, MAX_FRAME).await {
-            Ok(Some(r)) => r,
-            Ok(None) => return,
-            Err(e) => {
+        let read = tokio::time::timeout(
+            allowance.request_within,
+            read_frame(&mut recv, allowance.frame),
+        )
+        .await;
+        let req: Request = match read {
+            Ok(Ok(Some(r))) => r,
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => {
                 let err = ApiError::new(ErrorCode::BadRequest, format!("bad request frame: {e}"));
+                self.metrics.observe("unknown", "", "BadRequest", started);
+                answer(&mut send, Err(err)).await;
+                return;
+            }
+            Err(_) => {
+                let err = ApiError::new(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "the request did not arrive within {:?}",
+                        allowance.request_within
+                    ),
+                );
                 self.metrics.observe("unknown", "", "BadRequest", started);
                 answer(&mut send, Err(err)).await;
                 return;

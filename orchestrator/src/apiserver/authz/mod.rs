@@ -91,6 +91,11 @@ impl Caller {
         &self.groups
     }
 
+    /// Whether the caller showed no certificate.
+    pub fn is_anonymous(&self) -> bool {
+        self.identity.is_none()
+    }
+
     /// The identity, `""` when anonymous.
     pub fn name(&self) -> &str {
         self.identity.as_deref().unwrap_or("")
