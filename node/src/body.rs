@@ -72,3 +72,55 @@ pub fn limited(body: Body, limit: usize) -> Body {
         .map_err(BodyError::new)
         .boxed_unsync()
 }
+
+/// `body`, failing when its sender sends nothing for `idle`: a client that
+/// stops halfway does not hold a guest's request open for good.
+pub fn idle_timeout(body: Body, idle: std::time::Duration) -> Body {
+    IdleTimeout {
+        body,
+        idle,
+        timer: Box::pin(tokio::time::sleep(idle)),
+    }
+    .boxed_unsync()
+}
+
+struct IdleTimeout {
+    body: Body,
+    idle: std::time::Duration,
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl http_body::Body for IdleTimeout {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BodyError>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let deadline = tokio::time::Instant::now() + this.idle;
+                this.timer.as_mut().reset(deadline);
+                Poll::Ready(frame)
+            }
+            Poll::Pending => match std::future::Future::poll(this.timer.as_mut(), cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(BodyError(format!(
+                    "the request body sent nothing for {:?}",
+                    this.idle
+                ))))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}

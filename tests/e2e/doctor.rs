@@ -65,7 +65,7 @@ fn object(cluster: &Cluster, instance: &str) -> Value {
     serde_json::from_str(&stdout(&out)).unwrap_or(Value::Null)
 }
 
-fn start_node(cluster: &Cluster, peer: usize, name: &str, extra: &[&str]) -> NodeProc {
+pub(crate) fn start_node(cluster: &Cluster, peer: usize, name: &str, extra: &[&str]) -> NodeProc {
     start_node_env(cluster, peer, name, extra, &[])
 }
 
@@ -90,7 +90,7 @@ fn start_node_env(
 }
 
 /// hello behind a Service with the ingress host `hello.local`.
-fn hello_service(node_selector: &str) -> String {
+pub(crate) fn hello_service(node_selector: &str) -> String {
     format!(
         "apiVersion: flotilla.dev/v1
 kind: Deployment
@@ -122,7 +122,7 @@ spec:
     )
 }
 
-fn wait_hello(ingress: &str) {
+pub(crate) fn wait_hello(ingress: &str) {
     wait_for("hello through the ingress", Duration::from_secs(60), || {
         let (status, body, _) = get(ingress, "hello.local", "/");
         (status == 200 && body.starts_with("hello from hello-")).then_some(())

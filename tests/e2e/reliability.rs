@@ -333,3 +333,50 @@ fn a_thousand_idle_unauthenticated_connections_do_not_slow_a_client() {
         assert!(asked.elapsed() < Duration::from_secs(1));
     });
 }
+
+#[test]
+fn a_thousand_slow_ingress_clients_do_not_slow_a_normal_one() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+
+    let cluster = Cluster::start(1, &[]);
+    let ingress = crate::network::free_tcp_addr();
+    let _node = crate::doctor::start_node(&cluster, 0, "node-1", &["--ingress-addr", &ingress]);
+    crate::workloads::wait_nodes_ready(&cluster, 1);
+    crate::workloads::apply(&cluster, &crate::doctor::hello_service(""));
+    crate::doctor::wait_hello(&ingress);
+
+    // Each sends half a request head and then nothing.
+    let slow: Vec<std::net::TcpStream> = (0..1000)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(&ingress).expect("connect");
+            s.write_all(b"GET / HTTP/1.1\r\nHost: hel").unwrap();
+            s
+        })
+        .collect();
+    let stalled = Instant::now();
+    for _ in 0..5 {
+        let (status, body, took) = crate::network::get(&ingress, "hello.local", "/");
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            took < Duration::from_secs(1),
+            "a normal client waited {took:?} among 1000 slow ones"
+        );
+    }
+    // The ingress gives up on each at its header timeout (10 s).
+    for mut s in slow {
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut rest = Vec::new();
+        let ended = s.read_to_end(&mut rest);
+        assert!(
+            ended.is_ok(),
+            "a slow client was still held {:?} after it stalled",
+            stalled.elapsed()
+        );
+    }
+    let took = stalled.elapsed();
+    assert!(
+        took < Duration::from_secs(15),
+        "the slow clients were let go only after {took:?}"
+    );
+}

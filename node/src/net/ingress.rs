@@ -6,9 +6,11 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::Semaphore;
 
 use super::{deadline, plain, Network};
 use crate::body::{self, Body};
@@ -18,6 +20,23 @@ use crate::runtime::OutboundError;
 /// what one client can push at a guest, not what the node holds).
 const MAX_BODY: usize = 1 << 30;
 
+/// Most client connections the ingress holds at once; more wait in the
+/// kernel's backlog until one ends.
+const MAX_CONNECTIONS: usize = 10_000;
+
+/// A client must send a request's head within this of connecting or of its
+/// last response (hyper's header timeout, which needs a timer to be on).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A request body that sends nothing for this long is ended.
+const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The wait after a failed accept (out of file descriptors, say), doubling
+/// to [`ACCEPT_BACKOFF_MAX`]: the listener waits for the condition to pass
+/// instead of spinning on it.
+const ACCEPT_BACKOFF_FIRST: Duration = Duration::from_millis(5);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
 /// Binds `addr`; returns the bound address and the accept task.
 pub async fn start(
     net: Arc<Network>,
@@ -26,18 +45,35 @@ pub async fn start(
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let task = tokio::spawn(async move {
+        let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let mut backoff = ACCEPT_BACKOFF_FIRST;
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
+            let Ok(permit) = connections.clone().acquire_owned().await else {
+                return;
+            };
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => {
+                    backoff = ACCEPT_BACKOFF_FIRST;
+                    stream
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, wait = ?backoff, "the ingress cannot accept connections");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                    continue;
+                }
             };
             let _ = stream.set_nodelay(true);
             let net = net.clone();
             tokio::spawn(async move {
+                let _permit = permit;
                 let service = service_fn(move |req| {
                     let net = net.clone();
                     async move { Ok::<_, std::convert::Infallible>(handle(&net, req).await) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
                     .keep_alive(true)
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
@@ -65,7 +101,9 @@ async fn handle(net: &Network, req: http::Request<hyper::body::Incoming>) -> htt
     match route {
         None => plain(404, format!("no service is exposed for host \"{host}\"\n")),
         Some(svc) => {
-            let request = req.map(|b| body::limited(body::from(b), MAX_BODY));
+            let request = req.map(|b| {
+                body::idle_timeout(body::limited(body::from(b), MAX_BODY), BODY_IDLE_TIMEOUT)
+            });
             match net.to_service(&svc, request, deadline).await {
                 Ok(r) => r,
                 Err(OutboundError::Timeout(m)) => plain(504, format!("{m}\n")),
