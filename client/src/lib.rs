@@ -2,8 +2,8 @@
 //! protocol (length-prefixed postcard frames on QUIC streams), the [`Client`]
 //! every component uses (the CLI, nodes, the scheduler, the controllers), the
 //! client configuration file, dialling, TLS identities as their holders see
-//! them, join tokens, the self-healing [`Link`], and the one list-then-watch
-//! loop, [`watcher`].
+//! them, join tokens, the self-healing [`Link`], the one list-then-watch
+//! loop, [`watcher`], and the event [`events::Recorder`].
 //!
 //! Must never: sign certificates (only the orchestrator holds the CA), touch
 //! the store, or decide anything about objects beyond carrying them.
@@ -12,6 +12,7 @@ mod client;
 mod config;
 mod dial;
 mod error;
+pub mod events;
 pub mod files;
 pub mod link;
 pub mod tls;

@@ -185,7 +185,7 @@ spec:
     )
 }
 
-fn frontend_manifest(allowed: &str) -> String {
+pub(crate) fn frontend_manifest(allowed: &str) -> String {
     let dir = crate::node::examples();
     format!(
         "apiVersion: flotilla.dev/v1

@@ -380,3 +380,83 @@ fn a_thousand_slow_ingress_clients_do_not_slow_a_normal_one() {
         "the slow clients were let go only after {took:?}"
     );
 }
+
+#[test]
+fn a_guest_denied_a_host_ten_thousand_times_leaves_one_aggregated_event() {
+    use std::time::Duration;
+
+    let cluster = Cluster::start(1, &[]);
+    let ingress = crate::network::free_tcp_addr();
+    let _node = crate::doctor::start_node(&cluster, 0, "node-1", &["--ingress-addr", &ingress]);
+    crate::workloads::wait_nodes_ready(&cluster, 1);
+    // The plugin example, given a whole core: its own 5% would spend minutes
+    // on the calls' guest-side work.
+    let manifest = format!(
+        "apiVersion: flotilla.dev/v1
+kind: Instance
+metadata:
+  name: plugin
+  labels: {{app: plugin}}
+spec:
+  module: {}
+  world: http
+  resources:
+    limits: {{cpu: 1000m, memory: 16Mi}}
+---
+apiVersion: flotilla.dev/v1
+kind: Service
+metadata:
+  name: plugin
+spec:
+  selector: {{app: plugin}}
+  ports:
+  - port: 80
+  ingress: {{host: plugin.local}}
+",
+        crate::node::examples().join("plugin.wasm").display()
+    );
+    crate::workloads::apply(&cluster, &manifest);
+    crate::workloads::wait_ready_instances(&cluster, "plugin", 1, Duration::from_secs(60));
+
+    let denied = crate::network::free_tcp_addr();
+    let (status, body, took) =
+        crate::harness::wait_for("the plugin to answer", Duration::from_secs(30), || {
+            let answer = crate::network::get(
+                &ingress,
+                "plugin.local",
+                &format!("/fetch?url=http://{denied}/&times=10000"),
+            );
+            (answer.0 != 503 && answer.0 != 0).then_some(answer)
+        });
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("denied"), "{body}");
+    eprintln!("10,000 denied calls took {took:?}");
+
+    // One Event, whose count reaches every denial once the last repeats are
+    // written (at most one write per series every 10 s).
+    let events = crate::harness::wait_for(
+        "the denials counted in one Event",
+        Duration::from_secs(30),
+        || {
+            let list = cluster.get_json(&["events"])?;
+            let denials: Vec<serde_json::Value> = list["items"]
+                .as_array()?
+                .iter()
+                .filter(|e| e["reason"] == "EgressDenied")
+                .cloned()
+                .collect();
+            let counted: u64 = denials
+                .iter()
+                .map(|e| e["count"].as_u64().unwrap_or(0))
+                .sum();
+            (counted >= 10_000).then_some(denials)
+        },
+    );
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["count"], 10_000);
+    assert_eq!(events[0]["source"]["host"], "node-1");
+    assert!(!events[0]["involvedObject"]["uid"]
+        .as_str()
+        .unwrap_or("")
+        .is_empty());
+}

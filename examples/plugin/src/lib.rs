@@ -13,7 +13,9 @@
 //!   neighbours keep their share.
 //! - `GET /fetch?url=URL`: calls URL. With no `allowedOutboundHosts` every
 //!   host outside the cluster is denied: `502 ... denied ...`, and the node
-//!   records an `EgressDenied` event.
+//!   records an `EgressDenied` event. `&times=N` (up to 10,000) calls it N
+//!   times, as a plugin hammering a host would: the node still records one
+//!   Event, its count moving.
 
 use std::hint::black_box;
 
@@ -68,9 +70,20 @@ fn spin() -> String {
     }
 }
 
-fn fetch(req: Request) -> Result<Response, client::ClientError> {
+fn fetch(req: Request) -> Result<Response, Error> {
     let url = req
         .query("url")
         .unwrap_or_else(|| "http://example.com/".into());
-    client::get(&url)
+    let times: u32 = match req.query("times") {
+        None => 1,
+        Some(v) => v
+            .parse()
+            .ok()
+            .filter(|n| (1..=10_000).contains(n))
+            .ok_or_else(|| Error::bad_request("times: expected a whole number from 1 to 10000"))?,
+    };
+    for _ in 1..times {
+        let _ = client::get(&url);
+    }
+    Ok(client::get(&url)?)
 }

@@ -289,9 +289,13 @@ impl Agent {
                     &config.telemetry.registry,
                 ));
             let denials: Option<crate::net::DenialSink> = link.clone().map(|link| {
+                let recorder = Arc::new(flotilla_client::events::Recorder::on_node(
+                    "node-agent",
+                    &config.name,
+                ));
                 let sink: crate::net::DenialSink =
                     Arc::new(move |ns: &str, name: &str, message: &str| {
-                        netsync::record_denial(link.clone(), ns, name, message);
+                        netsync::record_denial(recorder.clone(), link.clone(), ns, name, message);
                     });
                 sink
             });

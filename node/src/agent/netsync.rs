@@ -7,13 +7,14 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use flotilla_api::cidr::Cidr;
-use flotilla_api::event::{Event, EventType as EventKind};
+use flotilla_api::event::EventType as EventKind;
 use flotilla_api::meta::ObjectMeta;
 use flotilla_api::object::{Kind, Object};
 use flotilla_client::watcher::{self, Params, Watcher};
 use flotilla_client::wire::EventType;
 
 use crate::net::{Network, Tables};
+use flotilla_client::events::Recorder;
 use flotilla_client::Link;
 
 fn apply(tables: &mut Tables, object: &Object, deleted: bool) {
@@ -101,29 +102,30 @@ pub async fn run(net: Arc<Network>, link: Arc<Link>) {
     while watchers.join_next().await.is_some() {}
 }
 
-/// Records an `EgressDenied` event about the instance, in the background.
-pub fn record_denial(link: Arc<Link>, namespace: &str, name: &str, message: &str) {
+/// Records an `EgressDenied` event about the instance, in the background:
+/// `recorder` makes repeats one Event whose count moves.
+pub fn record_denial(
+    recorder: Arc<Recorder>,
+    link: Arc<Link>,
+    namespace: &str,
+    name: &str,
+    message: &str,
+) {
     let about = ObjectMeta::new(namespace, name);
     let message = message.to_string();
     tokio::spawn(async move {
         let Some(client) = link.client().await else {
             return;
         };
-        let mut about = about;
-        if let Ok(o) = client
-            .get(Kind::Instance, &about.namespace, &about.name)
-            .await
-        {
-            about.uid = o.meta().uid.clone();
-        }
-        let event = Event::about(
-            Kind::Instance,
-            &about,
-            EventKind::Warning,
-            "EgressDenied",
-            &message,
-            "node-agent",
-        );
-        let _ = client.create(Object::Event(event)).await;
+        recorder
+            .record(
+                &client,
+                Kind::Instance,
+                &about,
+                EventKind::Warning,
+                "EgressDenied",
+                &message,
+            )
+            .await;
     });
 }

@@ -759,6 +759,37 @@ mod tests {
         if let Object::Instance(i) = &mut claimed {
             i.spec.node_name = "edge-1".into();
         }
+        let event_from = |host: &str| {
+            let about = flotilla_api::meta::ObjectMeta::new("default", "mine");
+            let mut e = flotilla_api::event::Event::about(
+                Kind::Instance,
+                &about,
+                flotilla_api::event::EventType::Warning,
+                "EgressDenied",
+                "denied",
+                "node-agent",
+            );
+            e.source.host = host.into();
+            Object::Event(e)
+        };
+        let stored_event = |r: ApiResult<ResponseV1>| match r {
+            Ok(ResponseV1::Object(o)) => o,
+            other => panic!("{other:?}"),
+        };
+        let theirs_event = stored_event(
+            api.handle(
+                &admin(),
+                RequestV1::Create {
+                    object: event_from("edge-2"),
+                },
+            )
+            .await,
+        );
+        let mut their_event_claimed = theirs_event.clone();
+        if let Object::Event(e) = &mut their_event_claimed {
+            e.source.host = "edge-1".into();
+            e.count = 99;
+        }
         let refused = [
             ("get another node's instance", get(Kind::Instance, "theirs")),
             ("list every instance", list_instances("")),
@@ -809,6 +840,18 @@ mod tests {
                     name: "edge-2".into(),
                     resource_version: String::new(),
                     propagation: Propagation::Background,
+                },
+            ),
+            (
+                "create an event as another node",
+                RequestV1::Create {
+                    object: event_from("edge-2"),
+                },
+            ),
+            (
+                "update another node's event",
+                RequestV1::Update {
+                    object: their_event_claimed,
                 },
             ),
             (
@@ -868,6 +911,23 @@ mod tests {
                 .await
                 .unwrap_or_else(|e| panic!("{what}: {e}"));
         }
+        // Its own events it writes, and counts up.
+        let mine_event = stored_event(
+            api.handle(
+                &node,
+                RequestV1::Create {
+                    object: event_from("edge-1"),
+                },
+            )
+            .await,
+        );
+        let mut counted = mine_event.clone();
+        if let Object::Event(e) = &mut counted {
+            e.count = 2;
+        }
+        api.handle(&node, RequestV1::Update { object: counted })
+            .await
+            .expect("update its own event");
     }
 
     #[tokio::test]

@@ -73,7 +73,12 @@ pub(super) fn authorize(node: &str, req: &RequestV1, attrs: &Attributes) -> Resu
             )),
         },
         "services" | "endpoints" | "namespaces" if reads => Ok(()),
-        "events" if verb == "create" => Ok(()),
+        "events" if verb == "create" || verb == "update" => match body(req) {
+            Some(Object::Event(e)) if e.source.host == node => Ok(()),
+            _ => Err(format!(
+                "a node writes only events whose source.host is itself ({node})"
+            )),
+        },
         "modules" if verb == "get" => Ok(()),
         _ => Err(
             "a node reads what it runs and routes, and writes only its own Node, Lease, instance status, static mirrors and Events"
@@ -84,8 +89,21 @@ pub(super) fn authorize(node: &str, req: &RequestV1, attrs: &Attributes) -> Resu
 
 /// Why `node` may not make `change` to `current`, as stored.
 pub(super) fn check_current(node: &str, change: Change, current: &Object) -> Result<(), String> {
-    let Object::Instance(i) = current else {
-        return Ok(());
+    let i = match current {
+        Object::Instance(i) => i,
+        Object::Event(e) if e.source.host == node => return Ok(()),
+        Object::Event(e) => {
+            return Err(format!(
+                "event \"{}\" comes from {}, not from {node}",
+                e.metadata.name,
+                if e.source.host.is_empty() {
+                    "no node"
+                } else {
+                    &e.source.host
+                }
+            ))
+        }
+        _ => return Ok(()),
     };
     let bound_here = i.spec.node_name == node;
     let mirror = i.metadata.annotations.contains_key(MIRROR_ANNOTATION);
