@@ -80,6 +80,9 @@ pub enum ServerError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// Raft stopped on a fatal error while serving (its storage failed).
+    #[error("the store on this peer failed: {0}")]
+    StoreFailed(String),
     /// The data dir holds something unexpected.
     #[error("{0}")]
     DataDir(String),
@@ -474,6 +477,11 @@ impl Server {
                 return Err("the store is shut down".into());
             };
             let m = store.raft().metrics().borrow().clone();
+            if let Err(fatal) = &m.running_state {
+                return Err(format!(
+                    "the store on this peer failed: {fatal}; the peer exits"
+                ));
+            }
             match m.current_leader {
                 Some(_) => Ok(()),
                 None => Err(format!(
@@ -694,7 +702,25 @@ pub async fn run(
         server.address,
         server.admin_config.display()
     );
-    shutdown.await;
-    server.shutdown().await;
-    Ok(())
+    tokio::select! {
+        () = shutdown => {
+            server.shutdown().await;
+            Ok(())
+        }
+        why = server.api.store().failure() => {
+            tracing::error!(
+                "the store on this peer failed: {why}; it serves no more writes and exits, for a supervisor to restart it"
+            );
+            // `/readyz` says so (its store check reads raft's state) until the
+            // exit. The server is not shut down: that would flush the key space
+            // onto the disk that failed (see the caller).
+            tokio::time::sleep(STORE_FAILED_EXIT_AFTER).await;
+            std::mem::forget(server);
+            Err(ServerError::StoreFailed(why))
+        }
+    }
 }
+
+/// How long a peer whose store failed stays up, saying so on `/readyz`,
+/// before it exits.
+const STORE_FAILED_EXIT_AFTER: Duration = Duration::from_secs(2);

@@ -140,8 +140,17 @@ impl ServerArgs {
             service_cidr,
         };
         let _metrics = metrics.serve("flotilla server", &config.telemetry).await?;
-        run(config, shutdown_signal()).await?;
-        Ok(ExitCode::SUCCESS)
+        match run(config, shutdown_signal()).await {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            Err(e @ flotilla_orchestrator::server::ServerError::StoreFailed(_)) => {
+                // Out at once, as a crash would: closing the key space flushes
+                // it, and on a disk that failed that flush never returns. What
+                // was acknowledged is in the synced log; the restart replays it.
+                eprintln!("error: {e}");
+                std::process::exit(1);
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

@@ -83,7 +83,7 @@ impl Drop for Proc {
 }
 
 /// One HTTP/1.1 GET: (status, body); status 0 when nothing answered.
-fn http_get(addr: &str, path: &str) -> (u16, String) {
+pub(crate) fn http_get(addr: &str, path: &str) -> (u16, String) {
     let Ok(mut s) = TcpStream::connect(addr) else {
         return (0, String::new());
     };

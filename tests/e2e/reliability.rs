@@ -460,3 +460,220 @@ spec:
         .unwrap_or("")
         .is_empty());
 }
+
+/// A size-limited tmpfs mounted at a directory, unmounted when dropped.
+struct SmallDisk {
+    dir: PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(dir: &Path, size: &str) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "mounting a tmpfs at {} needs root (as CI has)",
+            dir.display()
+        );
+        Self {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn resize(&self, size: &str) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.dir)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "resizing the tmpfs");
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+/// A `flotilla server` whose stderr goes to a file, for what it says as it fails.
+struct LoggedPeer {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl LoggedPeer {
+    fn start(data_dir: &Path, log: &Path, extra: &[&str]) -> Self {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(crate::harness::BIN)
+            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split(" listening on ").nth(1) {
+                    let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .unwrap_or_else(|_| {
+                let _ = child.kill();
+                panic!(
+                    "the peer did not start: {}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                )
+            });
+        Self { child, addr }
+    }
+}
+
+impl Drop for LoggedPeer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_peer_whose_disk_fills_says_so_exits_and_catches_up_once_there_is_room() {
+    use flotilla_api::manifest::parse_manifests;
+    use flotilla_api::object::Kind;
+    use flotilla_client::wire::Consistency;
+    use std::time::{Duration, Instant};
+
+    let cluster = Cluster::start(2, &[]);
+    let data = cluster.dir.path().join("peer-3");
+    let disk = SmallDisk::mount(&data, "40m");
+    let log = cluster.dir.path().join("peer-3.log");
+    let metrics = crate::network::free_tcp_addr();
+    let token = cluster.peer_token("1h");
+    let mut third = LoggedPeer::start(
+        &data,
+        &log,
+        &[
+            "--join",
+            &cluster.peers[0].addr,
+            "--token",
+            &token,
+            "--metrics-addr",
+            &metrics,
+        ],
+    );
+    cluster.wait_members(3);
+
+    // What the third peer's /readyz says, watched from the start.
+    let (readyz_tx, readyz_rx) = std::sync::mpsc::channel();
+    let watched = metrics.clone();
+    std::thread::spawn(move || loop {
+        let (code, body) = crate::metrics::http_get(&watched, "/readyz");
+        if code == 503 && body.contains("the store on this peer failed") {
+            let _ = readyz_tx.send(body);
+            return;
+        }
+        if code == 0 && readyz_tx.send(String::new()).is_err() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let blob = "x".repeat(200 * 1024);
+    // Writes go on through the two other peers while the third's disk fills
+    // (80 objects of 200 KiB, twice what it holds).
+    let acknowledged: Vec<String> = rt.block_on(async {
+        let client = cluster.client(0).await;
+        let mut acknowledged = Vec::new();
+        for i in 0..200 {
+            let name = format!("fill-{i:03}");
+            let mut svc = parse_manifests(&service_manifest(&name)).unwrap().remove(0);
+            svc.meta_mut()
+                .annotations
+                .insert("example.com/blob".into(), blob.clone());
+            if client.create(svc).await.is_ok() {
+                acknowledged.push(name);
+            }
+        }
+        acknowledged
+    });
+    assert!(
+        acknowledged.len() >= 190,
+        "only {} writes were acknowledged",
+        acknowledged.len()
+    );
+
+    // The full peer says why on /readyz, then exits non-zero.
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = third.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the peer with a full disk kept running: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(!status.success(), "it exits non-zero: {status}");
+    assert!(
+        said.contains("the disk is full") && said.contains(&data.display().to_string()),
+        "the log names the full disk and the data dir: {said}"
+    );
+    let readyz = readyz_rx
+        .try_iter()
+        .find(|body| !body.is_empty())
+        .expect("/readyz said the store failed before the exit");
+    assert!(readyz.contains("the disk is full"), "{readyz}");
+
+    // Room again: restarted, it catches up with every acknowledged write.
+    disk.resize("512m");
+    third = LoggedPeer::start(&data, &log, &[]);
+    let addr = third.addr.clone();
+    let config = flotilla_client::ClientConfig::load(&cluster.config()).unwrap();
+    let held = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(60), async {
+            loop {
+                if let Ok(c) = flotilla_client::Client::connect_to(&addr, &config).await {
+                    if let Ok((items, _)) = c
+                        .list_with(Kind::Service, None, "", Consistency::Stale)
+                        .await
+                    {
+                        let names: Vec<String> =
+                            items.iter().map(|o| o.meta().name.clone()).collect();
+                        if acknowledged.iter().all(|n| names.contains(n)) {
+                            return names.len();
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+        .await
+    });
+    assert!(
+        held.is_ok(),
+        "the restarted peer did not catch up within 60 s"
+    );
+    drop(third);
+}

@@ -46,13 +46,20 @@ const SNAPSHOT_DATA: &[u8] = b"data";
 
 /// The sled-backed key space.
 pub struct SledBackend {
+    dir: std::path::PathBuf,
     db: sled::Db,
     kv: sled::Tree,
     snapshots: sled::Tree,
 }
 
-fn to_io(e: sled::Error) -> io::Error {
-    io::Error::other(e.to_string())
+/// A sled error as an I/O error that names the key space's directory and
+/// what was being done (and the room left, when the disk is full).
+fn sled_error(dir: &Path, doing: &str, e: sled::Error) -> io::Error {
+    let e = match e {
+        sled::Error::Io(e) => e,
+        other => io::Error::other(other.to_string()),
+    };
+    super::disk::storage_error(dir, doing, &e)
 }
 
 fn decode_value(bytes: &[u8]) -> io::Result<StoredValue> {
@@ -74,16 +81,35 @@ impl SledBackend {
             .path(dir)
             .flush_every_ms(Some(200))
             .open()
-            .map_err(to_io)?;
-        let kv = db.open_tree("kv").map_err(to_io)?;
-        let snapshots = db.open_tree("snapshots").map_err(to_io)?;
-        Ok(Self { db, kv, snapshots })
+            .map_err(|e| sled_error(dir, "opening the key space", e))?;
+        let kv = db
+            .open_tree("kv")
+            .map_err(|e| sled_error(dir, "opening the key space", e))?;
+        let snapshots = db
+            .open_tree("snapshots")
+            .map_err(|e| sled_error(dir, "opening the key space", e))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            db,
+            kv,
+            snapshots,
+        })
+    }
+}
+
+impl SledBackend {
+    fn failed(&self, doing: &str, e: sled::Error) -> io::Error {
+        sled_error(&self.dir, doing, e)
     }
 }
 
 impl StateBackend for SledBackend {
     fn get(&self, key: &str) -> io::Result<Option<StoredValue>> {
-        match self.kv.get(key.as_bytes()).map_err(to_io)? {
+        match self
+            .kv
+            .get(key.as_bytes())
+            .map_err(|e| self.failed("reading the key space", e))?
+        {
             Some(b) => decode_value(&b).map(Some),
             None => Ok(None),
         }
@@ -107,7 +133,7 @@ impl StateBackend for SledBackend {
             if out.len() >= max {
                 break;
             }
-            let (k, v) = item.map_err(to_io)?;
+            let (k, v) = item.map_err(|e| self.failed("reading the key space", e))?;
             if !k.starts_with(prefix.as_bytes()) {
                 break;
             }
@@ -130,23 +156,31 @@ impl StateBackend for SledBackend {
             }
         }
         batch.insert(META_IN_KV, meta);
-        self.kv.apply_batch(batch).map_err(to_io)
+        self.kv
+            .apply_batch(batch)
+            .map_err(|e| self.failed("writing the key space", e))
     }
 
     fn meta(&self) -> io::Result<Option<Vec<u8>>> {
-        Ok(self.kv.get(META_IN_KV).map_err(to_io)?.map(|v| v.to_vec()))
+        Ok(self
+            .kv
+            .get(META_IN_KV)
+            .map_err(|e| self.failed("reading the key space", e))?
+            .map(|v| v.to_vec()))
     }
 
     fn replace_all(&self, items: Vec<(String, StoredValue)>, meta: &[u8]) -> io::Result<()> {
         let mut batch = sled::Batch::default();
         for k in self.kv.iter().keys() {
-            batch.remove(k.map_err(to_io)?);
+            batch.remove(k.map_err(|e| self.failed("reading the key space", e))?);
         }
         for (key, value) in &items {
             batch.insert(key.as_bytes(), encode_value(value)?);
         }
         batch.insert(META_IN_KV, meta);
-        self.kv.apply_batch(batch).map_err(to_io)?;
+        self.kv
+            .apply_batch(batch)
+            .map_err(|e| self.failed("installing a snapshot in the key space", e))?;
         self.flush()
     }
 
@@ -154,13 +188,21 @@ impl StateBackend for SledBackend {
         let mut batch = sled::Batch::default();
         batch.insert(SNAPSHOT_META, meta);
         batch.insert(SNAPSHOT_DATA, data);
-        self.snapshots.apply_batch(batch).map_err(to_io)?;
+        self.snapshots
+            .apply_batch(batch)
+            .map_err(|e| self.failed("saving a snapshot", e))?;
         self.flush()
     }
 
     fn load_snapshot(&self) -> io::Result<Option<(Vec<u8>, Vec<u8>)>> {
-        let meta = self.snapshots.get(SNAPSHOT_META).map_err(to_io)?;
-        let data = self.snapshots.get(SNAPSHOT_DATA).map_err(to_io)?;
+        let meta = self
+            .snapshots
+            .get(SNAPSHOT_META)
+            .map_err(|e| self.failed("reading the snapshot", e))?;
+        let data = self
+            .snapshots
+            .get(SNAPSHOT_DATA)
+            .map_err(|e| self.failed("reading the snapshot", e))?;
         Ok(match (meta, data) {
             (Some(m), Some(d)) => Some((m.to_vec(), d.to_vec())),
             _ => None,
@@ -168,6 +210,9 @@ impl StateBackend for SledBackend {
     }
 
     fn flush(&self) -> io::Result<()> {
-        self.db.flush().map_err(to_io).map(|_| ())
+        self.db
+            .flush()
+            .map(|_| ())
+            .map_err(|e| self.failed("flushing the key space", e))
     }
 }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io;
 use std::ops::RangeBounds;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
@@ -92,28 +93,36 @@ struct FlushRequest {
 }
 
 /// Group commit: waits for append requests, syncs each file written once for
-/// everything queued, then acknowledges in order.
-fn run_flusher(rx: mpsc::Receiver<FlushRequest>) {
+/// everything queued, then acknowledges in order. After an fsync fails no
+/// file is synced again: the kernel may have dropped the pages that failed
+/// and a second fsync would report success for data that is gone (the
+/// PostgreSQL fsync lesson); every later append fails, and raft stops.
+fn run_flusher(rx: mpsc::Receiver<FlushRequest>, dir: PathBuf) {
+    let mut failed: Option<String> = None;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while let Ok(more) = rx.try_recv() {
             batch.push(more);
         }
-        let mut result: io::Result<()> = Ok(());
-        let mut synced: Vec<*const std::fs::File> = Vec::new();
-        for req in batch.iter().rev() {
-            let ptr = Arc::as_ptr(&req.file);
-            if !synced.contains(&ptr) {
-                synced.push(ptr);
-                if let Err(e) = req.file.sync_data() {
-                    result = Err(e);
+        if failed.is_none() {
+            let mut synced: Vec<*const std::fs::File> = Vec::new();
+            for req in batch.iter().rev() {
+                let ptr = Arc::as_ptr(&req.file);
+                if !synced.contains(&ptr) {
+                    synced.push(ptr);
+                    if let Err(e) = req.file.sync_data() {
+                        let e = super::disk::storage_error(&dir, "syncing the write-ahead log", &e);
+                        tracing::error!(error = %e, "the write-ahead log cannot be synced; this peer stops writing");
+                        failed = Some(e.to_string());
+                        break;
+                    }
                 }
             }
         }
         for req in batch {
-            let r = match &result {
-                Ok(()) => Ok(()),
-                Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+            let r = match &failed {
+                None => Ok(()),
+                Some(why) => Err(io::Error::other(why.clone())),
             };
             req.callback.log_io_completed(r);
         }
@@ -162,9 +171,10 @@ impl LogStore {
             None => None,
         };
         let (flusher, rx) = mpsc::channel();
+        let dir = backend.location().to_path_buf();
         std::thread::Builder::new()
             .name("raft-log-flusher".into())
-            .spawn(move || run_flusher(rx))?;
+            .spawn(move || run_flusher(rx, dir))?;
         Ok(Self {
             flusher,
             committed_index: Arc::new(AtomicU64::new(committed.map_or(0, |c: LogId| c.index))),

@@ -13,6 +13,7 @@
 
 pub mod backend;
 pub mod cache;
+pub mod disk;
 pub mod log_store;
 pub mod network;
 pub mod state_machine;
@@ -314,6 +315,21 @@ impl Store {
             answering.join(", "),
             voters.len() / 2 + 1,
         )
+    }
+
+    /// Resolves when raft on this peer has stopped on a fatal error (its
+    /// storage failed): why. It does not resolve while raft runs.
+    pub async fn failure(&self) -> String {
+        let mut metrics = self.raft.metrics();
+        loop {
+            let state = metrics.borrow().running_state.clone();
+            if let Err(fatal) = state {
+                return fatal.to_string();
+            }
+            if metrics.changed().await.is_err() {
+                return "raft stopped".into();
+            }
+        }
     }
 
     /// Commits a command, through the leader wherever it is. Concurrent

@@ -53,6 +53,8 @@ pub trait LogBackend: Send + 'static {
     fn save_vote(&mut self, vote: &[u8]) -> io::Result<()>;
     /// Records the committed log id (best effort: losing it only delays re-applying).
     fn save_committed(&mut self, committed: &[u8]) -> io::Result<()>;
+    /// Where the log lives, for messages.
+    fn location(&self) -> &Path;
 }
 
 struct Segment {
@@ -67,6 +69,11 @@ pub struct Wal {
     segments: Vec<Segment>,
     active: Arc<File>,
     active_len: u64,
+    /// Why a write or sync failed, after which nothing more is written: the
+    /// file's state past the failure is unknown (a write cut short, pages the
+    /// kernel dropped after a failed fsync), and a restart recovers from what
+    /// is on disk.
+    failed: Option<String>,
 }
 
 fn segment_path(dir: &Path, seq: u64) -> PathBuf {
@@ -143,14 +150,34 @@ impl Wal {
                 segments,
                 active,
                 active_len,
+                failed: None,
             },
             recovered,
         ))
     }
 
+    /// Fails at once when an earlier write failed.
+    fn usable(&self) -> io::Result<()> {
+        match &self.failed {
+            None => Ok(()),
+            Some(why) => Err(io::Error::other(format!(
+                "the write-ahead log is not written again after a failure until this peer restarts: {why}"
+            ))),
+        }
+    }
+
+    /// Records a failure of `doing`: no later write is tried.
+    fn failure(&mut self, doing: &str, e: &io::Error) -> io::Error {
+        let e = super::disk::storage_error(&self.dir, doing, e);
+        self.failed = Some(e.to_string());
+        e
+    }
+
     fn write_records(&mut self, records: &[(u8, &[u8])], sync: bool) -> io::Result<()> {
+        self.usable()?;
         if self.active_len >= SEGMENT_BYTES {
-            self.roll()?;
+            self.roll()
+                .map_err(|e| self.failure("starting a new write-ahead log segment", &e))?;
         }
         let mut buf = Vec::new();
         for (kind, payload) in records {
@@ -169,9 +196,13 @@ impl Wal {
             buf.push(*kind);
             buf.extend_from_slice(payload);
         }
-        (&*self.active).write_all(&buf)?;
+        (&*self.active)
+            .write_all(&buf)
+            .map_err(|e| self.failure("appending to the write-ahead log", &e))?;
         if sync {
-            self.active.sync_data()?;
+            self.active
+                .sync_data()
+                .map_err(|e| self.failure("syncing the write-ahead log", &e))?;
         }
         self.active_len += buf.len() as u64;
         Ok(())
@@ -249,18 +280,26 @@ impl LogBackend for Wal {
     }
 
     fn save_vote(&mut self, vote: &[u8]) -> io::Result<()> {
-        let tmp = self.dir.join("vote.tmp");
-        let mut f = File::create(&tmp)?;
-        let crc = crc32fast::hash(vote);
-        f.write_all(&crc.to_be_bytes())?;
-        f.write_all(vote)?;
-        f.sync_all()?;
-        fs::rename(&tmp, self.dir.join("vote"))?;
-        sync_dir(&self.dir)
+        self.usable()?;
+        let saved = (|| {
+            let tmp = self.dir.join("vote.tmp");
+            let mut f = File::create(&tmp)?;
+            let crc = crc32fast::hash(vote);
+            f.write_all(&crc.to_be_bytes())?;
+            f.write_all(vote)?;
+            f.sync_all()?;
+            fs::rename(&tmp, self.dir.join("vote"))?;
+            sync_dir(&self.dir)
+        })();
+        saved.map_err(|e| self.failure("saving the vote", &e))
     }
 
     fn save_committed(&mut self, committed: &[u8]) -> io::Result<()> {
         self.write_records(&[(KIND_COMMITTED, committed)], false)
+    }
+
+    fn location(&self) -> &Path {
+        &self.dir
     }
 }
 
