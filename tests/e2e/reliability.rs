@@ -677,3 +677,129 @@ fn a_peer_whose_disk_fills_says_so_exits_and_catches_up_once_there_is_room() {
     );
     drop(third);
 }
+
+/// Copies a directory tree.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_data_dir_written_by_release_0_1_opens_and_serves_every_object() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("peer");
+    copy_tree(&fixtures.join("data-dir-0.1"), &data);
+    // The fixture's port may be taken here: give the peer a free one.
+    let addr = crate::harness::free_udp_addr();
+    for file in ["peer.json", "admin.config"] {
+        let path = data.join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replace("127.0.0.1:36656", &addr)).unwrap();
+    }
+    let expected: Vec<serde_json::Value> = serde_json::from_str(
+        &std::fs::read_to_string(fixtures.join("data-dir-0.1.expected.json")).unwrap(),
+    )
+    .unwrap();
+    let mut peer = ServerProc::start(&data, &["--no-scheduler", "--no-controllers"])
+        .expect("the new build opens the old data dir");
+    let config = data.join("admin.config");
+    let get = |kind: &str| -> Vec<serde_json::Value> {
+        let out = crate::harness::run_cli(
+            &[
+                "--config",
+                config.to_str().unwrap(),
+                "get",
+                kind,
+                "-A",
+                "-o",
+                "json",
+            ],
+            None,
+            std::time::Duration::from_secs(30),
+        );
+        assert!(out.status.success(), "get {kind}: {}", stderr(&out));
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        list["items"].as_array().unwrap().clone()
+    };
+    let check = |expected: &[serde_json::Value]| {
+        let mut kinds: Vec<&str> = expected
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap())
+            .collect();
+        kinds.dedup();
+        for kind in kinds {
+            let served = get(kind);
+            let wanted: Vec<&serde_json::Value> =
+                expected.iter().filter(|e| e["kind"] == kind).collect();
+            assert_eq!(served.len(), wanted.len(), "{kind}: {served:?}");
+            for w in wanted {
+                let o = served
+                    .iter()
+                    .find(|o| {
+                        o["metadata"]["name"] == w["name"]
+                            && o["metadata"]["namespace"].as_str().unwrap_or("") == w["namespace"]
+                    })
+                    .unwrap_or_else(|| panic!("{kind} {} is not served", w["name"]));
+                assert_eq!(o["metadata"]["uid"], w["uid"], "{kind} {}", w["name"]);
+                assert_eq!(
+                    o["metadata"]["resourceVersion"], w["resourceVersion"],
+                    "{kind} {}",
+                    w["name"]
+                );
+                let note = o["metadata"]["annotations"]["note"].as_str().unwrap_or("");
+                assert_eq!(note, w["note"], "{kind} {}", w["name"]);
+            }
+        }
+    };
+    wait_served(&config);
+    check(&expected);
+
+    // Written to by the new build, and opened again: old and new together.
+    let out = crate::harness::run_cli(
+        &["--config", config.to_str().unwrap(), "apply", "-f", "-"],
+        Some(&service_manifest("after-upgrade")),
+        std::time::Duration::from_secs(30),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    peer.restart();
+    wait_served(&config);
+    check(
+        &expected
+            .iter()
+            .filter(|e| e["kind"] != "Service")
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
+    let services = get("Service");
+    assert_eq!(
+        services.len(),
+        expected.iter().filter(|e| e["kind"] == "Service").count() + 1
+    );
+}
+
+/// Waits until the server behind `config` serves reads.
+fn wait_served(config: &Path) {
+    crate::harness::wait_for(
+        "the server to serve",
+        std::time::Duration::from_secs(30),
+        || {
+            crate::harness::run_cli(
+                &["--config", config.to_str().unwrap(), "get", "ns", "default"],
+                None,
+                std::time::Duration::from_secs(10),
+            )
+            .status
+            .success()
+            .then_some(())
+        },
+    );
+}
