@@ -784,6 +784,45 @@ fn a_data_dir_written_by_release_0_1_opens_and_serves_every_object() {
         services.len(),
         expected.iter().filter(|e| e["kind"] == "Service").count() + 1
     );
+
+    // A log entry of a newer format than this build reads is refused, saying so.
+    peer.kill9();
+    let segment = newest_segment(&data);
+    let mut body = vec![5u8, 9u8];
+    body.extend_from_slice(&u64::MAX.to_be_bytes());
+    body.extend_from_slice(b"from a later release");
+    let mut record = (body.len() as u32).to_be_bytes().to_vec();
+    record.extend_from_slice(&crc32(&body).to_be_bytes());
+    record.extend_from_slice(&body);
+    let mut wal = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&segment)
+        .unwrap();
+    std::io::Write::write_all(&mut wal, &record).unwrap();
+    let refused = match ServerProc::start(&data, &["--no-scheduler", "--no-controllers"]) {
+        Ok(_) => panic!("a log of a newer format was opened"),
+        Err(text) => text,
+    };
+    assert!(
+        refused.contains("is stored in format version 9, newer than this build reads (up to 1)"),
+        "{refused}"
+    );
+}
+
+/// CRC-32 (IEEE), as the write-ahead log checksums its records.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for byte in bytes {
+        crc ^= u32::from(*byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
 }
 
 /// Waits until the server behind `config` serves reads.

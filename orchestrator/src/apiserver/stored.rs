@@ -72,10 +72,24 @@ fn answer_bytes(stored: &StoredValue) -> usize {
     stored.value.len() + 24
 }
 
-/// Decodes a stored object and stamps its resourceVersion.
+/// A stored object as a list shows it; `None`, with a warning, for one that
+/// does not decode (a newer format, damage): one bad object must not take
+/// every list of its kind down with it. A get of it says why.
+fn listable(key: &str, stored: &StoredValue) -> Option<Object> {
+    match decode_object(stored) {
+        Ok(object) => Some(object),
+        Err(e) => {
+            tracing::warn!(key, error = %e.message, "a stored object does not decode; lists leave it out");
+            None
+        }
+    }
+}
+
+/// Decodes a stored object (of any format version this build reads) and
+/// stamps its resourceVersion.
 pub fn decode_object(stored: &StoredValue) -> ApiResult<Object> {
-    let mut obj: Object = postcard::from_bytes(&stored.value)
-        .map_err(|e| internal(format!("stored object does not decode: {e}")))?;
+    let mut obj: Object = crate::store::format::open("a stored object", &stored.value)
+        .map_err(|e| internal(e.to_string()))?;
     obj.meta_mut().resource_version = stored.mod_revision.to_string();
     Ok(obj)
 }
@@ -85,7 +99,7 @@ pub fn decode_object(stored: &StoredValue) -> ApiResult<Object> {
 pub(super) fn encode_object(obj: &Object) -> ApiResult<Vec<u8>> {
     let mut copy = obj.clone();
     copy.meta_mut().resource_version.clear();
-    let bytes = postcard::to_allocvec(&copy).map_err(internal)?;
+    let bytes = crate::store::format::seal(&copy).map_err(internal)?;
     if bytes.len() > MAX_OBJECT_BYTES {
         return Err(ApiError::new(
             ErrorCode::Invalid,
@@ -184,8 +198,10 @@ impl ApiServer {
             _ => kind_prefix(kind),
         };
         let mut items = Vec::new();
-        for (_, stored) in self.store.reader().scan(&prefix).map_err(internal)? {
-            let obj = decode_object(&stored)?;
+        for (key, stored) in self.store.reader().scan(&prefix).map_err(internal)? {
+            let Some(obj) = listable(&key, &stored) else {
+                continue;
+            };
             if labels.matches(&obj.meta().labels) && fields.matches(&obj) {
                 items.push(obj);
             }
@@ -237,7 +253,10 @@ impl ApiServer {
                 .map_err(internal)?;
             let last_chunk = chunk.len() < SCAN_CHUNK;
             for (key, stored) in chunk {
-                let obj = decode_object(&stored)?;
+                let Some(obj) = listable(&key, &stored) else {
+                    consumed = Some(key);
+                    continue;
+                };
                 if labels.matches(&obj.meta().labels) && fields.matches(&obj) {
                     let size = answer_bytes(&stored);
                     let full = items.len() >= limit || bytes + size > PAGE_BYTES;
@@ -296,7 +315,9 @@ impl ApiServer {
             let Some(stored) = self.store.reader().get(&key).map_err(internal)? else {
                 continue;
             };
-            let obj = decode_object(&stored)?;
+            let Some(obj) = listable(&key, &stored) else {
+                continue;
+            };
             if labels.matches(&obj.meta().labels) && fields.matches(&obj) {
                 bytes += answer_bytes(&stored);
                 items.push(obj);

@@ -73,6 +73,10 @@ fn encode_value(v: &StoredValue) -> io::Result<Vec<u8>> {
 // The applied position lives in the kv tree under a key no object key can have
 // (object keys start with '/'), so one batch updates both.
 const META_IN_KV: &[u8] = b"\0applied";
+/// The format version of the values in the kv tree (`store::format`);
+/// absent in a key space written by release 0.1, whose values read as
+/// today's.
+const FORMAT_IN_KV: &[u8] = b"\0format";
 
 impl SledBackend {
     /// Opens (or creates) the database in `dir`.
@@ -88,18 +92,44 @@ impl SledBackend {
         let snapshots = db
             .open_tree("snapshots")
             .map_err(|e| sled_error(dir, "opening the key space", e))?;
-        Ok(Self {
+        let backend = Self {
             dir: dir.to_path_buf(),
             db,
             kv,
             snapshots,
-        })
+        };
+        backend.check_format()?;
+        Ok(backend)
     }
 }
 
 impl SledBackend {
     fn failed(&self, doing: &str, e: sled::Error) -> io::Error {
         sled_error(&self.dir, doing, e)
+    }
+
+    /// Refuses a key space of a newer format; marks one of release 0.1 (or
+    /// a new one) as of this build's.
+    fn check_format(&self) -> io::Result<()> {
+        use super::format::{FormatError, VERSION};
+        let stored = self
+            .kv
+            .get(FORMAT_IN_KV)
+            .map_err(|e| self.failed("reading the key space", e))?;
+        match stored.as_deref() {
+            Some([version]) if *version > VERSION => Err(FormatError::Newer {
+                what: format!("the key space in {}", self.dir.display()),
+                version: *version,
+            }
+            .into()),
+            Some([_]) => Ok(()),
+            _ => {
+                self.kv
+                    .insert(FORMAT_IN_KV, &[VERSION])
+                    .map_err(|e| self.failed("writing the key space", e))?;
+                Ok(())
+            }
+        }
     }
 }
 
@@ -178,6 +208,7 @@ impl StateBackend for SledBackend {
             batch.insert(key.as_bytes(), encode_value(value)?);
         }
         batch.insert(META_IN_KV, meta);
+        batch.insert(FORMAT_IN_KV, &[super::format::VERSION]);
         self.kv
             .apply_batch(batch)
             .map_err(|e| self.failed("installing a snapshot in the key space", e))?;

@@ -14,6 +14,7 @@
 pub mod backend;
 pub mod cache;
 pub mod disk;
+pub mod format;
 pub mod log_store;
 pub mod network;
 pub mod state_machine;

@@ -573,8 +573,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
-        let body: SnapshotBody =
-            postcard::from_bytes(&data).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        let body: SnapshotBody = super::format::open_ambiguous("a snapshot", &data)
+            .map_err(|e| snap_err(ErrorVerb::Read, e))?;
         self.meta = AppliedMeta {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
@@ -638,7 +638,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let items = std::mem::replace(&mut self.items, Ok(Vec::new()))
             .map_err(|e| snap_err(ErrorVerb::Read, e))?;
-        let data = postcard::to_allocvec(&SnapshotBody {
+        let data = super::format::seal(&SnapshotBody {
             revision: self.meta.revision,
             items,
         })

@@ -24,6 +24,9 @@ const KIND_ENTRY: u8 = 1;
 const KIND_TRUNCATE: u8 = 2;
 const KIND_PURGE: u8 = 3;
 const KIND_COMMITTED: u8 = 4;
+/// An entry whose payload starts with its format version (see
+/// `store::format`); release 0.1 wrote [`KIND_ENTRY`], without one.
+const KIND_ENTRY_VERSIONED: u8 = 5;
 
 /// What a log backend holds after recovery.
 #[derive(Default, Debug)]
@@ -241,12 +244,16 @@ impl LogBackend for Wal {
         }
         let mut payloads = Vec::with_capacity(entries.len());
         for (index, bytes) in entries {
-            let mut p = Vec::with_capacity(bytes.len() + 8);
+            let mut p = Vec::with_capacity(bytes.len() + 9);
+            p.push(super::format::VERSION);
             p.extend_from_slice(&index.to_be_bytes());
             p.extend_from_slice(bytes);
             payloads.push(p);
         }
-        let records: Vec<(u8, &[u8])> = payloads.iter().map(|p| (KIND_ENTRY, &p[..])).collect();
+        let records: Vec<(u8, &[u8])> = payloads
+            .iter()
+            .map(|p| (KIND_ENTRY_VERSIONED, &p[..]))
+            .collect();
         self.write_records(&records, false)?;
         let max = entries.iter().map(|(i, _)| *i).max();
         let seg = self.segments.last_mut().expect("active segment");
@@ -336,6 +343,19 @@ fn replay_segment(
                 KIND_ENTRY if payload.len() >= 8 => {
                     let index = u64::from_be_bytes(payload[..8].try_into().expect("8 bytes"));
                     out.entries.insert(index, payload[8..].to_vec());
+                    max_index = max_index.max(Some(index));
+                    None
+                }
+                KIND_ENTRY_VERSIONED if payload.len() >= 9 => {
+                    let version = payload[0];
+                    if version > super::format::VERSION {
+                        return Err(io::Error::from(super::format::FormatError::Newer {
+                            what: format!("the log entry at byte {pos} of {}", path.display()),
+                            version,
+                        }));
+                    }
+                    let index = u64::from_be_bytes(payload[1..9].try_into().expect("8 bytes"));
+                    out.entries.insert(index, payload[9..].to_vec());
                     max_index = max_index.max(Some(index));
                     None
                 }
