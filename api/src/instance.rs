@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -747,7 +748,7 @@ impl InstanceSpec {
                 errs.push(
                     format!("{p}.allowedOutboundHosts[{i}]"),
                     format!(
-                        "{h:?} is not a host pattern (expected [http[s]://]HOST[:PORT], HOST a DNS name, '*.' + a DNS name, '*' or an IP address)"
+                        "{h:?} is not a host pattern (expected [http[s]://]HOST[:PORT], HOST a DNS name, '*.' + a DNS name, '*', an IP address or an IPv4 range like 10.0.0.0/8)"
                     ),
                 );
             }
@@ -924,64 +925,141 @@ fn check_probe(probe: &Probe, errs: &mut ValidationErrors, f: &str) {
     }
 }
 
+/// An `allowedOutboundHosts` entry, split: its scheme, host and port parts.
+struct HostPattern<'a> {
+    scheme: Option<&'static str>,
+    host: &'a str,
+    port: Option<&'a str>,
+}
+
+impl<'a> HostPattern<'a> {
+    fn parse(pattern: &'a str) -> Option<Self> {
+        let (scheme, rest) = if let Some(r) = pattern.strip_prefix("https://") {
+            (Some("https"), r)
+        } else if let Some(r) = pattern.strip_prefix("http://") {
+            (Some("http"), r)
+        } else {
+            (None, pattern)
+        };
+        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+            let (addr, after) = v6.split_once(']')?;
+            (addr, after.strip_prefix(':'))
+        } else {
+            match rest.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (rest, None),
+            }
+        };
+        Some(Self { scheme, host, port })
+    }
+
+    /// Whether it lets `scheme` to `port` through, whatever the host.
+    fn allows_scheme_and_port(&self, scheme: &str, port: u16) -> bool {
+        if self.scheme.is_some_and(|w| !w.eq_ignore_ascii_case(scheme)) {
+            return false;
+        }
+        let default_port = if scheme.eq_ignore_ascii_case("https") {
+            443
+        } else {
+            80
+        };
+        match self.port {
+            None => port == default_port,
+            Some("*") => true,
+            Some(p) => p.parse::<u16>().is_ok_and(|p| p == port),
+        }
+    }
+
+    /// Whether it names `ip`: the address itself, or an IPv4 range holding it.
+    fn names_address(&self, ip: IpAddr) -> bool {
+        if let Ok(named) = self.host.parse::<IpAddr>() {
+            return named == ip;
+        }
+        match (self.host.parse::<crate::cidr::Cidr>(), ip) {
+            (Ok(range), IpAddr::V4(v4)) => range.contains(v4),
+            _ => false,
+        }
+    }
+}
+
 /// True when the `allowedOutboundHosts` entry `pattern` lets a request to
 /// `scheme://host:port` through. No scheme in the pattern allows both http and
 /// https; no port allows the scheme's default port (80 or 443); `*.example.com`
-/// matches the subdomains of example.com, `*` any host.
+/// matches the subdomains of example.com, `*` any host, `10.0.0.0/8` the
+/// addresses in that range.
 pub fn outbound_host_allows(pattern: &str, scheme: &str, host: &str, port: u16) -> bool {
-    let (want_scheme, rest) = if let Some(r) = pattern.strip_prefix("https://") {
-        (Some("https"), r)
-    } else if let Some(r) = pattern.strip_prefix("http://") {
-        (Some("http"), r)
-    } else {
-        (None, pattern)
+    let Some(pattern) = HostPattern::parse(pattern) else {
+        return false;
     };
-    if want_scheme.is_some_and(|w| !w.eq_ignore_ascii_case(scheme)) {
+    if !pattern.allows_scheme_and_port(scheme, port) {
         return false;
     }
-    let (pat_host, pat_port) = if let Some(v6) = rest.strip_prefix('[') {
-        match v6.split_once(']') {
-            Some((addr, after)) => (addr, after.strip_prefix(':')),
-            None => return false,
-        }
-    } else {
-        match rest.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (rest, None),
-        }
-    };
-    let default_port = if scheme.eq_ignore_ascii_case("https") {
-        443
-    } else {
-        80
-    };
-    let port_ok = match pat_port {
-        None => port == default_port,
-        Some("*") => true,
-        Some(p) => p.parse::<u16>().is_ok_and(|p| p == port),
-    };
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let host_ok = if pat_host == "*" {
+    if pattern.host == "*" {
         true
-    } else if let Some(domain) = pat_host.strip_prefix("*.") {
+    } else if let Some(domain) = pattern.host.strip_prefix("*.") {
         host.len() > domain.len() + 1
             && host
                 .to_ascii_lowercase()
                 .ends_with(&format!(".{}", domain.to_ascii_lowercase()))
+    } else if let Ok(ip) = host.parse::<IpAddr>() {
+        pattern.names_address(ip)
     } else {
-        pat_host.eq_ignore_ascii_case(host)
-    };
-    port_ok && host_ok
+        pattern.host.eq_ignore_ascii_case(host)
+    }
+}
+
+/// Whether `ip` is one a guest must not reach by a name alone: loopback,
+/// link-local (cloud metadata at 169.254.169.254), private, shared (CGNAT),
+/// unspecified, broadcast or multicast; IPv4-mapped IPv6 as its IPv4.
+pub fn is_internal_address(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b))
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_internal_address(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+/// Whether a guest allowed `patterns` may connect to `ip` on `port` for
+/// `scheme`, once its host's name resolved to it: any address outside the
+/// internal ones ([`is_internal_address`]), and an internal one only when an
+/// entry names that address or its range (not merely a name that resolves
+/// to it, nor `*`).
+pub fn outbound_address_allowed(patterns: &[String], scheme: &str, ip: IpAddr, port: u16) -> bool {
+    !is_internal_address(ip)
+        || patterns.iter().any(|p| {
+            HostPattern::parse(p)
+                .is_some_and(|p| p.allows_scheme_and_port(scheme, port) && p.names_address(ip))
+        })
 }
 
 /// `[http[s]://]HOST[:PORT|:*]` where HOST is a DNS name, `*.` + a DNS name,
-/// `*`, an IPv4 address or a bracketed IPv6 address.
+/// `*`, an IPv4 address or range (`10.0.0.0/8`) or a bracketed IPv6 address.
 fn is_outbound_host(s: &str) -> bool {
     let rest = s
         .strip_prefix("https://")
         .or_else(|| s.strip_prefix("http://"))
         .unwrap_or(s);
-    if rest.is_empty() || rest.contains('/') {
+    if rest.is_empty() {
         return false;
     }
     let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
@@ -1008,6 +1086,7 @@ fn is_outbound_host(s: &str) -> bool {
     let host_ok = match host {
         None => true,
         Some("*") => true,
+        Some(h) if h.contains('/') => h.parse::<crate::cidr::Cidr>().is_ok(),
         Some(h) => {
             let name = h.strip_prefix("*.").unwrap_or(h);
             crate::validation::is_dns1123_subdomain(name) || is_ip(h)
@@ -1047,6 +1126,56 @@ impl Instance {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn internal_addresses_are_reached_only_when_named() {
+        let internal = [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+        ];
+        for ip in internal {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert!(is_internal_address(ip), "{ip}");
+            assert!(
+                !outbound_address_allowed(&["*".into(), "localhost".into()], "http", ip, 80),
+                "{ip} is reached through a name or a wildcard"
+            );
+        }
+        for ip in ["93.184.216.34", "2606:4700::1111"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert!(!is_internal_address(ip), "{ip}");
+            assert!(outbound_address_allowed(&[], "http", ip, 80), "{ip}");
+        }
+        let loopback: IpAddr = "127.0.0.1".parse().unwrap();
+        let named = ["127.0.0.1:8080".to_string()];
+        assert!(outbound_address_allowed(&named, "http", loopback, 8080));
+        assert!(!outbound_address_allowed(&named, "http", loopback, 8081));
+        let range = ["10.0.0.0/8:*".to_string()];
+        assert!(outbound_address_allowed(
+            &range,
+            "http",
+            "10.9.8.7".parse().unwrap(),
+            1234
+        ));
+        assert!(!outbound_address_allowed(
+            &range,
+            "http",
+            "192.168.0.1".parse().unwrap(),
+            1234
+        ));
+        assert!(outbound_host_allows("10.0.0.0/8", "http", "10.1.1.1", 80));
+        assert!(!outbound_host_allows("10.0.0.0/8", "http", "11.1.1.1", 80));
+        assert!(is_outbound_host("10.0.0.0/8:443") && !is_outbound_host("10.0.0.0/33"));
+    }
 
     #[test]
     fn outbound_host_patterns() {

@@ -263,7 +263,17 @@ pub fn spawn_reporting_env(
     args: &[String],
     env: &[(String, String)],
 ) -> Result<(Child, String), String> {
-    let mut cmd = Command::new(BIN);
+    spawn_reporting_via(BIN, args, env)
+}
+
+/// [`spawn_reporting_env`] of `program` (a wrapper that execs `flotilla`,
+/// such as `unshare`).
+pub fn spawn_reporting_via(
+    program: &str,
+    args: &[String],
+    env: &[(String, String)],
+) -> Result<(Child, String), String> {
+    let mut cmd = Command::new(program);
     cmd.args(args)
         .envs(env.iter().map(|(k, v)| (k, v)))
         .env_remove("FLOTILLA_CONFIG")

@@ -134,7 +134,7 @@ pub(crate) fn free_tcp_addr() -> String {
 }
 
 /// A plain HTTP server on loopback that stands for a host outside the cluster.
-fn outside_server() -> String {
+pub(crate) fn outside_server() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap().to_string();
     std::thread::spawn(move || {

@@ -842,3 +842,100 @@ fn wait_served(config: &Path) {
         },
     );
 }
+
+/// A `flotilla node` that sees its own /etc/hosts (a mount namespace of its
+/// own, with the file bound over), killed when dropped.
+struct NodeWithHosts(std::process::Child);
+
+impl NodeWithHosts {
+    fn start(cluster: &Cluster, name: &str, hosts: &str, extra: &[&str]) -> Self {
+        let hosts_file = cluster.dir.path().join(format!("{name}.hosts"));
+        std::fs::write(&hosts_file, hosts).unwrap();
+        let token = cluster.token("1h");
+        let mut args: Vec<String> = vec![
+            "-m".into(),
+            "sh".into(),
+            "-c".into(),
+            format!(
+                "mount --bind {} /etc/hosts && exec \"$0\" \"$@\"",
+                hosts_file.display()
+            ),
+            crate::harness::BIN.into(),
+            "--server".into(),
+            cluster.peers[0].addr.clone(),
+            "node".into(),
+            "--name".into(),
+            name.into(),
+            "--data-dir".into(),
+            cluster.dir.path().join(name).display().to_string(),
+            "--token".into(),
+            token,
+            "--lease-interval".into(),
+            "500ms".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let (child, _) = crate::harness::spawn_reporting_via("unshare", &args, &[])
+            .expect("a node in a mount namespace of its own (needs root, as CI has)");
+        Self(child)
+    }
+}
+
+impl Drop for NodeWithHosts {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn an_allowlisted_name_that_resolves_to_loopback_is_refused() {
+    use std::time::Duration;
+
+    let cluster = Cluster::start(1, &[]);
+    let ingress = crate::network::free_tcp_addr();
+    // The node resolves `metadata.example.test` to 127.0.0.1, as a name
+    // pointed at the node itself (or at a cloud's metadata address) would.
+    let _node = NodeWithHosts::start(
+        &cluster,
+        "node-1",
+        "127.0.0.1 localhost\n127.0.0.1 metadata.example.test\n",
+        &["--labels", "role=front", "--ingress-addr", &ingress],
+    );
+    crate::workloads::wait_nodes_ready(&cluster, 1);
+    let outside = crate::network::outside_server();
+    let port = outside.rsplit_once(':').unwrap().1.to_string();
+    let name = format!("metadata.example.test:{port}");
+    crate::workloads::apply(&cluster, &crate::network::frontend_manifest(&name));
+    crate::workloads::wait_ready_instances(&cluster, "frontend", 1, Duration::from_secs(60));
+    let (status, body, _) =
+        crate::harness::wait_for("the frontend to answer", Duration::from_secs(30), || {
+            let answer =
+                crate::network::get(&ingress, "frontend.local", &format!("/?to=http://{name}/"));
+            (answer.0 != 503 && answer.0 != 0).then_some(answer)
+        });
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("denied"), "{body}");
+    let wanted = format!(
+        "outgoing HTTP to http://{name} is denied: metadata.example.test resolves to 127.0.0.1, an internal address"
+    );
+    crate::harness::wait_for("the denial's event", Duration::from_secs(10), || {
+        crate::harness::stdout(&cluster.cli(0, &["get", "events", "-o", "json"]))
+            .contains(&wanted)
+            .then_some(())
+    });
+
+    // Named by its address, the same server is reached.
+    crate::workloads::apply(&cluster, &crate::network::frontend_manifest(&outside));
+    crate::harness::wait_for(
+        "the allowed address to answer",
+        Duration::from_secs(60),
+        || {
+            let (status, body, _) = crate::network::get(
+                &ingress,
+                "frontend.local",
+                &format!("/?to=http://{outside}/"),
+            );
+            (status == 200 && body.ends_with("-> outside\n")).then_some(())
+        },
+    );
+}

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use tokio::time::Instant as Deadline;
 
 use flotilla_api::cidr::Cidr;
-use flotilla_api::instance::outbound_host_allows;
+use flotilla_api::instance::{outbound_address_allowed, outbound_host_allows};
 
 use crate::body::{self, Body};
 use crate::runtime::{BoxFuture, HttpHandle, Outbound, OutboundError};
@@ -447,7 +447,58 @@ impl Network {
                 "{scheme}://{host}: only plain http egress is supported so far"
             )));
         }
-        egress_http(&host, port, req, deadline).await
+        let addr = self
+            .vetted_address(caller, &scheme, &host, port, deadline)
+            .await?;
+        egress_http(&host, addr, req, deadline).await
+    }
+
+    /// Where `host` resolves, if the guest may go there: an internal address
+    /// (loopback, link-local, private) only when its allowlist names it, so a
+    /// name that resolves to one (the cloud's metadata service, the node's
+    /// own ports) is refused. The address is resolved once and connected to
+    /// as it was checked.
+    async fn vetted_address(
+        &self,
+        caller: &InstanceOutbound,
+        scheme: &str,
+        host: &str,
+        port: u16,
+        deadline: Deadline,
+    ) -> Result<std::net::SocketAddr, OutboundError> {
+        let target = format!("{host}:{port}");
+        let resolve_by = deadline.min(Deadline::now() + Duration::from_secs(5));
+        let resolved =
+            match tokio::time::timeout_at(resolve_by, tokio::net::lookup_host(&target)).await {
+                Ok(Ok(addrs)) => addrs.collect::<Vec<_>>(),
+                Ok(Err(e)) => return Err(OutboundError::NotFound(format!("{host}: {e}"))),
+                Err(_) => {
+                    return Err(OutboundError::Timeout(format!(
+                        "{host}: resolving timed out"
+                    )))
+                }
+            };
+        let Some(first) = resolved.first().copied() else {
+            return Err(OutboundError::NotFound(format!(
+                "{host} resolves to no address"
+            )));
+        };
+        match resolved
+            .iter()
+            .find(|a| outbound_address_allowed(&caller.allowed, scheme, a.ip(), port))
+        {
+            Some(addr) => Ok(*addr),
+            None => {
+                let message = format!(
+                    "outgoing HTTP to {scheme}://{host}:{port} is denied: {host} resolves to {}, an internal address; name that address or its range in spec.allowedOutboundHosts to allow it",
+                    first.ip()
+                );
+                if let Some(sink) = &self.denials {
+                    sink(&caller.namespace, &caller.name, &message);
+                }
+                Err(OutboundError::Denied(message))
+            }
+        }
     }
 }
 
@@ -488,21 +539,22 @@ fn clone_parts(parts: &http::request::Parts) -> http::request::Parts {
     r.into_parts().0
 }
 
-/// One HTTP/1.1 request to an allowed outside host; both bodies stream.
+/// One HTTP/1.1 request to an allowed outside host at the address it was
+/// vetted at; both bodies stream.
 async fn egress_http(
     host: &str,
-    port: u16,
+    to: std::net::SocketAddr,
     req: http::Request<Body>,
     deadline: Deadline,
 ) -> Result<http::Response<Body>, OutboundError> {
-    let addr = format!("{host}:{port}");
+    let addr = format!("{host}:{}", to.port());
     let connect_by = deadline.min(Deadline::now() + Duration::from_secs(10));
-    let stream =
-        match tokio::time::timeout_at(connect_by, tokio::net::TcpStream::connect(&addr)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(OutboundError::Refused(format!("{addr}: {e}"))),
-            Err(_) => return Err(OutboundError::Timeout(format!("{addr}: connect timed out"))),
-        };
+    let stream = match tokio::time::timeout_at(connect_by, tokio::net::TcpStream::connect(to)).await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(OutboundError::Refused(format!("{addr}: {e}"))),
+        Err(_) => return Err(OutboundError::Timeout(format!("{addr}: connect timed out"))),
+    };
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
