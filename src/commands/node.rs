@@ -32,6 +32,10 @@ pub struct NodeArgs {
     /// A guest busy this long without returning to the host is stopped.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     busy_timeout: Duration,
+    /// An http-world request still running this long after it arrived (its
+    /// response body included) is ended: DeadlineExceeded.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    request_timeout: Duration,
     /// Serve HTTP/1.1 ingress here: services with spec.ingress.host are
     /// reachable through it by Host header, wherever their instances run.
     #[arg(long)]
@@ -162,6 +166,7 @@ impl NodeArgs {
         config.manifests_dir = self.manifests_dir;
         config.listen = self.listen;
         config.busy_timeout = self.busy_timeout.as_std();
+        config.request_timeout = self.request_timeout.as_std();
         config.ingress = self.ingress_addr;
         config.service_forwarder = !self.no_service_forwarder;
         config.runtime = if self.hollow {

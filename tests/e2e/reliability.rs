@@ -939,3 +939,77 @@ fn an_allowlisted_name_that_resolves_to_loopback_is_refused() {
         },
     );
 }
+
+#[test]
+fn a_guest_looping_on_clock_calls_is_ended_at_its_deadline() {
+    use std::time::{Duration, Instant};
+
+    let cluster = Cluster::start(1, &[]);
+    let ingress = crate::network::free_tcp_addr();
+    let _node = crate::doctor::start_node(
+        &cluster,
+        0,
+        "node-1",
+        &[
+            "--ingress-addr",
+            &ingress,
+            "--busy-timeout",
+            "1s",
+            "--request-timeout",
+            "3s",
+        ],
+    );
+    crate::workloads::wait_nodes_ready(&cluster, 1);
+    let manifest = format!(
+        "apiVersion: flotilla.dev/v1
+kind: Instance
+metadata:
+  name: plugin
+  labels: {{app: plugin}}
+spec:
+  module: {}
+  world: http
+  resources:
+    limits: {{cpu: 1000m, memory: 16Mi}}
+---
+apiVersion: flotilla.dev/v1
+kind: Service
+metadata:
+  name: plugin
+spec:
+  selector: {{app: plugin}}
+  ports:
+  - port: 80
+  ingress: {{host: plugin.local}}
+",
+        crate::node::examples().join("plugin.wasm").display()
+    );
+    crate::workloads::apply(&cluster, &manifest);
+    crate::workloads::wait_ready_instances(&cluster, "plugin", 1, Duration::from_secs(60));
+    crate::harness::wait_for("the plugin to answer", Duration::from_secs(30), || {
+        (crate::network::get(&ingress, "plugin.local", "/").0 == 200).then_some(())
+    });
+
+    // Every clock read is a host call, so the busy timeout (1 s) never ends
+    // the loop; the request's deadline (3 s) does.
+    let asked = Instant::now();
+    let (status, body, _) = crate::network::get(&ingress, "plugin.local", "/clock");
+    let took = asked.elapsed();
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body.contains("DeadlineExceeded") && !body.contains("cpu limit"),
+        "{body}"
+    );
+    assert!(
+        took >= Duration::from_millis(2500) && took < Duration::from_secs(10),
+        "ended after {took:?}"
+    );
+    let log = crate::harness::stdout(&cluster.cli(0, &["logs", "plugin"]));
+    assert!(
+        log.contains("[flotilla] request to /clock failed: DeadlineExceeded: the request ran past its deadline of 3s"),
+        "{log}"
+    );
+    // Its slot is free again: the next request is served.
+    let (status, _, _) = crate::network::get(&ingress, "plugin.local", "/alloc?mb=1");
+    assert_eq!(status, 200);
+}

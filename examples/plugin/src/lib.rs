@@ -11,6 +11,10 @@
 //!   default 10 s): `502 ... CpuLimit: cpu limit exceeded ...`, logged too.
 //!   The CPU limit (`resources.limits.cpu`) throttles it meanwhile, so the
 //!   neighbours keep their share.
+//! - `GET /clock`: reads the clock forever. Each read is a call into the
+//!   host, so the busy timeout never ends it; the request's deadline
+//!   (`flotilla node --request-timeout`, default 60 s) does:
+//!   `DeadlineExceeded`, logged, and the caller gets its answer or timeout.
 //! - `GET /fetch?url=URL`: calls URL. With no `allowedOutboundHosts` every
 //!   host outside the cluster is denied: `502 ... denied ...`, and the node
 //!   records an `EgressDenied` event. `&times=N` (up to 10,000) calls it N
@@ -29,10 +33,11 @@ const MIB: usize = 1024 * 1024;
 fn handle(req: Request) -> Response {
     Router::new()
         .get("/", |_, _| {
-            "plugin: GET /alloc?mb=N, GET /spin, GET /fetch?url=URL\n"
+            "plugin: GET /alloc?mb=N, GET /spin, GET /clock, GET /fetch?url=URL\n"
         })
         .get("/alloc", |req, _| alloc(req))
         .get("/spin", |_, _| spin())
+        .get("/clock", |_, _| clock())
         .get("/fetch", |req, _| fetch(req))
         .handle(req)
 }
@@ -66,6 +71,16 @@ fn spin() -> String {
         if x == 0 {
             // Practically never: keeps the loop from being proven endless.
             return format!("spun to {x}\n");
+        }
+    }
+}
+
+fn clock() -> String {
+    let started = std::time::Instant::now();
+    loop {
+        if black_box(started.elapsed()).as_secs() == u64::MAX {
+            // Never: keeps the loop from being proven endless.
+            return "the clock ran out\n".into();
         }
     }
 }

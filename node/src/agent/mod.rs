@@ -164,6 +164,8 @@ pub struct AgentConfig {
     pub backoff: Backoff,
     /// Kill a guest busy this long without returning to the host.
     pub busy_timeout: Duration,
+    /// The longest an http-world request may run, its body included.
+    pub request_timeout: Duration,
     /// What runs the instances.
     pub runtime: RuntimeKind,
     /// Address of the HTTP ingress; `None` serves none.
@@ -197,6 +199,7 @@ impl AgentConfig {
             lease_interval: DEFAULT_LEASE_INTERVAL,
             backoff: Backoff::default(),
             busy_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(60),
             runtime: RuntimeKind::default(),
             ingress: None,
             service_forwarder: true,
@@ -273,6 +276,7 @@ impl Agent {
                     cache_dir: data_dir.join("compiled"),
                     max_instances: config.capacity_instances,
                     busy_timeout: config.busy_timeout,
+                    request_timeout: config.request_timeout,
                     ..RuntimeConfig::default()
                 })?)
             }

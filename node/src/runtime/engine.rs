@@ -44,6 +44,7 @@ pub(crate) fn build(config: &RuntimeConfig) -> Result<Engine, RuntimeError> {
         max_instances,
         max_memory_per_instance,
         busy_timeout: _,
+        request_timeout: _,
         http_concurrency: _,
     } = config;
 

@@ -16,6 +16,8 @@ pub enum Exit {
     MemoryLimit(String),
     /// The guest ran longer than the busy timeout without returning to the host.
     CpuLimit(String),
+    /// An http request's guest still ran at its deadline.
+    Deadline(String),
     /// `stop()` was called.
     Stopped,
 }
@@ -29,6 +31,7 @@ impl Exit {
             Exit::Trap(_) => "Trapped",
             Exit::MemoryLimit(_) => "OOMKilled",
             Exit::CpuLimit(_) => "CPULimitExceeded",
+            Exit::Deadline(_) => "DeadlineExceeded",
             Exit::Stopped => "Stopped",
         }
     }
@@ -37,7 +40,10 @@ impl Exit {
     pub fn message(&self) -> String {
         match self {
             Exit::Code(code) => format!("exited with code {code}"),
-            Exit::Trap(msg) | Exit::MemoryLimit(msg) | Exit::CpuLimit(msg) => msg.clone(),
+            Exit::Trap(msg)
+            | Exit::MemoryLimit(msg)
+            | Exit::CpuLimit(msg)
+            | Exit::Deadline(msg) => msg.clone(),
             Exit::Stopped => "stopped".to_string(),
         }
     }

@@ -189,6 +189,8 @@ pub(crate) struct StoreParams {
     log: LogSink,
     memory_limit: u64,
     busy_timeout: Duration,
+    /// How long an http request's guest may run in all.
+    pub(crate) request_timeout: Duration,
     throttle: Option<Arc<Throttle>>,
     outbound: Option<Arc<dyn Outbound>>,
     /// The read end of the stop signal (command world): the guest's stdin.
@@ -226,6 +228,7 @@ impl StoreParams {
             log,
             memory_limit,
             busy_timeout: rt.config.busy_timeout,
+            request_timeout: rt.config.request_timeout,
             throttle: Throttle::new(cpu_limit_millis),
             outbound,
             stdin: Arc::default(),

@@ -100,11 +100,25 @@ impl HttpServer {
         // it ends.
         let pre = self.pre.clone();
         let stop = self.stop.clone();
+        let timeout = self.params.request_timeout;
+        let params = self.params.clone();
+        let deadline_path = path.clone();
         let task = tokio::spawn(async move {
             let _permit = permit;
             let result = tokio::select! {
                 biased;
                 () = stopped(stop) => return Err(Exit::Stopped),
+                () = tokio::time::sleep(timeout) => {
+                    // Dropping the call drops the store: the guest, its
+                    // memory and its slot go at once.
+                    let message = format!(
+                        "the request ran past its deadline of {timeout:?} and was ended"
+                    );
+                    params.node_line(&format!(
+                        "request to {deadline_path} failed: DeadlineExceeded: {message}"
+                    ));
+                    return Err(Exit::Deadline(message));
+                }
                 r = handle(&pre, &mut store, incoming, out) => r,
             };
             result.map_err(|e| Exit::from_error(&e, store.data().memory.refused()))

@@ -93,6 +93,12 @@ pub struct RuntimeConfig {
     /// A guest that runs this long without returning to the host is killed with
     /// [`Exit::CpuLimit`]. Stops a spinning guest from holding a core forever.
     pub busy_timeout: Duration,
+    /// An http-world request whose guest still runs this long after it
+    /// arrived (writing its response body included) is ended, its store
+    /// dropped, with [`Exit::Deadline`]. Stops a guest that keeps calling the
+    /// host (and so never trips the busy timeout) from holding its slot and
+    /// memory after its caller gave up.
+    pub request_timeout: Duration,
     /// Per http instance, the most requests served at once. Stops one instance
     /// from taking every pool slot under a request flood.
     pub http_concurrency: usize,
@@ -105,6 +111,7 @@ impl Default for RuntimeConfig {
             max_instances: 1000,
             max_memory_per_instance: 64 << 20,
             busy_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(60),
             http_concurrency: 64,
         }
     }
@@ -691,6 +698,7 @@ pub(crate) mod test_support {
             max_instances: 16,
             max_memory_per_instance: 16 << 20,
             busy_timeout: Duration::from_millis(500),
+            request_timeout: Duration::from_secs(5),
             http_concurrency: 4,
         }
     }
