@@ -197,6 +197,11 @@ pub(crate) struct StoreParams {
     stdin: Arc<std::sync::Mutex<Option<AsyncStdinStream>>>,
 }
 
+/// Most handles (streams, fields, requests, pollables) one store holds at
+/// once. They live in the node's memory, outside the guest's limit: wasmtime's
+/// default of a million would let 64 requests of one guest take gigabytes.
+const MAX_RESOURCES: usize = 10_000;
+
 /// The environment variable telling a command-world guest how it is asked to
 /// stop, and its value: its stdin is closed.
 pub(crate) const STOP_SIGNAL_ENV: (&str, &str) = ("FLOTILLA_STOP_SIGNAL", "stdin");
@@ -273,9 +278,11 @@ impl StoreParams {
     }
 
     pub(crate) fn p2(&self) -> P2 {
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_RESOURCES);
         P2 {
             ctx: self.wasi_builder().build(),
-            table: ResourceTable::new(),
+            table,
             http: WasiHttpCtx::new(),
             egress: Egress {
                 name: self.name.clone(),
