@@ -381,16 +381,9 @@ fn a_thousand_slow_ingress_clients_do_not_slow_a_normal_one() {
     );
 }
 
-#[test]
-fn a_guest_denied_a_host_ten_thousand_times_leaves_one_aggregated_event() {
-    use std::time::Duration;
-
-    let cluster = Cluster::start(1, &[]);
-    let ingress = crate::network::free_tcp_addr();
-    let _node = crate::doctor::start_node(&cluster, 0, "node-1", &["--ingress-addr", &ingress]);
-    crate::workloads::wait_nodes_ready(&cluster, 1);
-    // The plugin example, given a whole core: its own 5% would spend minutes
-    // on the calls' guest-side work.
+/// The plugin example as an Instance with a whole core, behind the ingress
+/// host `plugin.local`.
+fn deploy_plugin_with_a_core(cluster: &Cluster) {
     let manifest = format!(
         "apiVersion: flotilla.dev/v1
 kind: Instance
@@ -415,7 +408,20 @@ spec:
 ",
         crate::node::examples().join("plugin.wasm").display()
     );
-    crate::workloads::apply(&cluster, &manifest);
+    crate::workloads::apply(cluster, &manifest);
+}
+
+#[test]
+fn a_guest_denied_a_host_ten_thousand_times_leaves_one_aggregated_event() {
+    use std::time::Duration;
+
+    let cluster = Cluster::start(1, &[]);
+    let ingress = crate::network::free_tcp_addr();
+    let _node = crate::doctor::start_node(&cluster, 0, "node-1", &["--ingress-addr", &ingress]);
+    crate::workloads::wait_nodes_ready(&cluster, 1);
+    // Given a whole core: the example's own 5% would spend minutes on the
+    // calls' guest-side work.
+    deploy_plugin_with_a_core(&cluster);
     crate::workloads::wait_ready_instances(&cluster, "plugin", 1, Duration::from_secs(60));
 
     let denied = crate::network::free_tcp_addr();
@@ -960,31 +966,7 @@ fn a_guest_looping_on_clock_calls_is_ended_at_its_deadline() {
         ],
     );
     crate::workloads::wait_nodes_ready(&cluster, 1);
-    let manifest = format!(
-        "apiVersion: flotilla.dev/v1
-kind: Instance
-metadata:
-  name: plugin
-  labels: {{app: plugin}}
-spec:
-  module: {}
-  world: http
-  resources:
-    limits: {{cpu: 1000m, memory: 16Mi}}
----
-apiVersion: flotilla.dev/v1
-kind: Service
-metadata:
-  name: plugin
-spec:
-  selector: {{app: plugin}}
-  ports:
-  - port: 80
-  ingress: {{host: plugin.local}}
-",
-        crate::node::examples().join("plugin.wasm").display()
-    );
-    crate::workloads::apply(&cluster, &manifest);
+    deploy_plugin_with_a_core(&cluster);
     crate::workloads::wait_ready_instances(&cluster, "plugin", 1, Duration::from_secs(60));
     crate::harness::wait_for("the plugin to answer", Duration::from_secs(30), || {
         (crate::network::get(&ingress, "plugin.local", "/").0 == 200).then_some(())
