@@ -593,6 +593,19 @@ impl Server {
         &self.api
     }
 
+    /// Resolves when this peer's store has failed (its storage): logged, and
+    /// said on `/readyz` for a moment, for the caller to exit on without
+    /// shutting down (as a crash would).
+    pub async fn store_failed(&self) -> ServerError {
+        let why = self.api.store().failure().await;
+        tracing::error!(
+            "the store on this peer failed: {why}; it serves no more writes and exits, for a supervisor to restart it"
+        );
+        // `/readyz` says so (its store check reads raft's state) until the exit.
+        tokio::time::sleep(STORE_FAILED_EXIT_AFTER).await;
+        ServerError::StoreFailed(why)
+    }
+
     /// Stops serving and stops raft.
     pub async fn shutdown(self) {
         for t in &self.tasks {
@@ -707,16 +720,11 @@ pub async fn run(
             server.shutdown().await;
             Ok(())
         }
-        why = server.api.store().failure() => {
-            tracing::error!(
-                "the store on this peer failed: {why}; it serves no more writes and exits, for a supervisor to restart it"
-            );
-            // `/readyz` says so (its store check reads raft's state) until the
-            // exit. The server is not shut down: that would flush the key space
-            // onto the disk that failed (see the caller).
-            tokio::time::sleep(STORE_FAILED_EXIT_AFTER).await;
+        failed = server.store_failed() => {
+            // Not shut down: that would flush the key space onto the disk
+            // that failed (see the caller).
             std::mem::forget(server);
-            Err(ServerError::StoreFailed(why))
+            Err(failed)
         }
     }
 }

@@ -143,15 +143,19 @@ impl ServerArgs {
         match run(config, shutdown_signal()).await {
             Ok(()) => Ok(ExitCode::SUCCESS),
             Err(e @ flotilla_orchestrator::server::ServerError::StoreFailed(_)) => {
-                // Out at once, as a crash would: closing the key space flushes
-                // it, and on a disk that failed that flush never returns. What
-                // was acknowledged is in the synced log; the restart replays it.
-                eprintln!("error: {e}");
-                std::process::exit(1);
+                exit_on_store_failure(&e)
             }
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// Exits at once, non-zero, as a crash would: closing the key space flushes
+/// it, and on a disk that failed that flush never returns. What was
+/// acknowledged is in the synced log; the restart replays it.
+pub fn exit_on_store_failure(e: &flotilla_orchestrator::server::ServerError) -> ! {
+    eprintln!("error: {e}");
+    std::process::exit(1)
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

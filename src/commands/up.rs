@@ -106,7 +106,10 @@ impl UpArgs {
         }
         println!();
         println!("Ctrl-C stops the cluster; `flotilla up` again resumes it.");
-        super::server::shutdown_signal().await;
+        tokio::select! {
+            () = super::server::shutdown_signal() => {}
+            failed = server.store_failed() => super::server::exit_on_store_failure(&failed),
+        }
         agent.shutdown().await;
         server.shutdown().await;
         Ok(ExitCode::SUCCESS)
