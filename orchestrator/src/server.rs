@@ -377,6 +377,8 @@ pub struct Server {
     api: Arc<ApiServer>,
     endpoint: quinn::Endpoint,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Its readiness checks, whose `/readyz` says when the store failed.
+    health: flotilla_telemetry::Health,
 }
 
 impl Server {
@@ -585,6 +587,7 @@ impl Server {
             api,
             endpoint,
             tasks,
+            health: telemetry.health.clone(),
         })
     }
 
@@ -594,15 +597,17 @@ impl Server {
     }
 
     /// Resolves when this peer's store has failed (its storage): logged, and
-    /// said on `/readyz` for a moment, for the caller to exit on without
-    /// shutting down (as a crash would).
+    /// said on `/readyz`, for the caller to exit on without shutting down (as
+    /// a crash would).
     pub async fn store_failed(&self) -> ServerError {
         let why = self.api.store().failure().await;
         tracing::error!(
             "the store on this peer failed: {why}; it serves no more writes and exits, for a supervisor to restart it"
         );
-        // `/readyz` says so (its store check reads raft's state) until the exit.
-        tokio::time::sleep(STORE_FAILED_EXIT_AFTER).await;
+        // Up until `/readyz` has said so (its store check reads raft's state)
+        // to whoever asks, or for a bounded while when nothing does.
+        let _ =
+            tokio::time::timeout(STORE_FAILED_EXIT_AFTER, self.health.unready_answer_sent()).await;
         ServerError::StoreFailed(why)
     }
 
@@ -729,6 +734,6 @@ pub async fn run(
     }
 }
 
-/// How long a peer whose store failed stays up, saying so on `/readyz`,
+/// The longest a peer whose store failed stays up for `/readyz` to say so
 /// before it exits.
 const STORE_FAILED_EXIT_AFTER: Duration = Duration::from_secs(2);

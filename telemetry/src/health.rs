@@ -11,6 +11,8 @@ type Check = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 #[derive(Clone, Default)]
 pub struct Health {
     checks: Arc<Mutex<Vec<(String, Check)>>>,
+    /// Told each time a `/readyz` answer saying "not ready" has been sent.
+    unready_sent: Arc<tokio::sync::Notify>,
 }
 
 impl fmt::Debug for Health {
@@ -38,6 +40,17 @@ impl Health {
     pub fn add(&self, name: &str, readiness: &Readiness) {
         let r = readiness.clone();
         self.add_check(name, move || r.get());
+    }
+
+    /// Resolves when the next `/readyz` answer saying "not ready" has been
+    /// sent to whoever asked.
+    pub async fn unready_answer_sent(&self) {
+        self.unready_sent.notified().await
+    }
+
+    /// Says that a `/readyz` answer saying "not ready" was sent.
+    pub(crate) fn sent_unready_answer(&self) {
+        self.unready_sent.notify_waiters();
     }
 
     /// Runs every check: `Ok` when all pass (or there are none), else

@@ -94,8 +94,14 @@ pub async fn serve(addr: &str, telemetry: Telemetry) -> Result<MetricsServer, Er
             };
             let telemetry = telemetry.clone();
             tokio::spawn(async move {
+                let health = telemetry.health.clone();
+                let unready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let answered_unready = unready.clone();
                 let service = service_fn(move |req| {
                     let response = respond(&telemetry, &req);
+                    if req.uri().path() == "/readyz" && response.status() != http::StatusCode::OK {
+                        unready.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
                     async move { Ok::<_, Infallible>(response) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -105,6 +111,9 @@ pub async fn serve(addr: &str, telemetry: Telemetry) -> Result<MetricsServer, Er
                     .keep_alive(false)
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
+                if answered_unready.load(std::sync::atomic::Ordering::Relaxed) {
+                    health.sent_unready_answer();
+                }
                 drop(permit);
             });
         }

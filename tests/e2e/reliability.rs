@@ -218,38 +218,31 @@ fn a_follower_down_during_a_40_mib_upload_catches_up() {
     assert!(out.status.success(), "{}", stderr(&out));
 
     cluster.peers[follower].restart();
-    let caught_up = rt.block_on(async {
-        tokio::time::timeout(std::time::Duration::from_secs(90), async {
-            loop {
-                if let Ok(client) = flotilla_client::Client::connect_to(
-                    &cluster.peers[follower].addr,
-                    &flotilla_client::ClientConfig::load(&cluster.config()).unwrap(),
-                )
-                .await
-                {
-                    let modules = client
-                        .list_with(Kind::Module, None, "", Consistency::Stale)
+    let config = flotilla_client::ClientConfig::load(&cluster.config()).unwrap();
+    let client = crate::harness::wait_for(
+        "the follower to catch up",
+        std::time::Duration::from_secs(90),
+        || {
+            rt.block_on(async {
+                let client =
+                    flotilla_client::Client::connect_to(&cluster.peers[follower].addr, &config)
                         .await
-                        .map(|(items, _)| items)
-                        .unwrap_or_default();
-                    let services = client
-                        .list_with(Kind::Service, None, "", Consistency::Stale)
-                        .await
-                        .map(|(items, _)| items)
-                        .unwrap_or_default();
-                    let have: Vec<String> = modules.iter().map(|m| m.meta().name.clone()).collect();
-                    if names.iter().all(|n| have.contains(n))
-                        && services.iter().any(|s| s.meta().name == "during")
-                    {
-                        return client;
-                    }
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            }
-        })
-        .await
-    });
-    let client = caught_up.expect("the follower caught up within 90 s");
+                        .ok()?;
+                let (modules, _) = client
+                    .list_with(Kind::Module, None, "", Consistency::Stale)
+                    .await
+                    .ok()?;
+                let (services, _) = client
+                    .list_with(Kind::Service, None, "", Consistency::Stale)
+                    .await
+                    .ok()?;
+                let have: Vec<String> = modules.iter().map(|m| m.meta().name.clone()).collect();
+                (names.iter().all(|n| have.contains(n))
+                    && services.iter().any(|s| s.meta().name == "during"))
+                .then_some(client)
+            })
+        },
+    );
     // And it serves the bytes from its own copy.
     let module = padded_module(40 * 1024 * 1024, 7);
     let bytes = rt
@@ -562,7 +555,7 @@ fn a_peer_whose_disk_fills_says_so_exits_and_catches_up_once_there_is_room() {
     use flotilla_api::manifest::parse_manifests;
     use flotilla_api::object::Kind;
     use flotilla_client::wire::Consistency;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     let cluster = Cluster::start(2, &[]);
     let data = cluster.dir.path().join("peer-3");
@@ -587,16 +580,17 @@ fn a_peer_whose_disk_fills_says_so_exits_and_catches_up_once_there_is_room() {
     // What the third peer's /readyz says, watched from the start.
     let (readyz_tx, readyz_rx) = std::sync::mpsc::channel();
     let watched = metrics.clone();
-    std::thread::spawn(move || loop {
-        let (code, body) = crate::metrics::http_get(&watched, "/readyz");
-        if code == 503 && body.contains("the store on this peer failed") {
-            let _ = readyz_tx.send(body);
-            return;
-        }
-        if code == 0 && readyz_tx.send(String::new()).is_err() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    std::thread::spawn(move || {
+        // Until it says the store failed, or stops answering (it exited).
+        let said = crate::harness::wait_for("/readyz to change", Duration::from_secs(120), || {
+            let (code, body) = crate::metrics::http_get(&watched, "/readyz");
+            match code {
+                503 if body.contains("the store on this peer failed") => Some(body),
+                0 => Some(String::new()),
+                _ => None,
+            }
+        });
+        let _ = readyz_tx.send(said);
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -628,18 +622,11 @@ fn a_peer_whose_disk_fills_says_so_exits_and_catches_up_once_there_is_room() {
     );
 
     // The full peer says why on /readyz, then exits non-zero.
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = third.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the peer with a full disk kept running: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = crate::harness::wait_for(
+        "the peer with a full disk to exit",
+        Duration::from_secs(60),
+        || third.child.try_wait().unwrap(),
+    );
     let said = std::fs::read_to_string(&log).unwrap();
     assert!(!status.success(), "it exits non-zero: {status}");
     assert!(
@@ -647,8 +634,9 @@ fn a_peer_whose_disk_fills_says_so_exits_and_catches_up_once_there_is_room() {
         "the log names the full disk and the data dir: {said}"
     );
     let readyz = readyz_rx
-        .try_iter()
-        .find(|body| !body.is_empty())
+        .recv_timeout(Duration::from_secs(10))
+        .ok()
+        .filter(|body| !body.is_empty())
         .expect("/readyz said the store failed before the exit");
     assert!(readyz.contains("the disk is full"), "{readyz}");
 
@@ -657,29 +645,22 @@ fn a_peer_whose_disk_fills_says_so_exits_and_catches_up_once_there_is_room() {
     third = LoggedPeer::start(&data, &log, &[]);
     let addr = third.addr.clone();
     let config = flotilla_client::ClientConfig::load(&cluster.config()).unwrap();
-    let held = rt.block_on(async {
-        tokio::time::timeout(Duration::from_secs(60), async {
-            loop {
-                if let Ok(c) = flotilla_client::Client::connect_to(&addr, &config).await {
-                    if let Ok((items, _)) = c
-                        .list_with(Kind::Service, None, "", Consistency::Stale)
-                        .await
-                    {
-                        let names: Vec<String> =
-                            items.iter().map(|o| o.meta().name.clone()).collect();
-                        if acknowledged.iter().all(|n| names.contains(n)) {
-                            return names.len();
-                        }
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        })
-        .await
-    });
-    assert!(
-        held.is_ok(),
-        "the restarted peer did not catch up within 60 s"
+    crate::harness::wait_for(
+        "the restarted peer to hold every acknowledged write",
+        Duration::from_secs(60),
+        || {
+            rt.block_on(async {
+                let c = flotilla_client::Client::connect_to(&addr, &config)
+                    .await
+                    .ok()?;
+                let (items, _) = c
+                    .list_with(Kind::Service, None, "", Consistency::Stale)
+                    .await
+                    .ok()?;
+                let names: Vec<String> = items.iter().map(|o| o.meta().name.clone()).collect();
+                acknowledged.iter().all(|n| names.contains(n)).then_some(())
+            })
+        },
     );
     drop(third);
 }

@@ -32,8 +32,9 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The wait after a failed accept (out of file descriptors, say), doubling
-/// to [`ACCEPT_BACKOFF_MAX`]: the listener waits for the condition to pass
-/// instead of spinning on it.
+/// to [`ACCEPT_BACKOFF_MAX`], cut short when a connection ends (which gives
+/// a descriptor back): the listener waits for the condition to pass instead
+/// of spinning on it.
 const ACCEPT_BACKOFF_FIRST: Duration = Duration::from_millis(5);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
@@ -46,6 +47,7 @@ pub async fn start(
     let local = listener.local_addr()?;
     let task = tokio::spawn(async move {
         let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let ended = Arc::new(tokio::sync::Notify::new());
         let mut backoff = ACCEPT_BACKOFF_FIRST;
         loop {
             let Ok(permit) = connections.clone().acquire_owned().await else {
@@ -58,13 +60,14 @@ pub async fn start(
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, wait = ?backoff, "the ingress cannot accept connections");
-                    tokio::time::sleep(backoff).await;
+                    let _ = tokio::time::timeout(backoff, ended.notified()).await;
                     backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                     continue;
                 }
             };
             let _ = stream.set_nodelay(true);
             let net = net.clone();
+            let ended = ended.clone();
             tokio::spawn(async move {
                 let _permit = permit;
                 let service = service_fn(move |req| {
@@ -77,6 +80,7 @@ pub async fn start(
                     .keep_alive(true)
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
+                ended.notify_waiters();
             });
         }
     });
